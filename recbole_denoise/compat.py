@@ -1,0 +1,207 @@
+"""Every fix that RecBole 1.2.1 needs on our pinned stack, in one place, applied once by :func:`apply`.
+
+``import recbole_denoise`` calls :func:`apply`; it is idempotent. Each fix names the exact RecBole line
+it repairs and why. We never fork or copy RecBole: module attributes are replaced *inside RecBole's own
+modules* (a proxy ``torch`` / ``pd`` in one module, not the global library), so other code is untouched.
+"""
+import logging
+import os
+import types
+import warnings
+
+import numpy as np
+
+_APPLIED = {}
+
+
+# 1. numpy 2 removed aliases that recbole/config/configurator.py:630 (compatibility_settings) and
+#    ray 2.6 (imported by recbole.quick_start) still read.
+_NUMPY_ALIASES = {
+    "float_": np.float64,
+    "complex_": np.complex128,
+    "unicode_": np.str_,
+    "bool8": np.bool_,
+}
+
+
+def _fix_numpy_aliases():
+    for name, value in _NUMPY_ALIASES.items():
+        if name not in np.__dict__:
+            setattr(np, name, value)
+
+
+# 2. torch >= 2.6 defaults torch.load(weights_only=True), which rejects RecBole's own checkpoints (they
+#    pickle the Config) at recbole/trainer/trainer.py:583 (best-model reload) and :323 (resume).
+class _TorchWithTrustedLoad(types.ModuleType):
+    """``torch`` for RecBole's trainer module only: ``load`` reads the trainer's own checkpoints."""
+
+    def __init__(self, torch_module):
+        super().__init__("torch")
+        self._torch = torch_module
+
+    def __getattr__(self, name):
+        return getattr(self._torch, name)
+
+    def load(self, f, *args, **kwargs):
+        # The trainer only loads files it wrote itself (saved_model_file / resume file).
+        kwargs.setdefault("weights_only", False)
+        return self._torch.load(f, *args, **kwargs)
+
+
+def _fix_torch_load():
+    import torch
+    import recbole.trainer.trainer as trainer_module
+
+    if not isinstance(trainer_module.torch, _TorchWithTrustedLoad):
+        trainer_module.torch = _TorchWithTrustedLoad(torch)
+
+
+# 3. pandas: RecBole's loader relies on behaviour that pandas 2.2+ deprecates and pandas 3 changes:
+#    - dataset.py:501 `df[field].fillna(value="", inplace=True)` is a no-op under copy-on-write
+#      (pandas 3 default), so an empty token_seq cell stays NaN and `.split` crashes;
+#    - dataset.py:648/650 (`_fill_nan`) likewise leaves NaN tokens/floats in place;
+#    - dataset.py:1218 `feat[field].agg(len)` means "length of each sequence" only in pandas < 3
+#      (pandas 3 returns len(column)), which scrambles token_seq remapping.
+class _PandasReadSeqAsEmpty(types.ModuleType):
+    """``pd`` for RecBole's dataset module: empty ``*_seq`` cells are read as "" rather than NaN."""
+
+    def __init__(self, pd_module):
+        super().__init__("pandas")
+        self._pd = pd_module
+
+    def __getattr__(self, name):
+        return getattr(self._pd, name)
+
+    def read_csv(self, *args, **kwargs):
+        df = self._pd.read_csv(*args, **kwargs)
+        for col in df.columns:
+            if isinstance(col, str) and col.endswith("seq"):
+                df[col] = df[col].fillna("")
+        return df
+
+
+def _fill_nan(self):
+    """Copy of RecBole's ``Dataset._fill_nan`` semantics with assignment instead of ``inplace=True``."""
+    from recbole.utils import FeatureType
+
+    for feat_name in self.feat_name_list:
+        feat = getattr(self, feat_name)
+        for field in feat:
+            ftype = self.field2type[field]
+            if ftype == FeatureType.TOKEN:
+                feat[field] = feat[field].fillna(value=0)
+            elif ftype == FeatureType.FLOAT:
+                feat[field] = feat[field].fillna(value=feat[field].mean())
+            else:
+                dtype = np.int64 if ftype == FeatureType.TOKEN_SEQ else np.float64
+                feat[field] = feat[field].apply(
+                    lambda x: np.array([], dtype=dtype) if isinstance(x, float) else x
+                )
+
+
+def _remap(self, remap_list):
+    """RecBole's ``Dataset._remap`` with per-row sequence lengths computed by ``map(len)``."""
+    import pandas as pd
+    from recbole.utils import FeatureType
+
+    if len(remap_list) == 0:
+        return
+    tokens, split_point = self._concat_remaped_tokens(remap_list)
+    new_ids_list, mp = pd.factorize(tokens)
+    new_ids_list = np.split(new_ids_list + 1, split_point)
+    mp = np.array(["[PAD]"] + list(mp))
+    token_id = {t: i for i, t in enumerate(mp)}
+    for (feat, field, ftype), new_ids in zip(remap_list, new_ids_list):
+        if field not in self.field2id_token:
+            self.field2id_token[field] = mp
+            self.field2token_id[field] = token_id
+        if ftype == FeatureType.TOKEN:
+            feat[field] = new_ids
+        elif ftype == FeatureType.TOKEN_SEQ:
+            split_point = np.cumsum(feat[field].map(len).to_numpy())[:-1]
+            feat[field] = np.split(new_ids, split_point)
+
+
+def _concat_remaped_tokens(self, remap_list):
+    """RecBole's ``_concat_remaped_tokens`` without ``Series.agg(np.concatenate)`` (deprecated)."""
+    from recbole.utils import FeatureType
+
+    tokens = []
+    for feat, field, ftype in remap_list:
+        if ftype == FeatureType.TOKEN:
+            tokens.append(feat[field].values)
+        elif ftype == FeatureType.TOKEN_SEQ:
+            seqs = list(feat[field].values)
+            tokens.append(np.concatenate(seqs) if seqs else np.array([], dtype=str))
+    split_point = np.cumsum(list(map(len, tokens)))[:-1]
+    return np.concatenate(tokens), split_point
+
+
+def _fix_pandas():
+    import pandas as pd
+    import recbole.data.dataset.dataset as dataset_module
+
+    if not isinstance(dataset_module.pd, _PandasReadSeqAsEmpty):
+        dataset_module.pd = _PandasReadSeqAsEmpty(pd)
+    Dataset = dataset_module.Dataset
+    Dataset._fill_nan = _fill_nan
+    Dataset._remap = _remap
+    Dataset._concat_remaped_tokens = _concat_remaped_tokens
+
+
+# 4. recbole/model/sequential_recommender/sine.py:25 calls torch.autograd.set_detect_anomaly(True) at
+#    import time, for the whole process: every backward pass gets ~35% slower.
+def _fix_anomaly_detection():
+    import torch
+    import recbole.model.sequential_recommender  # noqa: F401  (imports sine.py, which switches it on)
+
+    torch.autograd.set_detect_anomaly(False)
+
+
+# 5. RecBole writes TensorBoard events to ./log_tensorboard whatever the config says
+#    (recbole/utils/utils.py get_tensorboard); we put them beside the run's log file.
+def _tensorboard_beside_log(logger):
+    from recbole.utils.utils import get_local_time
+    from torch.utils.tensorboard import SummaryWriter
+
+    base, name = None, None
+    for handler in logger.handlers:
+        if hasattr(handler, "baseFilename"):
+            base, fname = os.path.split(handler.baseFilename)
+            name = os.path.splitext(fname)[0]
+            break
+    if base is None:
+        base, name = "log", f"model-{get_local_time()}"
+    return SummaryWriter(os.path.join(base, "tensorboard", name))
+
+
+def _fix_tensorboard_dir():
+    import recbole.trainer.trainer as trainer_module
+
+    trainer_module.get_tensorboard = _tensorboard_beside_log
+
+
+# 6. ray 2.6 (imported by recbole.quick_start) uses np.bool8 and pkg_resources; the numpy alias above
+#    makes `import recbole.quick_start` work; we silence its pkg_resources deprecation warning only.
+def _fix_ray_import_warning():
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+
+
+FIXES = {
+    "numpy_aliases": _fix_numpy_aliases,
+    "ray_import": _fix_ray_import_warning,
+    "torch_load": _fix_torch_load,
+    "pandas": _fix_pandas,
+    "anomaly_detection": _fix_anomaly_detection,
+    "tensorboard_dir": _fix_tensorboard_dir,
+}
+
+
+def apply():
+    """Apply every fix once (idempotent). Returns the names of the fixes applied."""
+    for name, fix in FIXES.items():
+        if name not in _APPLIED:
+            fix()
+            _APPLIED[name] = True
+            logging.getLogger(__name__).debug("recbole compat fix applied: %s", name)
+    return list(_APPLIED)

@@ -1,0 +1,123 @@
+"""RecBole ``Config`` that knows our models, denoisers and ``properties/`` yaml files.
+
+Priority, lowest first (each later layer overrides the earlier ones):
+
+1. RecBole's own defaults (``recbole/properties/...``)
+2. ``properties/overall.yaml``
+3. ``properties/model/<Model>.yaml``
+4. ``properties/dataset/<dataset>.yaml``
+5. ``properties/denoiser/<Denoiser>.yaml``
+6. user ``config_file_list`` (``--config_files``), in order
+7. ``config_dict``
+8. ``--key=value`` overrides (``cmd_args``; never read from ``sys.argv`` behind the caller's back)
+"""
+import os
+
+import yaml
+from recbole.config import Config as RecBoleConfig
+
+from recbole_denoise.model import get_model
+
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+PROJECT_DIR = os.path.dirname(PACKAGE_DIR)
+PROPERTIES_DIR = os.path.join(PROJECT_DIR, "properties")
+SHIPPED_DATA_DIR = os.path.join(PROJECT_DIR, "dataset")
+
+
+class ConfigError(ValueError):
+    """A configuration mistake by the user (the message names the key)."""
+
+
+class Config(RecBoleConfig):
+    """RecBole Config plus our property layers, model resolution and explicit command-line overrides.
+
+    Args:
+        model: model name (ours first, then RecBole's), a ``package.module.Class`` path, or a class.
+        dataset: dataset name (``ml-100k`` is RecBole's packaged copy; others live under ``data_path``).
+        config_file_list: user yaml files.
+        config_dict: user parameters.
+        cmd_args: ``["--key=value", ...]`` overrides with the highest priority.
+        denoiser: denoiser name or ``package.module.Class`` path (also read from the key ``denoiser``).
+    """
+
+    def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None,
+                 cmd_args=None, denoiser=None):
+        self._cmd_args = list(cmd_args or [])
+        self._denoiser_arg = denoiser
+        for path in config_file_list or []:
+            if not os.path.isfile(path):
+                raise ConfigError(f"config file '{path}' (--config_files) does not exist")
+        super().__init__(model=model, dataset=dataset, config_file_list=config_file_list,
+                         config_dict=config_dict)
+        self.final_config_dict["denoiser"] = self.denoiser_name
+        self.final_config_dict["source_dataset"] = self.dataset
+
+    # -- inputs -------------------------------------------------------------------------------------
+    def _load_cmd_line(self):
+        """``--key=value`` pairs from ``cmd_args`` (RecBole would read ``sys.argv`` here)."""
+        cmd = {}
+        for arg in self._cmd_args:
+            if not arg.startswith("--") or "=" not in arg:
+                raise ConfigError(f"override '{arg}' is not of the form --key=value")
+            key, value = arg[2:].split("=", 1)
+            if key in cmd and cmd[key] != value:
+                raise ConfigError(f"override --{key} is given twice with different values")
+            cmd[key] = value
+        return self._convert_config_dict(cmd)
+
+    def _get_model_and_dataset(self, model, dataset):
+        model = model if model is not None else self.external_config_dict.get("model")
+        if model is None:
+            raise ConfigError("no model given: pass --model NAME (or the key 'model' in a config file)")
+        dataset = dataset if dataset is not None else self.external_config_dict.get("dataset")
+        if dataset is None:
+            raise ConfigError("no dataset given: pass --dataset NAME (or the key 'dataset' in a config file)")
+        model_class = get_model(model)
+        return model_class.__name__, model_class, dataset
+
+    @property
+    def denoiser_name(self):
+        name = self._denoiser_arg or self.external_config_dict.get("denoiser")
+        if isinstance(name, type):
+            return name.__name__
+        return name or None
+
+    # -- layers -------------------------------------------------------------------------------------
+    def _load_yaml(self, path):
+        with open(path, encoding="utf-8") as f:
+            try:
+                return yaml.load(f.read(), Loader=self.yaml_loader) or {}
+            except yaml.YAMLError as e:
+                raise ConfigError(f"{path}: not valid yaml ({e})") from None
+
+    def property_files(self, model, dataset):
+        """Our property files that apply to this run, lowest priority first."""
+        files = [os.path.join(PROPERTIES_DIR, "overall.yaml"),
+                 os.path.join(PROPERTIES_DIR, "model", f"{model}.yaml"),
+                 os.path.join(PROPERTIES_DIR, "dataset", f"{dataset}.yaml")]
+        name = self.denoiser_name
+        if name:
+            files.append(os.path.join(PROPERTIES_DIR, "denoiser", f"{name.rpartition('.')[2]}.yaml"))
+        return [f for f in files if os.path.isfile(f)]
+
+    def _load_internal_config_dict(self, model, model_class, dataset):
+        super()._load_internal_config_dict(model, model_class, dataset)
+        self.internal_config_dict["data_path"] = SHIPPED_DATA_DIR
+        self.denoiser_keys = []
+        for path in self.property_files(model, dataset):
+            values = self._load_yaml(path)
+            self.internal_config_dict.update(values)
+            if os.path.dirname(path).endswith("denoiser"):
+                self.denoiser_keys = sorted(values)
+            if os.path.dirname(path).endswith("dataset"):
+                self.parameters["Dataset"] += [k for k in values if k not in self.parameters["Dataset"]]
+
+    def resolved(self):
+        """The resolved keys as plain JSON-able values (for result files)."""
+        out = {}
+        for key, value in self.final_config_dict.items():
+            if isinstance(value, (str, int, float, bool, type(None), list, dict)):
+                out[key] = value
+            else:
+                out[key] = str(value)
+        return out

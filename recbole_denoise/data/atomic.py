@@ -1,0 +1,146 @@
+"""Read and write RecBole atomic files (``.inter``, ``.item``, benchmark ``.train.inter`` ...) safely.
+
+RecBole's own loader gives a pandas/numpy traceback for a malformed file; this reader checks the header
+types, the required columns and the number of fields on every line first and raises
+:class:`AtomicFileError` naming the file, the line and the field. Writes go to a temporary file that is
+renamed into place, so an interrupted write never leaves a half-written dataset behind.
+
+Values are returned as: ``token`` -> str, ``float`` -> float, ``token_seq`` -> list of str,
+``float_seq`` -> list of float.
+"""
+import os
+import tempfile
+
+import pandas as pd
+
+FIELD_TYPES = ("token", "float", "token_seq", "float_seq")
+
+
+class AtomicFileError(ValueError):
+    """A RecBole atomic file that cannot be used (the message names the file, line and field)."""
+
+
+def parse_header(path, header_line, sep="\t"):
+    """Return ``[(field, type), ...]`` for a header line, validating every ``name:type`` entry."""
+    fields = []
+    for col, entry in enumerate(header_line.rstrip("\r\n").split(sep), start=1):
+        name, colon, ftype = entry.rpartition(":")
+        if not colon or not name:
+            raise AtomicFileError(
+                f"{path}: header column {col} '{entry}' is not of the form name:type "
+                f"(type one of {', '.join(FIELD_TYPES)})"
+            )
+        if ftype not in FIELD_TYPES:
+            raise AtomicFileError(
+                f"{path}: header column {col} field '{name}' has type '{ftype}'; "
+                f"RecBole supports {', '.join(FIELD_TYPES)}"
+            )
+        fields.append((name, ftype))
+    names = [n for n, _ in fields]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise AtomicFileError(f"{path}: header repeats field(s) {sorted(dup)}")
+    return fields
+
+
+def _convert(path, lineno, name, ftype, raw, seq_sep):
+    try:
+        if ftype == "token":
+            return raw
+        if ftype == "float":
+            return float(raw) if raw != "" else float("nan")
+        parts = [p for p in raw.split(seq_sep) if p != ""]
+        return parts if ftype == "token_seq" else [float(p) for p in parts]
+    except ValueError:
+        raise AtomicFileError(
+            f"{path}:{lineno}: field '{name}' ({ftype}) has a value that is not a number: {raw!r}"
+        ) from None
+
+
+def read_header(path, sep="\t"):
+    """The ``{field: type}`` of an atomic file, without reading its rows."""
+    with open(path, encoding="utf-8") as f:
+        return dict(parse_header(path, f.readline(), sep))
+
+
+def read_atomic(path, required=(), sep="\t", seq_sep=" "):
+    """Read an atomic file into a DataFrame whose columns are the field names.
+
+    ``required``: field names that must be present (an :class:`AtomicFileError` names the missing ones).
+    The field types are kept in ``df.attrs['field_types']``.
+    """
+    path = str(path)
+    if not os.path.isfile(path):
+        raise AtomicFileError(f"{path}: no such atomic file")
+    with open(path, encoding="utf-8") as f:
+        header = f.readline()
+        if not header.strip():
+            raise AtomicFileError(f"{path}: empty file (line 1 must be the header)")
+        fields = parse_header(path, header, sep)
+        missing = [r for r in required if r not in dict(fields)]
+        if missing:
+            raise AtomicFileError(
+                f"{path}: missing required field(s) {missing}; header has {[n for n, _ in fields]}"
+            )
+        n = len(fields)
+        columns = [[] for _ in fields]
+        for lineno, line in enumerate(f, start=2):
+            line = line.rstrip("\r\n")
+            if not line:
+                continue
+            values = line.split(sep)
+            if len(values) != n:
+                raise AtomicFileError(
+                    f"{path}:{lineno}: expected {n} tab-separated fields "
+                    f"({', '.join(nm for nm, _ in fields)}), got {len(values)}"
+                )
+            for col, (name, ftype), raw in zip(columns, fields, values):
+                col.append(_convert(path, lineno, name, ftype, raw, seq_sep))
+    df = pd.DataFrame({name: col for (name, _), col in zip(fields, columns)}, columns=[nm for nm, _ in fields])
+    df.attrs["field_types"] = dict(fields)
+    return df
+
+
+def _format(value, ftype, seq_sep):
+    if ftype == "token_seq":
+        return seq_sep.join(str(v) for v in value)
+    if ftype == "float_seq":
+        return seq_sep.join(repr(float(v)) for v in value)
+    if ftype == "float":
+        v = float(value)
+        return str(int(v)) if v.is_integer() and abs(v) < 1e15 else repr(v)
+    return str(value)
+
+
+def write_atomic(df, path, field_types, sep="\t", seq_sep=" "):
+    """Write ``df`` (columns = field names) as an atomic file with header types ``field_types``.
+
+    ``field_types`` is an ordered ``{field: type}``; only those columns are written, in that order.
+    Tokens containing the separators are rejected (they would corrupt the file).
+    """
+    path = str(path)
+    for name, ftype in field_types.items():
+        if ftype not in FIELD_TYPES:
+            raise AtomicFileError(f"{path}: field '{name}' has unsupported type '{ftype}'")
+        if name not in df.columns:
+            raise AtomicFileError(f"{path}: cannot write field '{name}': not a column of the data")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp_", suffix=".atomic")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(sep.join(f"{n}:{t}" for n, t in field_types.items()) + "\n")
+            cols = [(df[n].tolist(), t) for n, t in field_types.items()]
+            for row in zip(*(c for c, _ in cols)):
+                out = []
+                for value, (name, ftype) in zip(row, field_types.items()):
+                    text = _format(value, ftype, seq_sep)
+                    if sep in text or "\n" in text or (ftype == "token" and seq_sep in text and name.endswith("id")):
+                        raise AtomicFileError(f"{path}: value {text!r} of field '{name}' contains a separator")
+                    out.append(text)
+                f.write(sep.join(out) + "\n")
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; datasets are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

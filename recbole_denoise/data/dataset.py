@@ -1,0 +1,28 @@
+"""RecBole dataset for the window protocol (benchmark files whose rows are history/target windows).
+
+RecBole's ``SequentialDataset`` already reads benchmark files with an ``item_id_list`` field and skips
+its own prefix augmentation. Two things are missing for windows, and are added here:
+
+* histories are cut to their last ``MAX_ITEM_LIST_LENGTH`` items and padded to exactly that length, as
+  RecBole's augmentation does for leave-one-out (Caser's vertical convolution needs the full length);
+* ``item_length`` is the true history length of each row (RecBole 1.2.1 computes it with
+  ``Series.agg(len)``, which pandas 3 turns into the column length).
+"""
+from recbole.data.dataset import SequentialDataset
+from recbole.utils import FeatureSource, FeatureType
+
+
+class WindowDataset(SequentialDataset):
+    def _benchmark_presets(self):
+        suffix = self.config["LIST_SUFFIX"]
+        max_len = self.config["MAX_ITEM_LIST_LENGTH"]
+        df = self.inter_feat
+        for field in list(df.columns):
+            if field + suffix in df.columns:
+                setattr(self, f"{field}_list_field", field + suffix)
+        for field in df.columns:
+            if field.endswith(suffix) and self.field2type[field] in (FeatureType.TOKEN_SEQ, FeatureType.FLOAT_SEQ):
+                df[field] = [seq[-max_len:] for seq in df[field].values]
+                self.field2seqlen[field] = max_len
+        self.set_field_property(self.item_list_length_field, FeatureType.TOKEN, FeatureSource.INTERACTION, 1)
+        df[self.item_list_length_field] = df[self.item_id_list_field].map(len).to_numpy()

@@ -1,0 +1,73 @@
+"""Artificial noise as in LLM4DSR §4.1.1: each interaction of each user's chronological sequence is
+replaced, with probability alpha, by an item drawn uniformly from all other items of the dataset.
+
+Noise is injected into the interaction file, before any windowing or splitting. The result keeps every
+original column plus two ground-truth columns that later stages read:
+
+* ``noise_label:float`` — 1.0 where the item was replaced, else 0.0;
+* ``clean_item_id:token`` — the item before replacement.
+
+(RecBole itself loads neither: ``load_col`` lists only user, item and time.) With ``restore_last`` the
+last interaction of every user (the leave-one-out test target) is never replaced, which is what the
+official LLM4DSR code does for test targets; the window protocol restores test targets itself.
+"""
+import numpy as np
+
+from recbole_denoise.data.atomic import read_atomic, read_header, write_atomic
+from recbole_denoise.data.source import DatasetError
+
+LABEL, CLEAN = "noise_label", "clean_item_id"
+
+
+def chronological(df, uid="user_id", time="timestamp"):
+    """Rows sorted by user then time; ties keep file order (stable sort)."""
+    return df.sort_values([uid, time], kind="mergesort").reset_index(drop=True)
+
+
+def inject_noise(df, ratio, seed, restore_last=False, uid="user_id", iid="item_id", time="timestamp"):
+    """Return a copy of the interaction table ``df`` with noise injected and the two label columns.
+
+    Draws are made row by row in chronological order with ``numpy.random.default_rng(seed)``, so the
+    same (data, ratio, seed) always gives the same file. The replacement is never the original item.
+    """
+    if not 0.0 <= float(ratio) <= 1.0:
+        raise DatasetError(f"noise_ratio must be in [0, 1], got {ratio}")
+    df = chronological(df, uid, time)
+    items = np.array(sorted(df[iid].unique()))
+    if len(items) < 2:
+        raise DatasetError("noise injection needs at least two distinct items")
+    original = df[iid].to_numpy()
+    rng = np.random.default_rng(seed)
+    flip = rng.random(len(df)) < float(ratio)
+    if restore_last:
+        last = df[uid].to_numpy() != np.roll(df[uid].to_numpy(), -1)
+        last[-1] = True
+        flip &= ~last
+    # uniform over the other len(items)-1 items: draw an index in [0, n-1) and skip the original
+    draw = rng.integers(0, len(items) - 1, size=len(df))
+    orig_idx = np.searchsorted(items, original)
+    draw = draw + (draw >= orig_idx)
+    noisy = np.where(flip, items[draw], original)
+
+    out = df.copy()
+    previous = out[LABEL].to_numpy() if LABEL in out else np.zeros(len(out))
+    out[CLEAN] = out[CLEAN] if CLEAN in out else original
+    out[iid] = noisy
+    out[LABEL] = np.maximum(previous, flip.astype(float))
+    return out
+
+
+def noise_stage(parent, out_dir, out_name, ratio, seed, restore_last):
+    """``derive`` build step: noised copy of ``parent``'s ``.inter``."""
+    path = parent.file("inter")
+    types = read_header(path)
+    if "timestamp" not in types:
+        raise DatasetError(f"{path}: noise injection needs a 'timestamp' field to order each user's sequence")
+    df = read_atomic(path, required=("user_id", "item_id", "timestamp"))
+    noisy = inject_noise(df, ratio, seed, restore_last)
+    types = dict(types)
+    types.setdefault(LABEL, "float")
+    types.setdefault(CLEAN, "token")
+    write_atomic(noisy, f"{out_dir}/{out_name}.inter", types)
+    n_noise = int(noisy[LABEL].sum())
+    return "inter", {"interactions": len(noisy), "noisy": n_noise, "noisy_fraction": n_noise / max(len(noisy), 1)}

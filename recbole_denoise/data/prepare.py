@@ -1,0 +1,104 @@
+"""The data flow before RecBole: source -> noise -> protocol -> denoiser -> the dataset RecBole loads.
+
+:func:`prepare_dataset` runs the stages a config asks for (each cached, see ``data/source.py``) and
+points the config at the result (``data_path``, ``dataset``, ``benchmark_filename``).
+"""
+import os
+import time
+
+from recbole_denoise.data.noise import noise_stage
+from recbole_denoise.data.protocol import check_protocol_keys, window_stage
+from recbole_denoise.data.source import BENCHMARK_SPLITS, DatasetError, derive, open_dataset
+from recbole_denoise.data.text import check_text_field
+from recbole_denoise.denoisers.base import denoise_stage, get_denoiser
+
+
+def check_config(config):
+    """Validate the data keys up front, so a mistake never surfaces deep inside RecBole."""
+    ratio = config["noise_ratio"]
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio <= 1.0:
+        raise DatasetError(f"noise_ratio must be a number in [0, 1], got {ratio!r} (key 'noise_ratio')")
+    check_protocol_keys(config["protocol"], config["window_size"], config["split_ratio"])
+    if config["protocol"] == "window" and config["MAX_ITEM_LIST_LENGTH"] < 1:
+        raise DatasetError("MAX_ITEM_LIST_LENGTH must be >= 1")
+
+
+def prepare_dataset(config, logger=None):
+    """Build (or reuse) every derived dataset this run needs; returns ``(dataset, info)``.
+
+    ``info`` has per-stage timings (seconds), the noise statistics and, with a denoiser, the denoising
+    statistics (edited fraction and, with labels, precision / recall / F1 / AUC).
+    """
+    check_config(config)
+    timings, info = {}, {}
+    root = os.path.abspath(config["derived_data_path"])
+    data = open_dataset(config["dataset"], config["data_path"])
+    if config["item_text_field"]:
+        check_text_field(data, config["item_text_field"])
+
+    ratio = float(config["noise_ratio"])
+    if ratio > 0:
+        if data.kind != "inter":
+            raise DatasetError(
+                f"dataset '{data.name}' is already windowed (benchmark files); noise_ratio must be 0: "
+                f"noise is injected into the interaction file before windowing")
+        t = time.time()
+        restore_last = config["protocol"] == "loo" and config["noise_restore_test_target"]
+        params = {"ratio": ratio, "seed": config["noise_seed"], "restore_last": restore_last}
+        data, info["noise"] = derive(data, "noise", params,
+                                     lambda p, d, n: noise_stage(p, d, n, ratio, config["noise_seed"], restore_last),
+                                     root, logger)
+        timings["noise"] = time.time() - t
+
+    if config["protocol"] == "window" and data.kind == "inter":
+        t = time.time()
+        params = {"window_size": config["window_size"], "split_ratio": [float(r) for r in config["split_ratio"]],
+                  "restore": bool(config["noise_restore_test_target"])}
+        data, info["windows"] = derive(
+            data, "window", params,
+            lambda p, d, n: window_stage(p, d, n, params["window_size"], params["split_ratio"], params["restore"]),
+            root, logger)
+        timings["protocol"] = time.time() - t
+    elif config["protocol"] == "loo" and data.kind == "windows":
+        raise DatasetError(f"dataset '{data.name}' comes as windows (benchmark files): use protocol: window")
+
+    if config["denoiser"]:
+        t = time.time()
+        cls = get_denoiser(config["denoiser"])
+        params = cls.hash_params(config, getattr(config, "denoiser_keys", ()))
+        data, info["denoise"] = derive(data, f"{cls.name or cls.__name__}", params,
+                                       lambda p, d, n: denoise_stage(p, d, n, cls, config, logger), root, logger)
+        timings["denoise"] = time.time() - t
+
+    t = time.time()
+    validate_files(data)
+    timings["validate"] = time.time() - t
+    point_config_at(config, data)
+    return data, {"timings": timings, **info}
+
+
+def point_config_at(config, data):
+    """Make RecBole load ``data``: its folder, its name, and the benchmark files for windows."""
+    config["data_path"] = data.path
+    config["dataset"] = data.name
+    if data.kind == "windows":
+        config["benchmark_filename"] = list(BENCHMARK_SPLITS)
+        alias = list(config["alias_of_item_id"] or [])
+        list_field = config["ITEM_ID_FIELD"] + config["LIST_SUFFIX"]
+        if list_field not in alias:
+            config["alias_of_item_id"] = alias + [list_field]
+        load = dict(config["load_col"] or {})
+        if "inter" in load and list_field not in load["inter"]:
+            load["inter"] = list(load["inter"]) + [list_field]
+        config["load_col"] = load
+
+
+def validate_files(data):
+    """Read every atomic file RecBole will read, so a malformed one fails here with file and line."""
+    from recbole_denoise.data.atomic import read_atomic
+
+    if data.kind == "inter":
+        read_atomic(data.file("inter"), required=("user_id", "item_id", "timestamp"))
+    else:
+        for split in BENCHMARK_SPLITS:
+            read_atomic(data.file(f"{split}.inter"), required=("user_id", "item_id_list", "item_id"))

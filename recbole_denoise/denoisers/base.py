@@ -1,0 +1,267 @@
+"""The interface every explicit denoiser implements, the registry, and the denoising stage.
+
+A denoiser is a *dataset transform*: it is fitted on training data only, gives a noise score to every
+editable position of every sequence, and the stage turns the highest scores into edits (delete, or
+replace with the denoiser's suggestion) that are written as a new atomic dataset plus a scores file.
+The result is cached by a hash of (source dataset contents, denoiser class, denoiser keys), so every
+backbone and seed trains on the same corrected data without running the denoiser again.
+
+Writing a denoiser::
+
+    @register_denoiser("MyDenoiser")
+    class MyDenoiser(Denoiser):
+        config_keys = ("my_key",)              # keys that change its output (enter the cache hash)
+        def fit(self, train): ...              # train: Sequences (training data only)
+        def score(self, seqs): ...             # -> one float array per sequence, higher = noisier
+        def suggest(self, seqs, edits): ...    # optional: replacement items, for denoise_action: replace
+"""
+import importlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from recbole_denoise.data.atomic import read_atomic, read_header, write_atomic
+from recbole_denoise.data.noise import LABEL, chronological
+from recbole_denoise.data.protocol import read_windows
+from recbole_denoise.data.source import BENCHMARK_SPLITS, DatasetError
+from recbole_denoise.evaluator.noise_detection import noise_detection_metrics
+
+DENOISERS = {}
+BASE_KEYS = ("threshold_quantile", "max_edits", "denoise_action", "denoise_split")
+ACTIONS = ("delete", "replace")
+DENOISE_SPLITS = ("train", "test", "all")
+
+
+def register_denoiser(name):
+    """Class decorator: make ``--denoiser name`` resolve to the class."""
+    def wrap(cls):
+        if not issubclass(cls, Denoiser):
+            raise TypeError(f"{cls.__name__} must subclass recbole_denoise.denoisers.Denoiser")
+        DENOISERS[name] = cls
+        cls.name = name
+        return cls
+    return wrap
+
+
+def get_denoiser(name):
+    """A registered name, or a ``package.module.Class`` path to a :class:`Denoiser` subclass."""
+    if isinstance(name, type):
+        return name
+    if name in DENOISERS:
+        return DENOISERS[name]
+    if "." in name:
+        module_name, _, cls_name = name.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module_name), cls_name)
+        except (ImportError, AttributeError) as e:
+            raise DatasetError(f"denoiser '{name}': cannot import '{cls_name}' from '{module_name}' ({e})") from None
+        if not (isinstance(cls, type) and issubclass(cls, Denoiser)):
+            raise DatasetError(f"denoiser '{name}' is not a subclass of recbole_denoise.denoisers.Denoiser")
+        return cls
+    raise DatasetError(f"Unknown denoiser '{name}' (key 'denoiser'). Registered: {sorted(DENOISERS)}; "
+                       f"or give a 'package.module.Class' path.")
+
+
+@dataclass
+class Sequences:
+    """What a denoiser sees: one sequence per user (leave-one-out) or per window (window protocol).
+
+    ``items[k]`` are item tokens in time order (for windows: history then target); ``editable[k]`` marks
+    the positions the stage may change (never a target); ``labels[k]`` the ground-truth noise labels
+    when the dataset has them (else None); ``split[k]`` is train / valid / test (``train`` for users).
+    """
+    users: list
+    items: list
+    editable: list
+    split: list
+    labels: list = None
+    index: list = field(default=None)  # where each position comes from, for writing back
+
+    def __len__(self):
+        return len(self.items)
+
+    def select(self, keep):
+        keep = [k for k in range(len(self)) if keep[k]]
+        pick = lambda xs: None if xs is None else [xs[k] for k in keep]  # noqa: E731
+        return Sequences(pick(self.users), pick(self.items), pick(self.editable), pick(self.split),
+                         pick(self.labels), pick(self.index))
+
+
+class Denoiser:
+    """Base class of explicit denoisers (see the module docstring)."""
+
+    name = None
+    config_keys = ()
+
+    def __init__(self, config):
+        self.config = config
+
+    def fit(self, train):
+        """Learn from the training sequences (nothing from validation or test targets)."""
+
+    def score(self, seqs):
+        raise NotImplementedError(f"{type(self).__name__} must implement score(seqs)")
+
+    def suggest(self, seqs, edits):
+        """Replacement item per edit ``(k, pos)``; denoisers that cannot suggest keep this default."""
+        raise DatasetError(f"denoiser '{self.name or type(self).__name__}' cannot suggest replacements; "
+                           f"use denoise_action: delete")
+
+    @classmethod
+    def hash_params(cls, config, extra_keys=()):
+        keys = sorted(set(BASE_KEYS) | set(cls.config_keys) | set(extra_keys))
+        return {"denoiser": f"{cls.__module__}.{cls.__qualname__}",
+                "keys": {k: config[k] if k in config else None for k in keys}}
+
+
+# -- reading sequences --------------------------------------------------------------------------------
+def load_sequences(dataset, denoise_split="all"):
+    """:class:`Sequences` of a dataset, and the tables needed to write it back."""
+    if dataset.kind == "inter":
+        df = chronological(read_atomic(dataset.file("inter"), required=("user_id", "item_id", "timestamp")))
+        users, items, editable, labels, index = [], [], [], [], []
+        for user, rows in df.groupby("user_id", sort=False).indices.items():
+            users.append(user)
+            items.append(df["item_id"].to_numpy()[rows].tolist())
+            editable.append(np.arange(len(rows)) < len(rows) - 2)  # last two are valid/test targets
+            labels.append(df[LABEL].to_numpy()[rows] if LABEL in df else None)
+            index.append(rows)
+        labels = labels if LABEL in df else None
+        return Sequences(users, items, editable, ["train"] * len(users), labels, index), df
+    tables = read_windows(dataset)
+    users, items, editable, split, labels, index = [], [], [], [], [], []
+    has_labels = all("noise_label_list" in t for t in tables.values())
+    for name in BENCHMARK_SPLITS:
+        t = tables[name]
+        editable_split = denoise_split == "all" or (denoise_split == "train") == (name == "train")
+        for r, (u, hist, tgt) in enumerate(zip(t["user_id"], t["item_id_list"], t["item_id"])):
+            users.append(u)
+            items.append(list(hist) + [tgt])
+            editable.append(np.array([editable_split] * len(hist) + [False]))
+            split.append(name)
+            index.append((name, r))
+            if has_labels:
+                labels.append(np.array(list(t["noise_label_list"][r]) + [t["noise_label"][r]], dtype=float))
+    return Sequences(users, items, editable, split, labels if has_labels else None, index), tables
+
+
+def training_sequences(seqs):
+    """The training data of ``seqs``: leave-one-out prefixes without the two targets, or train windows."""
+    if all(s == "train" for s in seqs.split) and seqs.index and not isinstance(seqs.index[0], tuple):
+        cut = lambda xs: [x[:-2] for x in xs]  # noqa: E731
+        return Sequences(seqs.users, cut(seqs.items), cut(seqs.editable), seqs.split,
+                         None if seqs.labels is None else cut(seqs.labels), cut(seqs.index))
+    return seqs.select([s == "train" for s in seqs.split])
+
+
+# -- decisions ----------------------------------------------------------------------------------------
+def decide(scores, editable, threshold_quantile, max_edits, min_keep=1):
+    """Flag positions whose score exceeds eta, the ``threshold_quantile`` of all editable scores.
+
+    Per sequence at most ``max_edits`` positions (highest scores first; ``max_edits`` < 0 = no limit),
+    and at least ``min_keep`` editable positions are left untouched. Returns one bool array per sequence.
+    """
+    if not 0.0 <= float(threshold_quantile) <= 1.0:
+        raise DatasetError(f"threshold_quantile must be in [0, 1], got {threshold_quantile}")
+    pool = [np.asarray(s, dtype=float)[e] for s, e in zip(scores, editable)]
+    pool = np.concatenate(pool) if pool else np.array([])
+    if pool.size == 0:
+        return [np.zeros(len(e), dtype=bool) for e in editable]
+    eta = float(np.quantile(pool, float(threshold_quantile)))
+    flags = []
+    for s, e in zip(scores, editable):
+        s = np.asarray(s, dtype=float)
+        cand = np.flatnonzero(e & (s > eta))
+        cand = cand[np.argsort(-s[cand], kind="mergesort")]
+        limit = int(e.sum()) - min_keep
+        if max_edits is not None and int(max_edits) >= 0:
+            limit = min(limit, int(max_edits))
+        f = np.zeros(len(s), dtype=bool)
+        f[cand[:max(limit, 0)]] = True
+        flags.append(f)
+    return flags
+
+
+# -- writing ------------------------------------------------------------------------------------------
+def _apply_inter(dataset, table, seqs, flags, action, replacements, out_dir, out_name):
+    table = table.copy()
+    drop = []
+    for k, f in enumerate(flags):
+        for pos in np.flatnonzero(f):
+            row = seqs.index[k][pos]
+            if action == "delete":
+                drop.append(row)
+            else:
+                table.loc[row, "item_id"] = replacements[(k, pos)]
+    table = table.drop(index=drop)
+    write_atomic(table, f"{out_dir}/{out_name}.inter", read_header(dataset.file("inter")))
+
+
+def _apply_windows(dataset, tables, seqs, flags, action, replacements, out_dir, out_name):
+    tables = {k: v.copy() for k, v in tables.items()}
+    for k, f in enumerate(flags):
+        if not f.any():
+            continue
+        split, r = seqs.index[k]
+        t = tables[split]
+        hist = list(t.at[r, "item_id_list"])
+        labels = list(t.at[r, "noise_label_list"]) if "noise_label_list" in t else None
+        for pos in sorted(np.flatnonzero(f), reverse=True):
+            if action == "delete":
+                del hist[pos]
+                if labels is not None:
+                    del labels[pos]
+            else:
+                hist[pos] = replacements[(k, pos)]
+        t.at[r, "item_id_list"] = hist
+        if labels is not None:
+            t.at[r, "noise_label_list"] = labels
+    for split in BENCHMARK_SPLITS:
+        path = dataset.file(f"{split}.inter")
+        write_atomic(tables[split], f"{out_dir}/{out_name}.{split}.inter", read_header(path))
+
+
+def _scores_table(seqs, scores, flags):
+    rows = []
+    for k in range(len(seqs)):
+        for pos in np.flatnonzero(seqs.editable[k]):
+            row = {"seq_id": k, "user_id": seqs.users[k], "split": seqs.split[k], "position": pos,
+                   "item_id": seqs.items[k][pos], "score": float(scores[k][pos]), "flagged": float(flags[k][pos])}
+            if seqs.labels is not None:
+                row["noise_label"] = float(seqs.labels[k][pos])
+            rows.append(row)
+    return pd.DataFrame(rows, columns=["seq_id", "user_id", "split", "position", "item_id", "score", "flagged"]
+                        + (["noise_label"] if seqs.labels is not None else []))
+
+
+SCORE_FIELDS = {"seq_id": "token", "user_id": "token", "split": "token", "position": "float",
+                "item_id": "token", "score": "float", "flagged": "float", "noise_label": "float"}
+
+
+def denoise_stage(parent, out_dir, out_name, denoiser_cls, config, logger=None):
+    """``derive`` build step: fit, score, decide, edit, and write dataset + ``<name>.denoise_scores``."""
+    action = config["denoise_action"]
+    if action not in ACTIONS:
+        raise DatasetError(f"denoise_action must be one of {list(ACTIONS)}, got '{action}'")
+    split = config["denoise_split"]
+    if split not in DENOISE_SPLITS:
+        raise DatasetError(f"denoise_split must be one of {list(DENOISE_SPLITS)}, got '{split}'")
+    seqs, tables = load_sequences(parent, split)
+    denoiser = denoiser_cls(config)
+    denoiser.fit(training_sequences(seqs))
+    scores = denoiser.score(seqs)
+    if len(scores) != len(seqs) or any(len(s) != len(i) for s, i in zip(scores, seqs.items)):
+        raise DatasetError(f"denoiser '{denoiser_cls.__name__}'.score must return one score per position")
+    flags = decide(scores, seqs.editable, config["threshold_quantile"], config["max_edits"])
+    edits = [(k, int(p)) for k, f in enumerate(flags) for p in np.flatnonzero(f)]
+    replacements = dict(zip(edits, denoiser.suggest(seqs, edits))) if action == "replace" and edits else {}
+    writer = _apply_inter if parent.kind == "inter" else _apply_windows
+    writer(parent, tables, seqs, flags, action, replacements, out_dir, out_name)
+    table = _scores_table(seqs, scores, flags)
+    write_atomic(table, f"{out_dir}/{out_name}.denoise_scores", {k: SCORE_FIELDS[k] for k in table.columns})
+    info = {"editable": int(len(table)), "edited": len(edits),
+            "edited_fraction": len(edits) / max(len(table), 1), "action": action}
+    if seqs.labels is not None and len(table):
+        info.update(noise_detection_metrics(table["noise_label"], flags=table["flagged"], scores=table["score"]))
+    return parent.kind, info

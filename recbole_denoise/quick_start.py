@@ -1,0 +1,110 @@
+"""``run_recbole_denoise``: RecBole's ``run_recbole`` with noise, protocols and denoisers in front.
+
+Model selection uses the validation split only (RecBole's early stopping on ``valid_metric``); the test
+split is evaluated once, with the best validation checkpoint.
+"""
+import json
+import os
+import time
+
+from recbole.data import create_dataset, data_preparation
+from recbole.utils import get_trainer, init_seed, set_color
+
+from recbole_denoise.config import Config
+from recbole_denoise.data.dataset import WindowDataset
+from recbole_denoise.data.prepare import prepare_dataset
+from recbole_denoise.log import init_logger
+
+
+def _to_plain(d):
+    return {k: float(v) for k, v in (d or {}).items()}
+
+
+def _time_epochs(trainer, sink):
+    """Record the wall time of every training epoch of ``trainer`` in ``sink``."""
+    train_epoch = trainer._train_epoch
+
+    def timed(*args, **kwargs):
+        start = time.time()
+        out = train_epoch(*args, **kwargs)
+        sink.append(time.time() - start)
+        return out
+
+    trainer._train_epoch = timed
+
+
+def build_dataset(config, data):
+    """RecBole's dataset for the prepared data: ours for windows, RecBole's choice otherwise."""
+    if data.kind == "windows":
+        return WindowDataset(config)
+    return create_dataset(config)
+
+
+def run_recbole_denoise(model=None, dataset=None, denoiser=None, config_file_list=None, config_dict=None,
+                        cmd_args=None, saved=True):
+    """Train and evaluate ``model`` on ``dataset`` after optional noise injection and denoising.
+
+    Returns RecBole's dict (``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``,
+    ``test_result``) plus ``denoise``, ``noise``, ``timings`` (seconds per stage) and ``dataset_path``.
+    With the key ``result_file`` the same summary, with the resolved config, is written as JSON.
+    """
+    t0 = time.time()
+    config = Config(model, dataset, config_file_list, config_dict, cmd_args=cmd_args, denoiser=denoiser)
+    init_seed(config["seed"], config["reproducibility"])
+    logger = init_logger(config)
+    timings = {"config": time.time() - t0}
+
+    data, info = prepare_dataset(config, logger)
+    timings.update(info["timings"])
+
+    t = time.time()
+    recbole_dataset = build_dataset(config, data)
+    logger.info(recbole_dataset)
+    train_data, valid_data, test_data = data_preparation(config, recbole_dataset)
+    timings["load"] = time.time() - t
+
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    net = config.model_class(config, train_data._dataset).to(config["device"])
+    logger.info(net)
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
+    epoch_times = []
+    _time_epochs(trainer, epoch_times)
+
+    t = time.time()
+    best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, saved=saved,
+                                                      show_progress=config["show_progress"])
+    timings["train"] = time.time() - t
+    t = time.time()
+    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+    timings["test"] = time.time() - t
+    timings["epochs"] = len(epoch_times)
+    timings["train_epoch_mean"] = sum(epoch_times) / len(epoch_times) if epoch_times else 0.0
+    timings["total"] = time.time() - t0
+
+    logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
+    logger.info(set_color("test result", "yellow") + f": {test_result}")
+    denoise = info.get("denoise") or {"edited": 0, "edited_fraction": 0.0}
+    result = {
+        "model": config["model"],
+        "dataset": config["source_dataset"],
+        "denoiser": config["denoiser"],
+        "protocol": config["protocol"],
+        "dataset_path": data.path,
+        "best_valid_score": float(best_valid_score),
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": _to_plain(best_valid_result),
+        "test_result": _to_plain(test_result),
+        "noise": info.get("noise", {"noisy_fraction": 0.0}),
+        "denoise": denoise,
+        "timings": timings,
+    }
+    if config["result_file"]:
+        write_result(config, result)
+    return result
+
+
+def write_result(config, result):
+    path = config["result_file"]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({**result, "config": config.resolved()}, f, indent=1, sort_keys=True, default=str)
