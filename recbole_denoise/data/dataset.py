@@ -8,6 +8,7 @@ its own prefix augmentation. Two things are missing for windows, and are added h
 * ``item_length`` is the true history length of each row (RecBole 1.2.1 computes it with
   ``Series.agg(len)``, which pandas 3 turns into the column length).
 """
+import torch.nn.functional as F
 from recbole.data.dataset import SequentialDataset
 from recbole.utils import FeatureSource, FeatureType
 
@@ -26,3 +27,15 @@ class WindowDataset(SequentialDataset):
                 self.field2seqlen[field] = max_len
         self.set_field_property(self.item_list_length_field, FeatureType.TOKEN, FeatureSource.INTERACTION, 1)
         df[self.item_list_length_field] = df[self.item_id_list_field].map(len).to_numpy()
+
+    def _dataframe_to_interaction(self, data):
+        """RecBole pads a token_seq field to its longest row only; pad history lists to the full length."""
+        inter = super()._dataframe_to_interaction(data)
+        suffix = self.config["LIST_SUFFIX"]
+        for field in inter.interaction:
+            if field.endswith(suffix) and self.field2type.get(field) == FeatureType.TOKEN_SEQ:
+                value = inter[field]
+                missing = self.field2seqlen[field] - value.shape[1]
+                if missing > 0:
+                    inter[field] = F.pad(value, (0, missing))
+        return inter
