@@ -165,11 +165,11 @@ def _tensorboard_beside_log(logger):
     from torch.utils.tensorboard import SummaryWriter
 
     base, name = None, None
-    for handler in logger.handlers:
-        if hasattr(handler, "baseFilename"):
-            base, fname = os.path.split(handler.baseFilename)
-            name = os.path.splitext(fname)[0]
-            break
+    files = [h for h in logger.handlers if getattr(h, "baseFilename", os.devnull) != os.devnull]
+    files.sort(key=lambda h: not getattr(h, "_recbole_denoise", False))  # our run log first
+    if files:
+        base, fname = os.path.split(files[0].baseFilename)
+        name = os.path.splitext(fname)[0]
     if base is None:
         base, name = "log", f"model-{get_local_time()}"
     return SummaryWriter(os.path.join(base, "tensorboard", name))
