@@ -50,6 +50,7 @@ class Config(RecBoleConfig):
         super().__init__(model=model, dataset=dataset, config_file_list=config_file_list,
                          config_dict=config_dict)
         self.final_config_dict["denoiser"] = self.denoiser_name
+        self.denoiser_class = denoiser if isinstance(denoiser, type) else None
         self.final_config_dict["source_dataset"] = self.dataset
 
     # -- inputs -------------------------------------------------------------------------------------

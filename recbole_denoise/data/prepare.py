@@ -64,7 +64,7 @@ def prepare_dataset(config, logger=None):
 
     if config["denoiser"]:
         t = time.time()
-        cls = get_denoiser(config["denoiser"])
+        cls = getattr(config, "denoiser_class", None) or get_denoiser(config["denoiser"])
         params = cls.hash_params(config, getattr(config, "denoiser_keys", ()))
         data, info["denoise"] = derive(data, f"{cls.name or cls.__name__}", params,
                                        lambda p, d, n: denoise_stage(p, d, n, cls, config, logger), root, logger)

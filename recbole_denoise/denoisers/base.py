@@ -157,9 +157,10 @@ def training_sequences(seqs):
 
 # -- decisions ----------------------------------------------------------------------------------------
 def decide(scores, editable, threshold_quantile, max_edits, min_keep=1):
-    """Flag positions whose score is at least eta, the ``threshold_quantile`` of all editable scores.
+    """Flag positions whose score exceeds eta, the ``threshold_quantile`` of all editable scores.
 
-    Ties at eta are flagged (with coarse scores, e.g. many 1.0, a strict ``>`` would flag nothing).
+    Strictly greater, as LLM4DSR §3.2 states: scores tied at eta are kept, so a scorer with coarse values
+    should break its ties itself (CoocOutlier does, by rarity).
     Per sequence at most ``max_edits`` positions (highest scores first; ``max_edits`` < 0 = no limit),
     and at least ``min_keep`` editable positions are left untouched. Returns one bool array per sequence.
     """
@@ -173,7 +174,7 @@ def decide(scores, editable, threshold_quantile, max_edits, min_keep=1):
     flags = []
     for s, e in zip(scores, editable):
         s = np.asarray(s, dtype=float)
-        cand = np.flatnonzero(e & (s >= eta))
+        cand = np.flatnonzero(e & (s > eta))
         cand = cand[np.argsort(-s[cand], kind="mergesort")]
         limit = int(e.sum()) - min_keep
         if max_edits is not None and int(max_edits) >= 0:

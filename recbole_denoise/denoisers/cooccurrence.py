@@ -5,7 +5,8 @@ C = X^T X counts, for each item pair, the users who interacted with both. The si
 seen in sequence s of user u is the cosine ``(C_ij - X_ui X_uj) / sqrt(C_ii C_jj)`` (the user's own
 co-occurrence is left out, so an item is not supported merely by the sequence it sits in). The noise
 score of position t is ``1 - mean_{t' != t} sim(s_t, s_t')``: an item that no other item of the sequence
-co-occurs with elsewhere scores 1. Items unseen in training score 1. A replacement suggestion is the
+co-occurs with elsewhere scores 1. Items unseen in training score 1. Ties are broken towards rare items
+by adding ``1e-3 / (1 + training popularity)``, so eta does not fall on a mass of equal scores. A replacement suggestion is the
 item with the largest summed similarity to the sequence's other items that is not already in it.
 """
 import numpy as np
@@ -55,7 +56,8 @@ class CoocOutlier(Denoiser):
                 np.fill_diagonal(sim, 0.0)
                 # mean over all other positions (unknown items contribute similarity 0)
                 scores[known] = 1.0 - sim.sum(axis=1) / (len(seq) - 1)
-            out.append(scores)
+            pop = np.array([self.pop[self.item_index[i]] if i in self.item_index else 0.0 for i in seq])
+            out.append(scores + 1e-3 / (1.0 + pop))
         return out
 
     def suggest(self, seqs, edits):

@@ -1,0 +1,128 @@
+"""Denoiser interface: decisions, writing back, caching, CoocOutlier quality, the README example."""
+import os
+import re
+
+import numpy as np
+import pytest
+
+from recbole_denoise import run_recbole_denoise
+from recbole_denoise.config import Config
+from recbole_denoise.data.atomic import read_atomic
+from recbole_denoise.data.prepare import prepare_dataset
+from recbole_denoise.denoisers import DENOISERS, Denoiser, decide, get_denoiser, register_denoiser
+
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+
+
+def test_decide_quantile_cap_and_min_keep():
+    scores = [np.array([0.9, 0.8, 0.1, 0.0]), np.array([0.95, 0.2, 0.0])]
+    editable = [np.array([True, True, True, False]), np.array([True, True, False])]
+    # editable scores: 0.9 0.8 0.1 0.95 0.2 -> 0.6-quantile = 0.82 -> 0.9 and 0.95 flagged
+    flags = decide(scores, editable, 0.6, max_edits=5)
+    assert flags[0].tolist() == [True, False, False, False] and flags[1].tolist() == [True, False, False]
+    flags = decide(scores, editable, 0.0, max_edits=1)  # everything qualifies, one edit per sequence
+    assert flags[0].tolist() == [True, False, False, False] and flags[1].tolist() == [True, False, False]
+    flags = decide(scores, editable, 0.0, max_edits=-1)  # no cap, but one editable position survives
+    assert flags[0].sum() == 2 and flags[1].sum() == 1
+
+
+class Counting(Denoiser):
+    fits = 0
+    seen = []
+
+    def fit(self, train):
+        type(self).fits += 1
+        type(self).seen = [list(s) for s in train.items]
+
+    def score(self, seqs):
+        return [np.array([1.0 if i == "i1" else 0.0 for i in s]) for s in seqs.items]
+
+    def suggest(self, seqs, edits):
+        return ["i2" for _ in edits]
+
+
+def test_loo_delete_writes_dataset_and_scores_and_caches(tiny_cfg):
+    cfg = tiny_cfg(threshold_quantile=0.5, max_edits=3)  # eta = 0: every i1 qualifies
+    data, info = prepare_dataset(Config("GRU4Rec", "tiny", config_dict=cfg, denoiser=Counting))
+    assert Counting.fits == 1
+    df = read_atomic(data.file("inter"))
+    src = read_atomic(os.path.join(cfg["data_path"], "tiny", "tiny.inter"))
+    # every user's i1 is deleted unless it is one of its last two (targets)
+    for user, seq in src.sort_values("timestamp").groupby("user_id"):
+        items = seq["item_id"].tolist()
+        expected = [it for k, it in enumerate(items) if it != "i1" or k >= len(items) - 2]
+        assert df[df.user_id == user].sort_values("timestamp")["item_id"].tolist() == expected
+    scores = read_atomic(data.file("denoise_scores"))
+    assert scores["flagged"].sum() == info["denoise"]["edited"] == len(src) - len(df)
+    assert info["denoise"]["editable"] == len(src) - 2 * src.user_id.nunique()
+    again, _ = prepare_dataset(Config("GRU4Rec", "tiny", config_dict=cfg, denoiser=Counting))
+    assert again.path == data.path and Counting.fits == 1  # cached: not refitted
+    prepare_dataset(Config("GRU4Rec", "tiny", config_dict={**cfg, "max_edits": 2}, denoiser=Counting))
+    assert Counting.fits == 2  # a denoising key changed: new dataset
+
+
+def test_fit_sees_training_data_only(tiny_cfg):
+    prepare_dataset(Config("GRU4Rec", "tiny", config_dict=tiny_cfg(denoise_action="replace"), denoiser=Counting))
+    src = read_atomic(os.path.join(tiny_cfg()["data_path"], "tiny", "tiny.inter"))
+    n_train = len(src) - 2 * src.user_id.nunique()
+    assert sum(map(len, Counting.seen)) == n_train
+
+
+def test_windows_replace_edits_histories_only(tiny_cfg):
+    cfg = tiny_cfg(protocol="window", noise_ratio=0.2, threshold_quantile=0.5, max_edits=1,
+                   denoise_action="replace", denoise_split="test")
+    data, info = prepare_dataset(Config("GRU4Rec", "tiny", config_dict=cfg, denoiser=Counting))
+    before = {s: read_atomic(data.file(f"{s}.inter")) for s in ("train", "valid", "test")}
+    parent = os.path.join(os.path.dirname(data.path), data.name.rsplit("-Counting-", 1)[0])
+    for split in ("train", "valid", "test"):
+        src = read_atomic(os.path.join(parent, f"{os.path.basename(parent)}.{split}.inter"))
+        out = before[split]
+        assert out["item_id"].tolist() == src["item_id"].tolist()  # targets untouched
+        if split == "train":  # denoise_split test = the test-time histories of valid and test windows
+            assert out["item_id_list"].tolist() == src["item_id_list"].tolist()
+        else:
+            for h_src, h_out in zip(src["item_id_list"], out["item_id_list"]):
+                if "i1" in h_src:
+                    k = h_src.index("i1")
+                    assert h_out == h_src[:k] + ["i2"] + h_src[k + 1:]
+    assert info["denoise"]["edited"] > 0 and "f1" in info["denoise"]
+
+
+def test_cooc_outlier_beats_random_on_synthetic_noise(tiny_cfg):
+    cfg = tiny_cfg(noise_ratio=0.15, threshold_quantile=0.8, max_edits=2)
+    _, info = prepare_dataset(Config("GRU4Rec", "tiny", config_dict=cfg, denoiser="CoocOutlier"))
+    d = info["denoise"]
+    base_rate = d["n_noise"] / d["n"]
+    assert d["precision"] > 2 * base_rate and d["auc"] > 0.7
+
+
+def test_registry_and_dotted_path():
+    assert get_denoiser("CoocOutlier") is DENOISERS["CoocOutlier"]
+    assert get_denoiser("tests.test_denoisers.Counting") is Counting
+    with pytest.raises(ValueError, match="Unknown denoiser 'Nope'.*CoocOutlier"):
+        get_denoiser("Nope")
+    with pytest.raises(TypeError):
+        register_denoiser("bad")(object)
+
+
+def test_replace_needs_a_suggesting_denoiser(tiny_cfg):
+    class NoSuggest(Denoiser):
+        def score(self, seqs):
+            return [np.arange(len(s), dtype=float) for s in seqs.items]
+
+    with pytest.raises(ValueError, match="cannot suggest"):
+        prepare_dataset(Config("GRU4Rec", "tiny", config_dict=tiny_cfg(denoise_action="replace"),
+                               denoiser=NoSuggest))
+
+
+def test_readme_example_runs(tmp_path, monkeypatch):
+    text = open(README, encoding="utf-8").read()
+    section = text[text.index("### Add your own denoiser"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    result = namespace["result"]
+    assert result["denoiser"] == "RareItem" and result["denoise"]["edited"] > 0
+    assert {"precision", "recall", "f1", "auc"} <= set(result["denoise"])
+    assert "ndcg@10" in result["test_result"]
