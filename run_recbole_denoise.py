@@ -15,14 +15,12 @@ def main(argv=None):
     parser.add_argument("--config_files", default=None, help="space-separated yaml files")
     args, overrides = parser.parse_known_args(argv)
     from recbole_denoise import run_recbole_denoise
-    from recbole_denoise.config import ConfigError
-    from recbole_denoise.data.source import DatasetError
-    from recbole_denoise.data.atomic import AtomicFileError
+    from recbole_denoise.errors import UserInputError
 
     files = args.config_files.split() if args.config_files else None
     try:
         result = run_recbole_denoise(args.model, args.dataset, args.denoiser, files, cmd_args=overrides)
-    except (ConfigError, DatasetError, AtomicFileError) as e:
+    except UserInputError as e:
         parser.exit(2, f"error: {e}\n")
     print({k: result[k] for k in ("model", "dataset", "denoiser", "best_valid_result", "test_result")})
 

@@ -17,15 +17,12 @@ import yaml
 from recbole.config import Config as RecBoleConfig
 
 from recbole_denoise.model import get_model
+from recbole_denoise.errors import ConfigError  # noqa: F401
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 PROJECT_DIR = os.path.dirname(PACKAGE_DIR)
 PROPERTIES_DIR = os.path.join(PROJECT_DIR, "properties")
 SHIPPED_DATA_DIR = os.path.join(PROJECT_DIR, "dataset")
-
-
-class ConfigError(ValueError):
-    """A configuration mistake by the user (the message names the key)."""
 
 
 class Config(RecBoleConfig):

@@ -13,11 +13,9 @@ import tempfile
 
 import pandas as pd
 
+from recbole_denoise.errors import AtomicFileError  # noqa: F401
+
 FIELD_TYPES = ("token", "float", "token_seq", "float_seq")
-
-
-class AtomicFileError(ValueError):
-    """A RecBole atomic file that cannot be used (the message names the file, line and field)."""
 
 
 def parse_header(path, header_line, sep="\t"):

@@ -17,11 +17,9 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 
+from recbole_denoise.errors import DatasetError  # noqa: F401
+
 BENCHMARK_SPLITS = ("train", "valid", "test")
-
-
-class DatasetError(ValueError):
-    """A dataset that cannot be found or used (the message names the file or key)."""
 
 
 @dataclass(frozen=True)

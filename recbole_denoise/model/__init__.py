@@ -4,6 +4,8 @@ import pkgutil
 
 from recbole.utils import get_model as _recbole_get_model
 
+from recbole_denoise.errors import ConfigError
+
 
 def our_models():
     """Names of the models this package adds (one module per model, class name = model name)."""
@@ -31,7 +33,7 @@ def get_model(name):
         try:
             return getattr(importlib.import_module(module_name), cls)
         except (ImportError, AttributeError) as e:
-            raise ValueError(f"model '{name}': cannot import class '{cls}' from '{module_name}' ({e})") from None
+            raise ConfigError(f"model '{name}': cannot import class '{cls}' from '{module_name}' ({e})") from None
     from recbole_denoise.model import sequential_recommender as pkg
 
     module_path = f"{pkg.__name__}.{name.lower()}"
@@ -42,7 +44,7 @@ def get_model(name):
     try:
         return _recbole_get_model(name)
     except (ValueError, ImportError):  # RecBole probes exlib_recommender (lightgbm) for unknown names
-        raise ValueError(
+        raise ConfigError(
             f"Unknown model '{name}' (key 'model'). Ours: {our_models() or 'none yet'}; "
             f"RecBole sequential models: {', '.join(recbole_sequential_models())}; "
             f"or give a 'package.module.Class' path."
