@@ -32,28 +32,32 @@ def _fix_numpy_aliases():
 
 # 2. torch >= 2.6 defaults torch.load(weights_only=True), which rejects RecBole's own checkpoints (they
 #    pickle the Config) at recbole/trainer/trainer.py:583 (best-model reload) and :323 (resume).
-class _TorchWithTrustedLoad(types.ModuleType):
-    """``torch`` for RecBole's trainer module only: ``load`` reads the trainer's own checkpoints."""
+class _ModuleProxy(types.ModuleType):
+    """Stand-in for a library module inside ONE RecBole module: a few attributes replaced, the rest forwarded."""
 
-    def __init__(self, torch_module):
-        super().__init__("torch")
-        self._torch = torch_module
+    def __init__(self, module, **overrides):
+        super().__init__(module.__name__)
+        self._module = module
+        self.__dict__.update(overrides)
 
     def __getattr__(self, name):
-        return getattr(self._torch, name)
+        return getattr(self._module, name)
 
-    def load(self, f, *args, **kwargs):
-        # The trainer only loads files it wrote itself (saved_model_file / resume file).
-        kwargs.setdefault("weights_only", False)
-        return self._torch.load(f, *args, **kwargs)
+
+def _trusted_load(f, *args, **kwargs):
+    """``torch.load`` for the trainer's own checkpoints (saved_model_file / resume file)."""
+    import torch
+
+    kwargs.setdefault("weights_only", False)
+    return torch.load(f, *args, **kwargs)
 
 
 def _fix_torch_load():
     import torch
     import recbole.trainer.trainer as trainer_module
 
-    if not isinstance(trainer_module.torch, _TorchWithTrustedLoad):
-        trainer_module.torch = _TorchWithTrustedLoad(torch)
+    if not isinstance(trainer_module.torch, _ModuleProxy):
+        trainer_module.torch = _ModuleProxy(torch, load=_trusted_load)
 
 
 # 3. pandas: RecBole's loader relies on behaviour that pandas 2.2+ deprecates and pandas 3 changes:
@@ -62,22 +66,15 @@ def _fix_torch_load():
 #    - dataset.py:648/650 (`_fill_nan`) likewise leaves NaN tokens/floats in place;
 #    - dataset.py:1218 `feat[field].agg(len)` means "length of each sequence" only in pandas < 3
 #      (pandas 3 returns len(column)), which scrambles token_seq remapping.
-class _PandasReadSeqAsEmpty(types.ModuleType):
-    """``pd`` for RecBole's dataset module: empty ``*_seq`` cells are read as "" rather than NaN."""
+def _read_csv_seq_as_empty(*args, **kwargs):
+    """``pd.read_csv`` for RecBole's dataset module: empty ``*_seq`` cells are read as "" rather than NaN."""
+    import pandas as pd
 
-    def __init__(self, pd_module):
-        super().__init__("pandas")
-        self._pd = pd_module
-
-    def __getattr__(self, name):
-        return getattr(self._pd, name)
-
-    def read_csv(self, *args, **kwargs):
-        df = self._pd.read_csv(*args, **kwargs)
-        for col in df.columns:
-            if isinstance(col, str) and col.endswith("seq"):
-                df[col] = df[col].fillna("")
-        return df
+    df = pd.read_csv(*args, **kwargs)
+    for col in df.columns:
+        if isinstance(col, str) and col.endswith("seq"):
+            df[col] = df[col].fillna("")
+    return df
 
 
 def _fill_nan(self):
@@ -141,8 +138,8 @@ def _fix_pandas():
     import pandas as pd
     import recbole.data.dataset.dataset as dataset_module
 
-    if not isinstance(dataset_module.pd, _PandasReadSeqAsEmpty):
-        dataset_module.pd = _PandasReadSeqAsEmpty(pd)
+    if not isinstance(dataset_module.pd, _ModuleProxy):
+        dataset_module.pd = _ModuleProxy(pd, read_csv=_read_csv_seq_as_empty)
     Dataset = dataset_module.Dataset
     Dataset._fill_nan = _fill_nan
     Dataset._remap = _remap

@@ -15,6 +15,7 @@ Writing a denoiser::
         def score(self, seqs): ...             # -> one float array per sequence, higher = noisier
         def suggest(self, seqs, edits): ...    # optional: replacement items, for denoise_action: replace
 """
+import abc
 import importlib
 from dataclasses import dataclass, field
 
@@ -88,7 +89,7 @@ class Sequences:
                          pick(self.labels), pick(self.index))
 
 
-class Denoiser:
+class Denoiser(abc.ABC):
     """Base class of explicit denoisers (see the module docstring)."""
 
     name = None
@@ -100,8 +101,9 @@ class Denoiser:
     def fit(self, train):
         """Learn from the training sequences (nothing from validation or test targets)."""
 
+    @abc.abstractmethod
     def score(self, seqs):
-        raise NotImplementedError(f"{type(self).__name__} must implement score(seqs)")
+        """One float array per sequence (same length), higher = more likely noise."""
 
     def suggest(self, seqs, edits):
         """Replacement item per edit ``(k, pos)``; denoisers that cannot suggest keep this default."""
