@@ -11,7 +11,6 @@
 """
 import math
 
-import numpy as np
 import pandas as pd
 
 from recbole_denoise.data.atomic import read_atomic, read_header, write_atomic
@@ -113,9 +112,3 @@ def read_windows(dataset):
                                  required=("user_id", "item_id_list", "item_id"))
     return out
 
-
-def window_label_arrays(frame):
-    """Per-window noise labels of the history positions, or None when the files carry none."""
-    if "noise_label_list" not in frame.columns:
-        return None
-    return [np.asarray(v, dtype=float) for v in frame["noise_label_list"]]
