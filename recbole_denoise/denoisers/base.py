@@ -148,9 +148,10 @@ def load_sequences(dataset, denoise_split="all"):
     return Sequences(users, items, editable, split, labels if has_labels else None, index), tables
 
 
-def training_sequences(seqs):
-    """The training data of ``seqs``: leave-one-out prefixes without the two targets, or train windows."""
-    if all(s == "train" for s in seqs.split) and seqs.index and not isinstance(seqs.index[0], tuple):
+def training_sequences(seqs, kind):
+    """The training data of ``seqs``: leave-one-out prefixes without the two targets (``kind`` inter),
+    or the train windows (``kind`` windows)."""
+    if kind == "inter":
         cut = lambda xs: [x[:-2] for x in xs]  # noqa: E731
         return Sequences(seqs.users, cut(seqs.items), cut(seqs.editable), seqs.split,
                          None if seqs.labels is None else cut(seqs.labels), cut(seqs.index))
@@ -253,7 +254,7 @@ def denoise_stage(parent, out_dir, out_name, denoiser_cls, config, logger=None):
         raise DatasetError(f"denoise_split must be one of {list(DENOISE_SPLITS)}, got '{split}'")
     seqs, tables = load_sequences(parent, split)
     denoiser = denoiser_cls(config)
-    denoiser.fit(training_sequences(seqs))
+    denoiser.fit(training_sequences(seqs, parent.kind))
     scores = denoiser.score(seqs)
     if len(scores) != len(seqs) or any(len(s) != len(i) for s, i in zip(scores, seqs.items)):
         raise DatasetError(f"denoiser '{denoiser_cls.__name__}'.score must return one score per position")
