@@ -202,3 +202,18 @@ def apply():
             _APPLIED[name] = True
             logging.getLogger(__name__).debug("recbole compat fix applied: %s", name)
     return list(_APPLIED)
+
+
+# 7. Not RecBole, but the same stack: peft 0.21's LoRA layers read torch.distributed.tensor.DTensor
+#    whenever torch.distributed exists, and torch 2.13 no longer imports that submodule with torch, so
+#    get_peft_model / PeftModel.from_pretrained raise AttributeError unless something imported it first.
+#    Importing it costs ~1 s, so this is applied lazily by the LLM code rather than by apply().
+def import_peft():
+    """``import peft`` with ``torch.distributed.tensor`` imported first (see above)."""
+    import importlib
+
+    import torch
+
+    if torch.distributed.is_available():
+        importlib.import_module("torch.distributed.tensor")
+    return importlib.import_module("peft")

@@ -73,7 +73,7 @@ def llm_tokenizer():
 def tiny_llm_dir(tmp_path_factory, llm_tokenizer):
     """A local HF folder holding a tiny random Llama + the SmolLM2 tokenizer (use as ``llm_path``)."""
     path = tmp_path_factory.mktemp("tiny-llm")
-    model = build_tiny_llama(llm_tokenizer)
+    model = build_tiny_llama(llm_tokenizer, tie_word_embeddings=False)  # tied tiny models only echo the quote
     model.config.architectures = ["LlamaForCausalLM"]
     model.save_pretrained(path)
     llm_tokenizer.save_pretrained(path)

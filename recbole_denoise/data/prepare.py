@@ -7,10 +7,11 @@ import os
 import time
 
 from recbole_denoise.data.noise import noise_stage
+from recbole_denoise.data.sample import check_sample_users, sample_stage
 from recbole_denoise.data.protocol import check_protocol_keys, window_stage
 from recbole_denoise.data.source import BENCHMARK_SPLITS, DatasetError, derive, open_dataset
 from recbole_denoise.data.text import check_text_field
-from recbole_denoise.denoisers.base import denoise_stage, get_denoiser
+from recbole_denoise.denoisers.base import check_decision_keys, denoise_stage, get_denoiser
 
 
 def check_config(config):
@@ -21,6 +22,8 @@ def check_config(config):
     check_protocol_keys(config["protocol"], config["window_size"], config["split_ratio"])
     if config["protocol"] == "window" and config["MAX_ITEM_LIST_LENGTH"] < 1:
         raise DatasetError("MAX_ITEM_LIST_LENGTH must be >= 1")
+    if config["denoiser"]:
+        check_decision_keys(config)
 
 
 def prepare_dataset(config, logger=None):
@@ -35,6 +38,15 @@ def prepare_dataset(config, logger=None):
     data = open_dataset(config["dataset"], config["data_path"])
     if config["item_text_field"]:
         check_text_field(data, config["item_text_field"])
+
+    n_users = check_sample_users(config["sample_users"] or 0)
+    if n_users:
+        t = time.time()
+        params = {"users": n_users, "seed": config["sample_seed"]}
+        data, info["sample"] = derive(data, "sample", params,
+                                      lambda p, d, n: sample_stage(p, d, n, n_users, config["sample_seed"]),
+                                      root, logger)
+        timings["sample"] = time.time() - t
 
     ratio = float(config["noise_ratio"])
     if ratio > 0:

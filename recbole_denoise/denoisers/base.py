@@ -17,6 +17,9 @@ Writing a denoiser::
 """
 import abc
 import importlib
+import os
+import shutil
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,8 +32,9 @@ from recbole_denoise.data.source import BENCHMARK_SPLITS, DatasetError
 from recbole_denoise.evaluator.noise_detection import noise_detection_metrics
 
 DENOISERS = {}
-BASE_KEYS = ("threshold_quantile", "max_edits", "denoise_action", "denoise_split")
-ACTIONS = ("delete", "replace")
+BASE_KEYS = ("threshold_quantile", "threshold_quantile_test", "max_edits", "denoise_action", "denoise_split",
+             "seed")
+ACTIONS = ("delete", "replace", "popularity")
 DENOISE_SPLITS = ("train", "test", "all")
 
 
@@ -97,6 +101,17 @@ class Denoiser(abc.ABC):
 
     def __init__(self, config):
         self.config = config
+        self.dataset = None   # the AtomicDataset being denoised (set by the stage before fit)
+        self.workdir = None   # a folder that survives a crash of this stage (partial results, shards)
+        self.logger = None
+        self.info = {}        # statistics the denoiser adds to the result's "denoise" entry
+
+    def bind(self, dataset, workdir, logger=None):
+        """Called by the stage before :meth:`fit`: the dataset (for item texts), a work folder, a logger."""
+        import logging
+
+        self.dataset, self.workdir = dataset, workdir
+        self.logger = logger or logging.getLogger(type(self).__module__)
 
     def fit(self, train):
         """Learn from the training sequences (nothing from validation or test targets)."""
@@ -105,8 +120,21 @@ class Denoiser(abc.ABC):
     def score(self, seqs):
         """One float array per sequence (same length), higher = more likely noise."""
 
+    def decision_units(self, seqs):
+        """The units in which ``max_edits`` counts and one position is always kept: ``(k, positions)``.
+
+        By default one unit per sequence; a denoiser that reads long sequences in chunks (LLM4DSR's
+        prompt windows) returns its chunks, so "at most b edits per sequence" means per sequence it saw.
+        """
+        return [(k, np.arange(len(items))) for k, items in enumerate(seqs.items)]
+
+    def fixed_threshold(self):
+        """A threshold that replaces the quantile rule (``None``: use ``threshold_quantile``)."""
+        return None
+
     def suggest(self, seqs, edits):
-        """Replacement item per edit ``(k, pos)``; denoisers that cannot suggest keep this default."""
+        """Replacement item per edit ``(k, pos)`` (``None``: delete that one instead); denoisers that
+        cannot suggest keep this default."""
         raise DatasetError(f"denoiser '{self.name or type(self).__name__}' cannot suggest replacements; "
                            f"use denoise_action: delete")
 
@@ -159,11 +187,11 @@ def training_sequences(seqs, kind):
 
 
 # -- decisions ----------------------------------------------------------------------------------------
-def decide(scores, editable, threshold_quantile, max_edits, min_keep=1):
+def decide(scores, editable, threshold_quantile, max_edits, min_keep=1, eta=None):
     """Flag positions whose score exceeds eta, the ``threshold_quantile`` of all editable scores.
 
     Strictly greater, as LLM4DSR §3.2 states: scores tied at eta are kept, so a scorer with coarse values
-    should break its ties itself (CoocOutlier does, by rarity).
+    should break its ties itself (CoocOutlier does, by rarity). ``eta`` given: used instead of the quantile.
     Per sequence at most ``max_edits`` positions (highest scores first; ``max_edits`` < 0 = no limit),
     and at least ``min_keep`` editable positions are left untouched. Returns one bool array per sequence.
     """
@@ -173,7 +201,8 @@ def decide(scores, editable, threshold_quantile, max_edits, min_keep=1):
     pool = np.concatenate(pool) if pool else np.array([])
     if pool.size == 0:
         return [np.zeros(len(e), dtype=bool) for e in editable]
-    eta = float(np.quantile(pool, float(threshold_quantile)))
+    if eta is None:
+        eta = float(np.quantile(pool, float(threshold_quantile)))
     flags = []
     for s, e in zip(scores, editable):
         s = np.asarray(s, dtype=float)
@@ -188,22 +217,72 @@ def decide(scores, editable, threshold_quantile, max_edits, min_keep=1):
     return flags
 
 
+def check_decision_keys(config):
+    for key in ("threshold_quantile", "threshold_quantile_test"):
+        q = config[key]
+        if q is None and key == "threshold_quantile_test":
+            continue
+        if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0.0 <= float(q) <= 1.0:
+            raise DatasetError(f"{key} must be a number in [0, 1], got {q!r}")
+    b = config["max_edits"]
+    if isinstance(b, bool) or not isinstance(b, int) or b < 0:
+        raise DatasetError(f"max_edits must be an integer >= 0 (at most this many edits per sequence), got {b!r}")
+
+
+def decide_units(denoiser, seqs, scores, config):
+    """:func:`decide` over the denoiser's decision units, with one eta for training sequences
+    (``threshold_quantile``) and one for validation/test histories (``threshold_quantile_test``, default
+    the same), as LLM4DSR §4.6 tunes eta on the training set alone. Leave-one-out sequences are all
+    training sequences (their prefix is also the test history)."""
+    units = denoiser.decision_units(seqs)
+    flags = [np.zeros(len(items), dtype=bool) for items in seqs.items]
+    q_test = config["threshold_quantile_test"]
+    groups = {"train": config["threshold_quantile"],
+              "test": config["threshold_quantile"] if q_test is None else q_test}
+    for group, q in groups.items():
+        members = [(k, pos) for k, pos in units if (seqs.split[k] == "train") == (group == "train")]
+        if not members:
+            continue
+        sub = decide([np.asarray(scores[k], dtype=float)[pos] for k, pos in members],
+                     [np.asarray(seqs.editable[k])[pos] for k, pos in members], q, config["max_edits"],
+                     eta=denoiser.fixed_threshold())
+        for (k, pos), f in zip(members, sub):
+            flags[k][pos[f]] = True
+    return flags
+
+
+def popularity_replacements(train, seqs, edits, seed):
+    """LLM4DSR §4.3.1 "w/ popularity completion": each flagged item is replaced by an item drawn with
+    probability proportional to its training popularity (not already in the sequence, when possible)."""
+    tokens, counts = np.unique(np.array([i for seq in train.items for i in seq], dtype=object), return_counts=True)
+    p = counts / counts.sum()
+    rng = np.random.default_rng(seed)
+    out = []
+    for k, _ in edits:
+        present = set(seqs.items[k])
+        draw = tokens[rng.choice(len(tokens), size=8, p=p)]
+        fresh = [t for t in draw if t not in present]
+        out.append(fresh[0] if fresh else draw[0])
+    return out
+
+
 # -- writing ------------------------------------------------------------------------------------------
-def _apply_inter(dataset, table, seqs, flags, action, replacements, out_dir, out_name):
+def _apply_inter(dataset, table, seqs, flags, replacements, out_dir, out_name):
     table = table.copy()
     drop = []
     for k, f in enumerate(flags):
         for pos in np.flatnonzero(f):
             row = seqs.index[k][pos]
-            if action == "delete":
+            new = replacements.get((k, pos))
+            if new is None:
                 drop.append(row)
             else:
-                table.loc[row, "item_id"] = replacements[(k, pos)]
+                table.loc[row, "item_id"] = new
     table = table.drop(index=drop)
     write_atomic(table, f"{out_dir}/{out_name}.inter", read_header(dataset.file("inter")))
 
 
-def _apply_windows(dataset, tables, seqs, flags, action, replacements, out_dir, out_name):
+def _apply_windows(dataset, tables, seqs, flags, replacements, out_dir, out_name):
     tables = {k: v.copy() for k, v in tables.items()}
     for k, f in enumerate(flags):
         if not f.any():
@@ -213,12 +292,13 @@ def _apply_windows(dataset, tables, seqs, flags, action, replacements, out_dir, 
         hist = list(t.at[r, "item_id_list"])
         labels = list(t.at[r, "noise_label_list"]) if "noise_label_list" in t else None
         for pos in sorted(np.flatnonzero(f), reverse=True):
-            if action == "delete":
+            new = replacements.get((k, pos))
+            if new is None:
                 del hist[pos]
                 if labels is not None:
                     del labels[pos]
             else:
-                hist[pos] = replacements[(k, pos)]
+                hist[pos] = new
         t.at[r, "item_id_list"] = hist
         if labels is not None:
             t.at[r, "noise_label_list"] = labels
@@ -227,46 +307,81 @@ def _apply_windows(dataset, tables, seqs, flags, action, replacements, out_dir, 
         write_atomic(tables[split], f"{out_dir}/{out_name}.{split}.inter", read_header(path))
 
 
-def _scores_table(seqs, scores, flags):
+def _scores_table(seqs, scores, flags, replacements, kinds):
+    """One row per editable position: score, flag, and for edits the replacement and how it was found."""
     rows = []
     for k in range(len(seqs)):
         for pos in np.flatnonzero(seqs.editable[k]):
+            new = replacements.get((k, int(pos)))
             row = {"seq_id": k, "user_id": seqs.users[k], "split": seqs.split[k], "position": pos,
-                   "item_id": seqs.items[k][pos], "score": float(scores[k][pos]), "flagged": float(flags[k][pos])}
+                   "item_id": seqs.items[k][pos], "score": float(scores[k][pos]), "flagged": float(flags[k][pos]),
+                   "replacement": "" if new is None else new, "suggestion": kinds.get((k, int(pos)), "")}
             if seqs.labels is not None:
                 row["noise_label"] = float(seqs.labels[k][pos])
             rows.append(row)
-    return pd.DataFrame(rows, columns=["seq_id", "user_id", "split", "position", "item_id", "score", "flagged"]
+    return pd.DataFrame(rows, columns=["seq_id", "user_id", "split", "position", "item_id", "score", "flagged",
+                                       "replacement", "suggestion"]
                         + (["noise_label"] if seqs.labels is not None else []))
 
 
 SCORE_FIELDS = {"seq_id": "token", "user_id": "token", "split": "token", "position": "float",
-                "item_id": "token", "score": "float", "flagged": "float", "noise_label": "float"}
+                "item_id": "token", "score": "float", "flagged": "float", "replacement": "token",
+                "suggestion": "token", "noise_label": "float"}
+
+
+def work_dir(config, out_name):
+    """Where a denoiser keeps partial results of the stage ``out_name`` across crashes."""
+    return os.path.join(os.path.abspath(config["derived_data_path"]), ".work", out_name)
 
 
 def denoise_stage(parent, out_dir, out_name, denoiser_cls, config, logger=None):
-    """``derive`` build step: fit, score, decide, edit, and write dataset + ``<name>.denoise_scores``."""
+    """``derive`` build step: fit, score, decide, edit, and write dataset + ``<name>.denoise_scores``.
+
+    The denoiser gets a work folder outside the temporary build folder, so partial results (LLM4DSR's
+    score shards) survive a crash and are reused by the next run; it is removed once the dataset is written.
+    """
     action = config["denoise_action"]
     if action not in ACTIONS:
         raise DatasetError(f"denoise_action must be one of {list(ACTIONS)}, got '{action}'")
     split = config["denoise_split"]
     if split not in DENOISE_SPLITS:
         raise DatasetError(f"denoise_split must be one of {list(DENOISE_SPLITS)}, got '{split}'")
+    check_decision_keys(config)
     seqs, tables = load_sequences(parent, split)
+    workdir = work_dir(config, out_name)
     denoiser = denoiser_cls(config)
-    denoiser.fit(training_sequences(seqs, parent.kind))
+    denoiser.bind(parent, workdir, logger)
+    train = training_sequences(seqs, parent.kind)
+    timings = {}
+    t = time.time()
+    denoiser.fit(train)
+    timings["fit"] = time.time() - t
+    t = time.time()
     scores = denoiser.score(seqs)
+    timings["score"] = time.time() - t
     if len(scores) != len(seqs) or any(len(s) != len(i) for s, i in zip(scores, seqs.items)):
         raise DatasetError(f"denoiser '{denoiser_cls.__name__}'.score must return one score per position")
-    flags = decide(scores, seqs.editable, config["threshold_quantile"], config["max_edits"])
+    flags = decide_units(denoiser, seqs, scores, config)
     edits = [(k, int(p)) for k, f in enumerate(flags) for p in np.flatnonzero(f)]
-    replacements = dict(zip(edits, denoiser.suggest(seqs, edits))) if action == "replace" and edits else {}
+    t = time.time()
+    replacements, kinds = {}, {}
+    if action == "replace" and edits:
+        suggested = denoiser.suggest(seqs, edits)
+        replacements = dict(zip(edits, suggested))
+        kinds = dict(zip(edits, getattr(denoiser, "suggestion_kinds", None) or ["suggested"] * len(edits)))
+    elif action == "popularity" and edits:
+        replacements = dict(zip(edits, popularity_replacements(train, seqs, edits, config["seed"])))
+        kinds = {e: "popularity" for e in edits}
+    timings["suggest"] = time.time() - t
     writer = _apply_inter if parent.kind == "inter" else _apply_windows
-    writer(parent, tables, seqs, flags, action, replacements, out_dir, out_name)
-    table = _scores_table(seqs, scores, flags)
+    writer(parent, tables, seqs, flags, replacements, out_dir, out_name)
+    table = _scores_table(seqs, scores, flags, replacements, kinds)
     write_atomic(table, f"{out_dir}/{out_name}.denoise_scores", {k: SCORE_FIELDS[k] for k in table.columns})
-    info = {"editable": int(len(table)), "edited": len(edits),
-            "edited_fraction": len(edits) / max(len(table), 1), "action": action}
+    replaced = sum(v is not None for v in replacements.values())
+    info = {"editable": int(len(table)), "edited": len(edits), "replaced": replaced, "deleted": len(edits) - replaced,
+            "edited_fraction": len(edits) / max(len(table), 1), "action": action, "timings": timings,
+            **denoiser.info}
     if seqs.labels is not None and len(table):
         info.update(noise_detection_metrics(table["noise_label"], flags=table["flagged"], scores=table["score"]))
+    shutil.rmtree(workdir, ignore_errors=True)
     return parent.kind, info

@@ -1,0 +1,315 @@
+"""``LLM4DSR`` (Wang et al., TOIS 2025): a fine-tuned causal LM names the noisy items and suggests others.
+
+The stages, each following the paper (``../shared/papers/LLM4DSR-TOIS2025.txt``):
+
+1. **Self-supervised instruction data (§3.1).** From training sequences only: draw a sequence, show the
+   LLM a window of at most ``llm_window`` consecutive items, replace one position (uniform) by a random
+   training item (uniform; not already in the window, so the answer is unambiguous), and ask it to
+   answer ``Noise Items: "<inserted item>", Suggested Items: "<original item>"``. ``finetune_samples``
+   examples (paper: 5,000), seed ``finetune_seed``.
+2. **LoRA fine-tuning (§3.1 Eq. 1, §4.1.4):** r=8, alpha=16, dropout 0.05 on q_proj/v_proj, lr 1e-4,
+   ``finetune_epochs`` (paper: 50), loss on the response tokens (``loss_on_prompt: true`` = official
+   code). Checkpointed per epoch (a killed run resumes); the adapter is cached by a hash of (training
+   data, LLM, prompt and fine-tuning keys) under ``<derived_data_path>/adapters/``, so a second run
+   skips training. ``tuning: zero_shot`` skips fine-tuning (§4.3.4).
+3. **Uncertainty (§3.2 Eq. 2).** For every window the model reads (the editable positions of a
+   sequence, cut into consecutive windows of at most ``llm_window`` items), P_noise of each item's
+   title after ``Noise Items: "``: ``pnoise_mode: first_token`` (the paper's practical choice),
+   ``full_title`` (Eq. 2 exactly, all titles packed after one prompt) or ``ppl`` (§4.3.3 baseline).
+   Scores are log-probabilities, computed in shards of ``score_shard_size`` windows that are kept on
+   disk until the stage finishes, so a crash loses at most the shard being computed.
+4. **Decision (§3.2 Eq. 3, §4.1.4).** eta = ``threshold_quantile`` of all training scores
+   (``threshold_quantile_test`` for validation/test histories); at most ``max_edits`` (b) edits per
+   window, highest first. ``use_uncertainty: false`` (§4.3.1 "w/o uncertainty") flags instead the one
+   item the model generates as noise, matched to the window's items.
+5. **Replacement (§3.3 Eq. 4).** ``denoise_action: replace``: the model generates the suggested item
+   after ``Noise Items: "<flagged>", Suggested Items: "`` (greedy, ``suggest_max_tokens``), grounded to an
+   item by exact title, else by embedding similarity (``ground_encoder``: MiniLM by default, ``llm`` = the
+   official code's LLM hidden state); never to padding nor to an item already in the sequence; an empty
+   suggestion deletes the item. ``delete`` and ``popularity`` give the §4.3.1 ablations.
+
+Only training data reaches the instruction data; scoring prompts hold only editable positions (never a
+validation or test target), so ``denoise_split: train`` also keeps test histories out of every prompt.
+"""
+import difflib
+import hashlib
+import json
+import os
+import tempfile
+
+import numpy as np
+
+from recbole_denoise.data.text import item_texts
+from recbole_denoise.denoisers.base import Denoiser, register_denoiser
+from recbole_denoise.errors import ConfigError, DatasetError
+
+PNOISE_MODES = ("first_token", "full_title", "ppl")
+TUNINGS = ("denoise", "zero_shot")
+
+PROMPT_KEYS = ("llm_instruction", "llm_prompt_template", "llm_response_template", "llm_item_template",
+               "llm_title_max_tokens", "llm_window", "item_text_field")
+FINETUNE_KEYS = ("tuning", "finetune_samples", "finetune_seed", "finetune_epochs", "finetune_batch_size",
+                 "finetune_learning_rate", "finetune_max_length", "lora_r", "lora_alpha", "lora_dropout",
+                 "lora_target_modules", "loss_on_prompt")
+
+
+def llm_identity(path):
+    """What identifies a model folder in cache keys: its config and the names and sizes of its files."""
+    h = hashlib.sha1()
+    for name in sorted(os.listdir(path)):
+        full = os.path.join(path, name)
+        if os.path.isfile(full):
+            h.update(f"{name}:{os.path.getsize(full)};".encode())
+            if name == "config.json":
+                with open(full, "rb") as f:
+                    h.update(f.read())
+    return h.hexdigest()[:12]
+
+
+def windows_of(positions, size):
+    """Cut ``positions`` into consecutive windows of at most ``size``, as even as possible (no window of
+    one item when the sequence is longer than ``size``)."""
+    n = len(positions)
+    if n == 0:
+        return []
+    parts = -(-n // size)
+    bounds = np.linspace(0, n, parts + 1).round().astype(int)
+    return [np.asarray(positions[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def instruction_samples(train, vocabulary, n, window, seed):
+    """LLM4DSR §3.1: ``n`` corrupted windows ``(items, position, noise item, original item)`` drawn from
+    the editable positions of the training sequences ``train``."""
+    rng = np.random.default_rng(seed)
+    pools = [np.asarray(items, dtype=object)[np.asarray(edit, dtype=bool)] for items, edit in zip(train.items, train.editable)]
+    pools = [p for p in pools if len(p) >= 2]
+    if not pools:
+        raise DatasetError("LLM4DSR: no training sequence has two or more items to build instruction data from")
+    vocabulary = np.asarray(sorted(vocabulary), dtype=object)
+    out = []
+    for _ in range(int(n)):
+        seq = pools[rng.integers(len(pools))]
+        start = rng.integers(len(seq) - min(window, len(seq)) + 1)
+        items = list(seq[start:start + window])
+        pos = int(rng.integers(len(items)))
+        present = set(items)
+        noise = vocabulary[rng.integers(len(vocabulary))]
+        for _ in range(100):  # resample an item already in the window
+            if noise not in present:
+                break
+            noise = vocabulary[rng.integers(len(vocabulary))]
+        original, items[pos] = items[pos], noise
+        out.append((items, pos, noise, original))
+    return out
+
+
+def _match_in_window(text, window_texts):
+    """Index of the window item a generated noise text names: exact (case-insensitive), else closest."""
+    norm = " ".join(text.casefold().split())
+    names = [" ".join(t.casefold().split()) for t in window_texts]
+    if norm in names:
+        return names.index(norm)
+    if not norm:
+        return None
+    ratios = [difflib.SequenceMatcher(None, norm, n).ratio() for n in names]
+    return int(np.argmax(ratios))
+
+
+@register_denoiser("LLM4DSR")
+class LLM4DSR(Denoiser):
+    config_keys = PROMPT_KEYS + FINETUNE_KEYS + (
+        "llm_path", "llm_dtype", "pnoise_mode", "use_uncertainty", "suggest_max_tokens", "ground_encoder",
+        "ground_encoder_path")
+
+    # -- setup ----------------------------------------------------------------------------------------
+    def _key(self, key, default=None):
+        value = self.config[key] if key in self.config else None
+        return default if value is None else value
+
+    def _check_keys(self):
+        mode = self._key("pnoise_mode", "first_token")
+        if mode not in PNOISE_MODES:
+            raise ConfigError(f"pnoise_mode must be one of {list(PNOISE_MODES)}, got '{mode}'")
+        tuning = self._key("tuning", "denoise")
+        if tuning not in TUNINGS:
+            raise ConfigError(f"tuning must be one of {list(TUNINGS)}, got '{tuning}'")
+        for key in ("llm_window", "finetune_samples", "finetune_epochs", "llm_batch_size", "score_shard_size",
+                    "suggest_max_tokens"):
+            value = self._key(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{key} must be an integer >= 1, got {value!r}")
+
+    def _device_dtype(self):
+        import torch
+
+        device = self._key("llm_device", "auto")
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = self._key("llm_dtype", "auto")
+        if dtype == "auto":
+            dtype = "bfloat16" if str(device).startswith("cuda") else "float32"
+        if not isinstance(getattr(torch, str(dtype), None), torch.dtype):
+            raise ConfigError(f"llm_dtype must be auto or a torch dtype name (float32, bfloat16, ...), got '{dtype}'")
+        return device, getattr(torch, dtype)
+
+    def _load(self):
+        from recbole_denoise.llm.loader import load_llm, resolve_llm_path
+        from recbole_denoise.llm.prompts import PAPER_INSTRUCTION, PAPER_ITEM, PAPER_PROMPT, PAPER_RESPONSE, PromptBuilder
+
+        self.llm_path = resolve_llm_path(self._key("llm_path"), self._key("llm_cache_dir"), self.logger)
+        device, dtype = self._device_dtype()
+        self.model, self.tokenizer = load_llm(self.llm_path, dtype=dtype, device=device)
+        self.prompts = PromptBuilder(
+            self.tokenizer, instruction=self._key("llm_instruction", PAPER_INSTRUCTION),
+            prompt_template=self._key("llm_prompt_template", PAPER_PROMPT),
+            response_template=self._key("llm_response_template", PAPER_RESPONSE),
+            item_template=self._key("llm_item_template", PAPER_ITEM),
+            title_max_tokens=self._key("llm_title_max_tokens", 24))
+        self.pad_id = self.tokenizer.pad_token_id
+
+    def adapter_dir(self):
+        """Cache folder of the LoRA adapter: a hash of (training data, LLM, prompt and fine-tuning keys)."""
+        params = {"data": self.dataset.fingerprint(), "llm": llm_identity(self.llm_path),
+                  "keys": {k: self._key(k) for k in PROMPT_KEYS + FINETUNE_KEYS}}
+        digest = hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:10]
+        root = os.path.join(os.path.abspath(self.config["derived_data_path"]), "adapters")
+        return os.path.join(root, f"{self.dataset.name}-LLM4DSR-{digest}")
+
+    def fit(self, train):
+        from recbole_denoise.llm.finetune import LoraSettings, finetune_lora
+
+        self._check_keys()
+        self.texts = item_texts(self.dataset, self.config["item_text_field"], self.logger)
+        if all(t == f"item {i}" for i, t in self.texts.items()):
+            raise DatasetError(f"{self.dataset.item_file}: every '{self.config['item_text_field']}' is empty; "
+                               f"LLM4DSR needs item texts")
+        self.window = int(self._key("llm_window", 10))
+        self.progress = bool(self._key("show_progress", False))
+        self.vocabulary = {i for seq in train.items for i in seq}
+        missing = sorted({str(i) for i in self.vocabulary if i not in self.texts})
+        if missing:
+            raise DatasetError(f"{self.dataset.item_file}: {len(missing)} item(s) of the interactions have no row "
+                               f"(e.g. {missing[:5]}); LLM4DSR needs a text for every item")
+        self._load()
+        if self._key("tuning", "denoise") == "zero_shot":
+            self.info["tuning"] = "zero_shot"
+            return
+        samples = instruction_samples(train, self.vocabulary, self._key("finetune_samples", 5000), self.window,
+                                      self._key("finetune_seed", 2020))
+        examples = [self.prompts.example([self.texts[i] for i in items], self.texts[noise], self.texts[orig])
+                    for items, _, noise, orig in samples]
+        settings = LoraSettings(
+            r=int(self._key("lora_r", 8)), alpha=int(self._key("lora_alpha", 16)),
+            dropout=float(self._key("lora_dropout", 0.05)),
+            target_modules=tuple(self._key("lora_target_modules", ("q_proj", "v_proj"))),
+            learning_rate=float(self._key("finetune_learning_rate", 1e-4)),
+            epochs=int(self._key("finetune_epochs", 50)), batch_size=int(self._key("finetune_batch_size", 8)),
+            loss_on_prompt=bool(self._key("loss_on_prompt", False)),
+            max_length=int(self._key("finetune_max_length", 1024)), seed=int(self._key("finetune_seed", 2020)))
+        out = self.adapter_dir()
+        self.model = finetune_lora(self.model, examples, out, settings, self.pad_id, logger=self.logger,
+                                   progress=self.progress)
+        self.model.eval()
+        self.info.update({"tuning": "denoise", "adapter": out, "finetune_examples": len(examples)})
+
+    # -- scoring --------------------------------------------------------------------------------------
+    def decision_units(self, seqs):
+        return [(k, w) for k, edit in enumerate(seqs.editable) for w in windows_of(np.flatnonzero(edit), self.window)]
+
+    def fixed_threshold(self):
+        return None if self._key("use_uncertainty", True) else 0.5
+
+    def _shards(self, units, tag, compute):
+        """``compute(units) -> list of arrays``, over shards of ``score_shard_size`` units kept on disk."""
+        size = int(self._key("score_shard_size", 256))
+        folder = os.path.join(self.workdir, tag)
+        os.makedirs(folder, exist_ok=True)
+        out, reused = [], 0
+        for n, start in enumerate(range(0, len(units), size)):
+            path = os.path.join(folder, f"shard-{n:05d}.npz")
+            part = units[start:start + size]
+            if os.path.isfile(path):
+                with np.load(path) as z:
+                    flat, lengths = z["flat"], z["lengths"]
+                reused += 1
+            else:
+                arrays = compute(part)
+                lengths = np.array([len(a) for a in arrays], dtype=np.int64)
+                flat = np.concatenate(arrays) if arrays else np.zeros(0)
+                fd, tmp = tempfile.mkstemp(dir=folder, suffix=".npz")
+                os.close(fd)
+                np.savez(tmp, flat=flat, lengths=lengths)
+                os.replace(tmp, path)
+            out.extend(np.split(flat, np.cumsum(lengths)[:-1]) if len(lengths) else [])
+        self.info.setdefault("shards", {})[tag] = {"total": -(-len(units) // size), "reused": reused}
+        return out
+
+    def _window_texts(self, seqs, k, pos):
+        return [self.texts[seqs.items[k][p]] for p in pos]
+
+    def score(self, seqs):
+        from recbole_denoise.llm.scoring import score_candidates
+
+        units = [(k, w) for k, w in self.decision_units(seqs)]
+        batch = int(self._key("llm_batch_size", 16))
+        mode = self._key("pnoise_mode", "first_token")
+
+        def uncertainty(part):
+            histories = [self._window_texts(seqs, k, pos) for k, pos in part]
+            prefixes = [self.prompts.scoring_prefix(h) for h in histories]
+            candidates = [[self.prompts.title_ids(t) for t in h] for h in histories]
+            return score_candidates(self.model, prefixes, candidates, mode=mode, batch_size=batch,
+                                    pad_id=self.pad_id, shared_prefix=self.prompts.shared_prefix,
+                                    logger=self.logger, progress=self.progress)
+
+        def generated(part):
+            from recbole_denoise.llm.grounding import generate_suggestions
+
+            histories = [self._window_texts(seqs, k, pos) for k, pos in part]
+            texts = generate_suggestions(self.model, self.tokenizer, [self.prompts.scoring_prefix(h) for h in histories],
+                                         max_new_tokens=self.prompts.title_max_tokens + 2, batch_size=batch,
+                                         stop=self.prompts.stop_text, logger=self.logger, progress=self.progress)
+            out = []
+            for h, text in zip(histories, texts):
+                hit, flags = _match_in_window(text, [self.prompts.short_title(t) for t in h]), np.zeros(len(h))
+                if hit is not None:
+                    flags[hit] = 1.0
+                out.append(flags)
+            return out
+
+        if self._key("use_uncertainty", True):
+            per_unit = self._shards(units, f"pnoise-{mode}", uncertainty)
+        else:
+            per_unit = self._shards(units, "generated-noise", generated)
+        scores = [np.full(len(items), np.nan) for items in seqs.items]
+        for (k, pos), values in zip(units, per_unit):
+            scores[k][pos] = values
+        self.info["pnoise_mode"] = mode if self._key("use_uncertainty", True) else "generated"
+        self.info["windows"] = len(units)
+        return scores
+
+    # -- replacement ----------------------------------------------------------------------------------
+    def suggest(self, seqs, edits):
+        from recbole_denoise.llm.grounding import Grounder, generate_suggestions
+
+        unit_of = {(k, int(p)): pos for k, pos in self.decision_units(seqs) for p in pos}
+        prefixes = []
+        for k, p in edits:
+            history = self._window_texts(seqs, k, unit_of[(k, p)])
+            prefixes.append(self.prompts.suggestion_prefix(history, self.texts[seqs.items[k][p]]))
+        texts = generate_suggestions(self.model, self.tokenizer, prefixes,
+                                     max_new_tokens=int(self._key("suggest_max_tokens", 32)),
+                                     batch_size=int(self._key("llm_batch_size", 16)), stop=self.prompts.stop_text,
+                                     logger=self.logger, progress=self.progress)
+        # candidates: training items and items of editable histories; never a target, never padding
+        shown = {i for items, edit in zip(seqs.items, seqs.editable) for i, e in zip(items, edit) if e}
+        known = {i: self.texts[i] for i in sorted(self.vocabulary | shown)}
+        encoder = self._key("ground_encoder", "sentence_transformers")
+        grounder = Grounder(known, encoder=encoder, encoder_path=self._key("ground_encoder_path"),
+                            llm=self.model if encoder == "llm" else None,
+                            tokenizer=self.tokenizer if encoder == "llm" else None, logger=self.logger)
+        grounded = grounder.ground(texts, exclude=[set(seqs.items[k]) for k, _ in edits])
+        self.suggestion_kinds = [kind for _, kind in grounded]
+        self.info["suggestions"] = grounder.summary()
+        self.logger.info(f"LLM4DSR suggestions: {self.info['suggestions']}")
+        return [item for item, _ in grounded]

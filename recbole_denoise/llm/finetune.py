@@ -1,0 +1,280 @@
+"""LoRA instruction tuning of a causal LM, as LLM4DSR does it, resumable after a crash.
+
+LLM4DSR (§3.1, Eq. 1) tunes the LLM on instruction examples, prompt tokens ``x`` and response tokens
+``z``, by minimising ``-sum_i log P(z_i | x, z_<i)``: only the response is scored. Its official code
+(alpaca-lora style) scores the prompt tokens as well; :attr:`LoraSettings.loss_on_prompt` selects that.
+The loss is the Hugging Face causal-LM loss, i.e. Eq. 1 averaged over the scored tokens of a batch
+rather than summed (a rescaling of each step, as in the Trainer-based official code).
+
+The defaults of :class:`LoraSettings` are those of the paper (§4.1.4) and its official code: LoRA rank 8,
+alpha 16, dropout 0.05 on ``q_proj`` and ``v_proj``, learning rate 1e-4, 50 epochs; the optimiser is the
+Trainer's AdamW with linear decay (no warm-up unless ``warmup_ratio`` is set). Training runs in the
+Hugging Face :class:`transformers.Trainer`, so the same code runs on one CPU, one GPU, or under
+``torchrun`` / ``accelerate launch`` (DDP) unchanged; the model keeps its own dtype (float32 on CPU; a
+bf16/fp16 model on GPU trains with float32 LoRA weights, which peft casts up).
+
+Layout of ``out_dir`` (nothing is written elsewhere)::
+
+    out_dir/checkpoints/run.json         what this run trains (settings + example digest), for resume
+    out_dir/checkpoints/checkpoint-N/    Trainer checkpoints, one per epoch, the last 2 kept
+    out_dir/adapter/                     the finished LoRA adapter (peft ``save_pretrained``)
+    out_dir/adapter/DONE.json            written last and atomically: the adapter is complete
+
+A call whose ``out_dir`` holds checkpoints of the same run resumes from the newest complete one
+(optimizer, schedule, RNG and data order restored, so the result matches an uninterrupted run); the
+checkpoints are deleted once the adapter is done. A call whose ``out_dir`` is done just loads the adapter.
+"""
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from recbole_denoise.compat import import_peft
+
+CHECKPOINTS = "checkpoints"
+ADAPTER = "adapter"
+DONE = "DONE.json"
+RUN_FILE = "run.json"
+IGNORE_INDEX = -100  # label of tokens that the loss skips (torch cross_entropy's ignore_index)
+
+
+@dataclass
+class LoraSettings:
+    """LoRA and optimisation settings; the defaults are LLM4DSR's (§4.1.4 and the official code)."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: tuple = ("q_proj", "v_proj")
+    learning_rate: float = 1e-4
+    epochs: int = 50
+    batch_size: int = 8  # per device
+    grad_accum: int = 1
+    loss_on_prompt: bool = False  # True: score prompt tokens too, as the official code does
+    max_length: int = 1024  # prompt + response tokens; the prompt is cut from the left to fit
+    seed: int = 2020
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+
+    def as_dict(self):
+        d = dataclasses.asdict(self)
+        d["target_modules"] = list(self.target_modules)
+        return d
+
+
+def encode_example(prompt_ids, response_ids, max_length, loss_on_prompt=False, index=0):
+    """``{"input_ids", "labels"}`` of one example: prompt + response, the prompt cut from the left.
+
+    The response is never cut (it is what the model learns to produce); a response longer than
+    ``max_length`` raises :class:`ValueError` naming example ``index``. Prompt labels are
+    :data:`IGNORE_INDEX` unless ``loss_on_prompt``.
+    """
+    prompt_ids, response_ids = list(prompt_ids), list(response_ids)
+    if not response_ids:
+        raise ValueError(f"example {index}: the response is empty")
+    if len(response_ids) > max_length:
+        raise ValueError(f"example {index}: the response alone has {len(response_ids)} tokens, more than "
+                         f"max_length={max_length}; raise max_length or shorten the response")
+    keep = max_length - len(response_ids)
+    prompt_ids = prompt_ids[len(prompt_ids) - keep:] if keep else []
+    prompt_labels = prompt_ids if loss_on_prompt else [IGNORE_INDEX] * len(prompt_ids)
+    return {"input_ids": prompt_ids + response_ids, "labels": prompt_labels + response_ids}
+
+
+class PadCollator:
+    """Right-pads ``input_ids`` with ``pad_id`` and ``labels`` with :data:`IGNORE_INDEX`; adds ``attention_mask``."""
+
+    def __init__(self, pad_id):
+        self.pad_id = pad_id
+
+    def __call__(self, features):
+        width = max(len(f["input_ids"]) for f in features)
+        input_ids = torch.full((len(features), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(features), width), dtype=torch.long)
+        for row, f in enumerate(features):
+            n = len(f["input_ids"])
+            input_ids[row, :n] = torch.tensor(f["input_ids"], dtype=torch.long)
+            labels[row, :n] = torch.tensor(f["labels"], dtype=torch.long)
+            attention_mask[row, :n] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def adapter_done(out_dir):
+    """Whether ``out_dir`` holds a finished adapter (its ``DONE.json`` marker is written last)."""
+    return os.path.isfile(os.path.join(out_dir, ADAPTER, DONE))
+
+
+def load_adapter(model, out_dir):
+    """The finished adapter of ``out_dir`` on top of ``model`` (a fresh base model), in eval mode."""
+    if not adapter_done(out_dir):
+        raise FileNotFoundError(f"no finished LoRA adapter in {out_dir} (missing {os.path.join(ADAPTER, DONE)})")
+    return import_peft().PeftModel.from_pretrained(model, os.path.join(out_dir, ADAPTER), is_trainable=False).eval()
+
+
+def _examples_digest(examples):
+    h = hashlib.sha256()
+    for prompt_ids, response_ids in examples:
+        h.update(np.asarray(prompt_ids, dtype=np.int64).tobytes() + b"|")
+        h.update(np.asarray(response_ids, dtype=np.int64).tobytes() + b"\n")
+    return h.hexdigest()
+
+
+def _check_same_run(recorded, run, where):
+    """Refuse to reuse ``where`` (checkpoints or a finished adapter) for other settings or examples."""
+    differ = [k for k in run if recorded.get(k) != run[k]]
+    if differ:
+        raise ValueError(f"{where} was made by another LoRA run (different {', '.join(differ)}); "
+                         f"use another out_dir or delete it to start over")
+
+
+def _write_json_atomic(path, obj):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def last_complete_checkpoint(ckpt_dir):
+    """Newest ``checkpoint-N`` in ``ckpt_dir`` that the Trainer finished saving, or None.
+
+    transformers 4.44 writes ``trainer_state.json`` after the weights, optimizer, scheduler and RNG
+    state, so a folder without it was being written when the run died and is skipped.
+    """
+    if not os.path.isdir(ckpt_dir):
+        return None
+    steps = sorted((int(m.group(1)), name) for name in os.listdir(ckpt_dir)
+                   if (m := re.fullmatch(r"checkpoint-(\d+)", name)))
+    for _, name in reversed(steps):
+        path = os.path.join(ckpt_dir, name)
+        if os.path.isfile(os.path.join(path, "trainer_state.json")):
+            return path
+    return None
+
+
+@contextlib.contextmanager
+def _trainer_checkpoint_loading():
+    """Let transformers 4.44 read back its own ``rng_state.pth`` under torch >= 2.6.
+
+    torch 2.6 made ``torch.load`` default to ``weights_only=True``; Trainer 4.44 calls it without the
+    argument in ``_load_rng_state``, and the file holds ``np.random.get_state()`` (a numpy array), which
+    the weights-only unpickler rejects, so every resume fails. Inside this context the numpy types that
+    the RNG state needs are allowlisted (``torch.serialization.safe_globals``; the allowlist is restored on
+    exit). The checkpoints are our own files; loading stays weights-only otherwise.
+    """
+    multiarray = getattr(np, "_core", None) or np.core
+    allowed = [multiarray.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    with torch.serialization.safe_globals(allowed):
+        yield
+
+
+def _make_trainer_callback(logger):
+    from transformers import TrainerCallback
+
+    class _EpochLog(TrainerCallback):
+        """Logs the Trainer's per-epoch loss (``logging_strategy="epoch"``) to ``logger``."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs and "loss" in logs:
+                logger.info("LoRA epoch %d/%d: train loss %.6f, lr %.3g", round(state.epoch or 0),
+                            args.num_train_epochs, logs["loss"], logs.get("learning_rate", float("nan")))
+
+    return _EpochLog()
+
+
+def finetune_lora(model, examples, out_dir, settings, pad_id, logger=None, progress=False, callbacks=()):
+    """LoRA-tune ``model`` on ``examples`` and return the finished adapter (a ``peft.PeftModel``, eval mode).
+
+    ``examples`` are ``(prompt_ids, response_ids)`` pairs of token ids (see :func:`encode_example`);
+    ``pad_id`` pads batches on the right. ``model`` must be a fresh base model: LoRA layers are injected
+    into it in place. If ``out_dir`` already holds a finished adapter of the same run (same settings and
+    examples), it is loaded and nothing is trained; if it holds checkpoints of the same run, training
+    resumes from the newest complete one; an adapter or checkpoints of another run raise
+    :class:`ValueError`. ``callbacks`` are extra ``transformers.TrainerCallback`` objects; ``progress``
+    shows the Trainer's progress bar; the loss of each epoch goes to ``logger``.
+    """
+    run = {"settings": settings.as_dict(), "n_examples": len(examples), "examples_sha256": _examples_digest(examples)}
+    if adapter_done(out_dir):
+        with open(os.path.join(out_dir, ADAPTER, DONE)) as f:
+            _check_same_run(json.load(f), run, os.path.join(out_dir, ADAPTER))
+        return load_adapter(model, out_dir)
+
+    peft = import_peft()
+    from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
+
+    logger = logger or logging.getLogger(__name__)
+    if not examples:
+        raise ValueError("no training examples")
+    encoded = [encode_example(p, r, settings.max_length, settings.loss_on_prompt, index=i)
+               for i, (p, r) in enumerate(examples)]
+
+    ckpt_dir = os.path.join(out_dir, CHECKPOINTS)
+    args = TrainingArguments(
+        output_dir=ckpt_dir,
+        logging_dir=os.path.join(ckpt_dir, "logs"),
+        num_train_epochs=settings.epochs,
+        per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.grad_accum,
+        learning_rate=settings.learning_rate,
+        weight_decay=settings.weight_decay,
+        warmup_ratio=settings.warmup_ratio,
+        lr_scheduler_type="linear",
+        optim="adamw_torch",
+        seed=settings.seed,
+        data_seed=settings.seed,
+        save_strategy="epoch",
+        save_total_limit=2,
+        save_safetensors=True,
+        logging_strategy="epoch",
+        eval_strategy="no",
+        report_to=[],
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        disable_tqdm=not progress,
+        ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient each step
+    )
+    resume = last_complete_checkpoint(ckpt_dir)
+    if resume is not None:
+        with open(os.path.join(ckpt_dir, RUN_FILE)) as f:
+            _check_same_run(json.load(f), run, ckpt_dir)
+        logger.info("LoRA: resuming from %s", resume)
+    elif args.should_save:  # the main process
+        os.makedirs(ckpt_dir, exist_ok=True)
+        _write_json_atomic(os.path.join(ckpt_dir, RUN_FILE), run)
+
+    set_seed(settings.seed)  # the LoRA A matrices are initialised randomly
+    peft_model = peft.get_peft_model(model, peft.LoraConfig(
+        task_type=peft.TaskType.CAUSAL_LM, r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+        target_modules=list(settings.target_modules), bias="none"))
+
+    trainer = Trainer(model=peft_model, args=args, train_dataset=encoded,
+                      data_collator=PadCollator(pad_id),
+                      callbacks=[_make_trainer_callback(logger), *callbacks])
+    trainer.remove_callback(PrinterCallback)  # it prints raw log dicts to stdout; we log to ``logger``
+    with _trainer_checkpoint_loading():
+        trainer.train(resume_from_checkpoint=resume)
+
+    epoch_losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    if trainer.is_world_process_zero():
+        adapter_dir = os.path.join(out_dir, ADAPTER)
+        if os.path.isdir(adapter_dir):  # a previous run died while saving it
+            shutil.rmtree(adapter_dir)
+        peft_model.save_pretrained(adapter_dir, safe_serialization=True)
+        _write_json_atomic(os.path.join(adapter_dir, DONE), {
+            **run, "final_train_loss": epoch_losses[-1] if epoch_losses else None, "epoch_losses": epoch_losses,
+            "global_steps": trainer.state.global_step})
+        shutil.rmtree(ckpt_dir)
+        logger.info("LoRA: adapter saved to %s", adapter_dir)
+    trainer.accelerator.wait_for_everyone()
+    return peft_model.eval()

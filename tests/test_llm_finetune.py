@@ -1,0 +1,193 @@
+"""LoRA tuning (recbole_denoise.llm.finetune): loss, label masking, crash-resume, done-marker, bad input."""
+import json
+import logging
+import os
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from recbole_denoise.llm.finetune import (ADAPTER, CHECKPOINTS, DONE, IGNORE_INDEX, LoraSettings, PadCollator,
+                                          adapter_done, encode_example, finetune_lora, load_adapter)
+from tests.conftest import build_tiny_llama
+
+ITEMS = ["The Matrix", "Toy Story", "Heat", "Alien", "Fargo", "Casino", "Se7en", "Clueless"]
+
+
+@pytest.fixture(scope="module")
+def examples(llm_tokenizer):
+    """16 short (prompt, response) token-id pairs made with the real SmolLM2 tokenizer."""
+    tok = llm_tokenizer
+    pairs = []
+    for i in range(16):
+        history = ", ".join(ITEMS[(i + k) % len(ITEMS)] for k in range(3))
+        prompt = tok.encode(f"User watched: {history}. Which one is noise? Answer:", add_special_tokens=False)
+        response = tok.encode(f" {ITEMS[(i + i // 8) % len(ITEMS)]}", add_special_tokens=False) + [tok.eos_token_id]
+        pairs.append((prompt, response))
+    return pairs
+
+
+def response_nll(model, examples, pad_id):
+    """Mean negative log-likelihood of the response tokens (LLM4DSR Eq. 1, averaged over tokens)."""
+    batch = PadCollator(pad_id)([encode_example(p, r, 1024) for p, r in examples])
+    model.eval()
+    with torch.no_grad():
+        return model(**batch).loss.item()
+
+
+def settings(**kw):
+    base = dict(epochs=2, batch_size=8, learning_rate=5e-3, dropout=0.05)
+    base.update(kw)
+    return LoraSettings(**base)
+
+
+class CountSteps(TrainerCallback):
+    def __init__(self):
+        self.steps, self.start_epoch = 0, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start_epoch = state.epoch
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps += 1
+
+
+class Crash(TrainerCallback):
+    """Simulates a kill right after the checkpoint of epoch ``after_epoch`` is on disk."""
+
+    def __init__(self, after_epoch):
+        self.after_epoch = after_epoch
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.epoch >= self.after_epoch:
+            raise KeyboardInterrupt("simulated kill")
+
+
+def lora_state(model):
+    return {k: v.detach().clone() for k, v in model.named_parameters() if "lora_" in k}
+
+
+def test_training_lowers_response_loss_and_only_touches_lora(tmp_path, llm_tokenizer, examples, monkeypatch, caplog):
+    pad = llm_tokenizer.pad_token_id
+    model = build_tiny_llama(llm_tokenizer)
+    base_before = {k: v.clone() for k, v in model.state_dict().items()}
+    loss_before = response_nll(model, examples, pad)
+
+    monkeypatch.chdir(tmp_path)  # nothing may be written outside out_dir
+    out = tmp_path / "lora"
+    with caplog.at_level(logging.INFO, logger="lora-test"):
+        tuned = finetune_lora(model, examples, str(out), settings(epochs=4, learning_rate=5e-2), pad,
+                              logger=logging.getLogger("lora-test"))
+    assert [r.getMessage().split(":")[0] for r in caplog.records if r.getMessage().startswith("LoRA epoch")] == [
+        f"LoRA epoch {e}/4" for e in range(1, 5)]
+    assert sorted(os.listdir(tmp_path)) == ["lora"]
+    assert adapter_done(str(out)) and not (out / CHECKPOINTS).exists()
+    assert not tuned.training
+
+    loss_after = response_nll(tuned, examples, pad)
+    assert loss_after < loss_before - 1.0, (loss_before, loss_after)
+
+    done = json.loads((out / ADAPTER / DONE).read_text())
+    assert done["n_examples"] == 16 and done["settings"]["epochs"] == 4 and len(done["epoch_losses"]) == 4
+    assert done["final_train_loss"] == done["epoch_losses"][-1]
+
+    changed = []
+    for name, param in tuned.named_parameters():
+        if "lora_" in name:
+            changed.append(name)
+            continue
+        base_name = name.removeprefix("base_model.model.").replace(".base_layer", "")
+        torch.testing.assert_close(param, base_before[base_name], rtol=0, atol=0)
+        assert not param.requires_grad
+    assert changed and all(".q_proj." in n or ".v_proj." in n for n in changed)
+
+    reloaded = load_adapter(build_tiny_llama(llm_tokenizer), str(out))
+    assert not reloaded.training
+    assert abs(response_nll(reloaded, examples, pad) - loss_after) < 1e-5
+
+
+def test_labels_mask_prompt_unless_loss_on_prompt(llm_tokenizer):
+    pad = llm_tokenizer.pad_token_id
+    examples = [([11, 12, 13], [21, 22]), ([14], [23, 24, 25])]
+    collate = PadCollator(pad)
+
+    batch = collate([encode_example(p, r, 1024) for p, r in examples])
+    assert batch["input_ids"].tolist() == [[11, 12, 13, 21, 22], [14, 23, 24, 25, pad]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]
+    m = IGNORE_INDEX
+    assert batch["labels"].tolist() == [[m, m, m, 21, 22], [m, 23, 24, 25, m]]
+
+    batch = collate([encode_example(p, r, 1024, loss_on_prompt=True) for p, r in examples])
+    assert batch["labels"].tolist() == [[11, 12, 13, 21, 22], [14, 23, 24, 25, m]]
+
+    # too long: the prompt loses its oldest (leftmost) tokens, the response stays whole
+    assert encode_example([1, 2, 3, 4], [8, 9], max_length=4) == {"input_ids": [3, 4, 8, 9], "labels": [m, m, 8, 9]}
+    assert encode_example([1, 2, 3, 4], [8, 9], max_length=2) == {"input_ids": [8, 9], "labels": [8, 9]}
+
+
+def test_resume_after_crash_matches_uninterrupted_run(tmp_path, llm_tokenizer, examples):
+    pad = llm_tokenizer.pad_token_id
+    s = settings(epochs=2)  # 16 examples / batch 8 = 2 steps per epoch; dropout on, so RNG state matters
+    full = finetune_lora(build_tiny_llama(llm_tokenizer), examples, str(tmp_path / "A"), s, pad)
+
+    out_b = tmp_path / "B"
+    with pytest.raises(KeyboardInterrupt, match="simulated kill"):
+        finetune_lora(build_tiny_llama(llm_tokenizer), examples, str(out_b), s, pad, callbacks=[Crash(1)])
+    assert not adapter_done(str(out_b))
+    assert sorted(os.listdir(out_b / CHECKPOINTS)) == ["checkpoint-2", "run.json"]
+
+    counter = CountSteps()
+    resumed = finetune_lora(build_tiny_llama(llm_tokenizer), examples, str(out_b), s, pad, callbacks=[counter])
+    assert counter.start_epoch == 1 and counter.steps == 2  # only epoch 2 ran
+    done = json.loads((out_b / ADAPTER / DONE).read_text())
+    assert done["global_steps"] == 4 and len(done["epoch_losses"]) == 2
+
+    a, b = lora_state(full), lora_state(resumed)
+    assert a.keys() == b.keys() and a
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6)  # bit-identical on CPU in practice
+    assert json.loads((tmp_path / "A" / ADAPTER / DONE).read_text())["epoch_losses"] == pytest.approx(
+        done["epoch_losses"], abs=1e-6)
+
+
+def test_resume_refuses_checkpoints_of_another_run(tmp_path, llm_tokenizer, examples):
+    pad = llm_tokenizer.pad_token_id
+    with pytest.raises(KeyboardInterrupt):
+        finetune_lora(build_tiny_llama(llm_tokenizer), examples, str(tmp_path), settings(), pad, callbacks=[Crash(1)])
+    with pytest.raises(ValueError, match="another LoRA run .different settings"):
+        finetune_lora(build_tiny_llama(llm_tokenizer), examples, str(tmp_path), settings(learning_rate=1e-3), pad)
+
+
+class NoTraining(TrainerCallback):
+    def on_train_begin(self, *args, **kwargs):
+        raise AssertionError("a finished adapter was trained again")
+
+
+def test_done_adapter_is_loaded_not_retrained(tmp_path, llm_tokenizer, examples):
+    pad = llm_tokenizer.pad_token_id
+    first = finetune_lora(build_tiny_llama(llm_tokenizer), examples, str(tmp_path), settings(epochs=1), pad)
+    again = finetune_lora(build_tiny_llama(llm_tokenizer), examples, str(tmp_path), settings(epochs=1), pad,
+                          callbacks=[NoTraining()])
+    assert not again.training
+    a, b = lora_state(first), lora_state(again)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="another LoRA run .different examples_sha256"):
+        finetune_lora(build_tiny_llama(llm_tokenizer), examples[::-1], str(tmp_path), settings(epochs=1), pad)
+
+
+def test_half_written_adapter_is_not_done(tmp_path, llm_tokenizer):
+    (tmp_path / ADAPTER).mkdir()
+    (tmp_path / ADAPTER / "adapter_model.safetensors").write_bytes(b"partial")
+    assert not adapter_done(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="no finished LoRA adapter"):
+        load_adapter(build_tiny_llama(llm_tokenizer), str(tmp_path))
+
+
+def test_response_longer_than_max_length_names_the_example(tmp_path, llm_tokenizer):
+    examples = [([1, 2], [3, 4]), ([1, 2], [3, 4, 5, 6, 7])]
+    with pytest.raises(ValueError, match=r"example 1: the response alone has 5 tokens.*max_length=4"):
+        finetune_lora(build_tiny_llama(llm_tokenizer), examples, str(tmp_path), settings(max_length=4),
+                      llm_tokenizer.pad_token_id)
+    assert not os.listdir(tmp_path)
