@@ -108,3 +108,36 @@ def write_result(config, result):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         json.dump({**result, "config": config.resolved()}, f, indent=1, sort_keys=True, default=str)
+
+
+TABLE_COLUMNS = ("denoiser", "ndcg@10", "hit@10", "mrr@10", "edited", "precision", "recall", "f1", "auc",
+                 "denoise_s", "total_s")
+
+
+def comparison_rows(results):
+    """One flat row per run: test metrics, noise-detection metrics (when labels exist) and timings."""
+    rows = []
+    for r in results:
+        d, t = r["denoise"], r["timings"]
+        row = {"denoiser": r["denoiser"] or "None", "model": r["model"], "dataset": r["dataset"]}
+        row.update({k: r["test_result"].get(k) for k in ("ndcg@10", "hit@10", "mrr@10")})
+        row["edited"] = d.get("edited_fraction", 0.0)
+        row.update({k: d.get(k) for k in ("precision", "recall", "f1", "auc")})
+        row["denoise_s"] = t.get("denoise", 0.0)
+        row["total_s"] = t.get("total")
+        rows.append(row)
+    return rows
+
+
+def format_table(rows, columns=TABLE_COLUMNS):
+    """A Markdown table of :func:`comparison_rows` (missing values as '-')."""
+    def cell(column, v):
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.1f}" if column.endswith("_s") else f"{v:.4f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(c, row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)

@@ -297,8 +297,9 @@ class LLM4DSR(Denoiser):
         for k, p in edits:
             history = self._window_texts(seqs, k, unit_of[(k, p)])
             prefixes.append(self.prompts.suggestion_prefix(history, self.texts[seqs.items[k][p]]))
-        texts = generate_suggestions(self.model, self.tokenizer, prefixes,
-                                     max_new_tokens=int(self._key("suggest_max_tokens", 32)),
+        # titles were cut to llm_title_max_tokens in training, so a suggestion needs at most that + the quote
+        budget = min(int(self._key("suggest_max_tokens", 32)), self.prompts.title_max_tokens + 2)
+        texts = generate_suggestions(self.model, self.tokenizer, prefixes, max_new_tokens=budget,
                                      batch_size=int(self._key("llm_batch_size", 16)), stop=self.prompts.stop_text,
                                      logger=self.logger, progress=self.progress)
         # candidates: training items and items of editable histories; never a target, never padding
