@@ -1,0 +1,36 @@
+"""The command line: a comma-separated --denoiser list compares runs and prints one table."""
+import importlib.util
+import json
+import os
+
+from tests.conftest import FIXTURES
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _cli():
+    spec = importlib.util.spec_from_file_location("cli", os.path.join(ROOT, "run_recbole_denoise.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compare_denoisers_prints_table_and_writes_summary(tmp_path, capsys):
+    result_file = tmp_path / "out" / "cmp.json"
+    _cli().main(["--model", "GRU4Rec", "--dataset", "tiny", "--denoiser", "None,CoocOutlier",
+                 f"--data_path={FIXTURES}", f"--derived_data_path={tmp_path / 'd'}", f"--log_dir={tmp_path / 'log'}",
+                 f"--checkpoint_dir={tmp_path / 's'}", "--noise_ratio=0.2", "--epochs=1", "--MAX_ITEM_LIST_LENGTH=10",
+                 "--hidden_size=16", "--embedding_size=16", "--state=WARNING", "--show_progress=False",
+                 f"--result_file={result_file}"])
+    out = capsys.readouterr().out
+    lines = [ln for ln in out.splitlines() if ln.startswith("|")]
+    assert lines[0].startswith("| denoiser | ndcg@10 |") and len(lines) == 4
+    assert lines[2].startswith("| None |") and lines[3].startswith("| CoocOutlier |")
+    none_row, cooc_row = [ln.split(" | ") for ln in lines[2:]]
+    assert none_row[5] == "-" and cooc_row[5] != "-"  # precision only where something was flagged
+    summary = json.loads(result_file.read_text())
+    assert [r["denoiser"] for r in summary["rows"]] == ["None", "CoocOutlier"]
+    for path in summary["runs"]:
+        run = json.loads(open(path).read())
+        assert run["config"]["noise_ratio"] == 0.2 and "test_result" in run
+    assert summary["rows"][1]["f1"] is not None and summary["rows"][0]["edited"] == 0.0
