@@ -2,7 +2,7 @@
 denoiser stage with SmolLM2-135M-Instruct after a small CPU LoRA fine-tune (and zero-shot), against random
 flags at the same flag rate. Writes results/llm4dsr_noise_detection.md.
 
-    python benchmarks/llm4dsr_detection.py [--train-windows 128] [--eval-windows 256] \\
+    python benchmarks/llm4dsr_detection.py [--train-windows 128] [--eval-windows 512] \\
         [--finetune-samples 256] [--finetune-epochs 1] [--runs ft:first_token,zs:first_token,ft:full_title]
 
 Data: a subsample of the shipped ``dataset/amazon-toy`` windows (LLM4DSR's official Toy data with injected
@@ -127,7 +127,8 @@ def run_one(tuning, mode, args, data_root, derived, logger):
                denoise_action="delete", denoise_split="all", threshold_quantile=0.9, max_edits=1,
                tuning={"ft": "denoise", "zs": "zero_shot"}[tuning], pnoise_mode=mode,
                finetune_samples=args.finetune_samples, finetune_epochs=args.finetune_epochs,
-               finetune_batch_size=args.finetune_batch_size, llm_title_max_tokens=args.title_max_tokens,
+               finetune_batch_size=args.finetune_batch_size, finetune_learning_rate=args.finetune_lr,
+               llm_title_max_tokens=args.title_max_tokens,
                llm_batch_size=args.llm_batch_size, llm_device="cpu", show_progress=False, state="INFO")
     config = Config("SASRec", NAME, config_dict=cfg, denoiser="LLM4DSR")
     t = time.time()
@@ -175,7 +176,8 @@ def write_report(args, desc, results, start, load_before, path):
                             cwd=ROOT).stdout.strip()
     cmd = (f"python benchmarks/llm4dsr_detection.py --train-windows {args.train_windows} --eval-windows "
            f"{args.eval_windows} --finetune-samples {args.finetune_samples} --finetune-epochs "
-           f"{args.finetune_epochs} --finetune-batch-size {args.finetune_batch_size} --title-max-tokens "
+           f"{args.finetune_epochs} --finetune-batch-size {args.finetune_batch_size} --finetune-lr {args.finetune_lr:g} "
+           f"--title-max-tokens "
            f"{args.title_max_tokens} --runs {args.runs} --seed {args.seed}")
     ev_pos = desc["valid"]["positions"] + desc["test"]["positions"]
     ev_noise = desc["valid"]["noisy_positions"] + desc["test"]["noisy_positions"]
@@ -207,8 +209,9 @@ def write_report(args, desc, results, start, load_before, path):
         f"`llm_batch_size: {args.llm_batch_size}`, paper prompt templates. Fine-tune (ft): "
         f"`finetune_samples: {args.finetune_samples}` instruction examples from the {desc['train']['kept']} "
         f"training windows, `finetune_epochs: {args.finetune_epochs}`, `finetune_batch_size: "
-        f"{args.finetune_batch_size}`, LoRA r 8 / alpha 16 / dropout 0.05 on q_proj, v_proj, lr 1e-4, loss on the "
-        f"response only (paper defaults except samples and epochs; paper: 5,000 samples, 50 epochs, "
+        f"{args.finetune_batch_size}`, `finetune_learning_rate: {args.finetune_lr:g}`, LoRA r 8 / alpha 16 / dropout "
+        f"0.05 on q_proj, v_proj, AdamW with linear decay, loss on the response only (paper defaults except samples "
+        f"and epochs; paper: 5,000 samples, 50 epochs, "
         f"Llama-3-8B). zs = `tuning: zero_shot`. Random = same number of flags in the same windows, at most "
         f"one per window, mean ± std over {args.random_seeds} seeds (AUC: uniform random scores).", "",
         "## Noise detection on eval windows (valid + test histories)", "",
@@ -257,10 +260,11 @@ def write_report(args, desc, results, start, load_before, path):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--train-windows", type=int, default=128)
-    ap.add_argument("--eval-windows", type=int, default=256, help="valid + test windows (half each)")
+    ap.add_argument("--eval-windows", type=int, default=512, help="valid + test windows (half each)")
     ap.add_argument("--finetune-samples", type=int, default=256)
     ap.add_argument("--finetune-epochs", type=int, default=1)
     ap.add_argument("--finetune-batch-size", type=int, default=8)
+    ap.add_argument("--finetune-lr", type=float, default=1e-4, help="finetune_learning_rate (paper: 1e-4)")
     ap.add_argument("--title-max-tokens", type=int, default=16)
     ap.add_argument("--llm-batch-size", type=int, default=16)
     ap.add_argument("--runs", default="ft:first_token,zs:first_token,ft:full_title",

@@ -48,6 +48,7 @@ order, one padded forward per batch), kept as the baseline of the benchmark; it 
 as ``first_token``.
 """
 import logging
+import weakref
 
 import numpy as np
 import torch
@@ -251,6 +252,10 @@ class _Scorer:
         return False
 
 
+# the packing probe's verdict per model object: a model honours a 4D mask or not, whatever the data
+_PACKING_VERIFIED = weakref.WeakKeyDictionary()
+
+
 def score_candidates(model, prefixes, candidates, mode="first_token", batch_size=16, pad_id=0,
                      shared_prefix=None, logger=None, progress=False, pack_titles=True):
     """Log noise scores of every candidate item of every sequence (LLM4DSR §3.2 Eq. 2, §4.3.3).
@@ -294,10 +299,11 @@ def score_candidates(model, prefixes, candidates, mode="first_token", batch_size
         with torch.inference_mode():
             scorer.cache_shared_prefix(shared, rows)
             packed = full and pack_titles and any(len(r[1]) > 1 for r in rows)
-            if packed:
+            if packed and _PACKING_VERIFIED.get(model) is None:
                 x, titles, _, _ = min((r for r in rows if len(r[1]) > 1),
                                       key=lambda r: len(r[0]) * len(r[1]) + sum(map(len, r[1])))
-                packed = scorer.packing_works(x, titles, batch_size)
+                _PACKING_VERIFIED[model] = scorer.packing_works(x, titles, batch_size)
+            packed = packed and _PACKING_VERIFIED[model]
             if full and not packed:
                 rows = [(x, [t], [o], True) for x, titles, outs, _ in rows for t, o in zip(titles, outs)]
             scorer.run(rows, packed, total, int(batch_size), progress)
