@@ -5,6 +5,10 @@ flags at the same flag rate. Writes results/llm4dsr_noise_detection.md.
     python benchmarks/llm4dsr_detection.py [--train-windows 128] [--eval-windows 512] \\
         [--finetune-samples 256] [--finetune-epochs 1] [--runs ft:first_token,zs:first_token,ft:full_title]
 
+The result file was made by that command with the defaults (about 21 min on 2 cores), then by
+``--reuse --runs ft:first_token,zs:first_token,ft:full_title,ft@1e-3:first_token`` (the three cached
+stages are reused; the fourth run adds a fine-tune at learning rate 1e-3, about 11 min more).
+
 Data: a subsample of the shipped ``dataset/amazon-toy`` windows (LLM4DSR's official Toy data with injected
 noise, alpha = 0.1; ground truth ``noise_label_list`` per history position), written in the same atomic
 format (header line and rows copied verbatim, ``.item`` copied) as ``<workdir>/data/amazon-toy-sub``:
@@ -82,10 +86,22 @@ def read_scores(data):
 
 
 def group_metrics(df):
-    from recbole_denoise.evaluator.noise_detection import noise_detection_metrics
+    """Detection metrics, plus two diagnostics: ``window_auc``, the mean over windows holding noisy and
+    clean positions of the AUC within the window (position-wise ranking inside one prompt; chance 0.5),
+    and ``first_share``, the share of flags on the first history position (vs ``noise_first_share``)."""
+    from recbole_denoise.evaluator.noise_detection import noise_detection_metrics, roc_auc
 
-    return noise_detection_metrics(df["noise_label"].to_numpy(), flags=df["flagged"].to_numpy(),
-                                   scores=df["score"].to_numpy())
+    out = noise_detection_metrics(df["noise_label"].to_numpy(), flags=df["flagged"].to_numpy(),
+                                  scores=df["score"].to_numpy())
+    aucs = [roc_auc(g["score"].to_numpy(), g["noise_label"].to_numpy()) for _, g in df.groupby("seq_id", sort=False)
+            if 0 < g["noise_label"].sum() < len(g)]
+    out["window_auc"] = float(np.mean(aucs)) if aucs else float("nan")
+    out["windows_with_noise"] = len(aucs)
+    first = df["position"].to_numpy() == 0
+    flagged, noisy = df["flagged"].to_numpy() > 0.5, df["noise_label"].to_numpy() > 0.5
+    out["first_share"] = float(first[flagged].mean()) if flagged.any() else float("nan")
+    out["noise_first_share"] = float(first[noisy].mean()) if noisy.any() else float("nan")
+    return out
 
 
 def random_baseline(df, n_flag, seeds):
@@ -119,15 +135,28 @@ def adapter_stats(info):
     return {"global_steps": d.get("global_steps"), "epoch_losses": d.get("epoch_losses")}
 
 
-def run_one(tuning, mode, args, data_root, derived, logger):
+def parse_run(spec, default_lr):
+    """``ft:first_token``, ``zs:full_title`` or ``ft@1e-3:first_token`` -> (tuning, lr, mode, label)."""
+    tuning, mode = spec.strip().split(":")
+    tuning, _, lr = tuning.partition("@")
+    if tuning not in ("ft", "zs"):
+        raise SystemExit(f"--runs: tuning must be ft or zs, got {spec!r}")
+    lr = float(lr) if lr else default_lr
+    label = f"{tuning} {mode}" if tuning == "zs" or lr == default_lr else f"ft (lr {lr:g}) {mode}"
+    return tuning, lr, mode, label
+
+
+def run_one(spec, args, data_root, derived, logger):
     from recbole_denoise.config import Config
     from recbole_denoise.data.prepare import prepare_dataset
+
+    tuning, lr, mode, label = parse_run(spec, args.finetune_lr)
 
     cfg = dict(protocol="window", item_text_field="title", data_path=data_root, derived_data_path=derived,
                denoise_action="delete", denoise_split="all", threshold_quantile=0.9, max_edits=1,
                tuning={"ft": "denoise", "zs": "zero_shot"}[tuning], pnoise_mode=mode,
                finetune_samples=args.finetune_samples, finetune_epochs=args.finetune_epochs,
-               finetune_batch_size=args.finetune_batch_size, finetune_learning_rate=args.finetune_lr,
+               finetune_batch_size=args.finetune_batch_size, finetune_learning_rate=lr,
                llm_title_max_tokens=args.title_max_tokens,
                llm_batch_size=args.llm_batch_size, llm_device="cpu", show_progress=False, state="INFO")
     config = Config("SASRec", NAME, config_dict=cfg, denoiser="LLM4DSR")
@@ -138,7 +167,8 @@ def run_one(tuning, mode, args, data_root, derived, logger):
     df = read_scores(data)
     ev = df[df["split"] != "train"]
     tr = df[df["split"] == "train"]
-    res = {"tuning": tuning, "mode": mode, "wall_s": wall, "fit_s": den["timings"]["fit"],
+    cached = wall < 0.5 * (den["timings"]["fit"] + den["timings"]["score"])
+    res = {"tuning": tuning, "lr": lr, "mode": mode, "label": label, "cached": cached, "wall_s": wall, "fit_s": den["timings"]["fit"],
            "score_s": den["timings"]["score"], "windows": den.get("windows"), "edited": den["edited"],
            "eval": group_metrics(ev), "train": group_metrics(tr) if len(tr) else None,
            "all": {k: den.get(k) for k in ("precision", "recall", "f1", "auc")},
@@ -178,7 +208,7 @@ def write_report(args, desc, results, start, load_before, path):
            f"{args.eval_windows} --finetune-samples {args.finetune_samples} --finetune-epochs "
            f"{args.finetune_epochs} --finetune-batch-size {args.finetune_batch_size} --finetune-lr {args.finetune_lr:g} "
            f"--title-max-tokens "
-           f"{args.title_max_tokens} --runs {args.runs} --seed {args.seed}")
+           f"{args.title_max_tokens} --runs {args.runs} --seed {args.seed}" + (" --reuse" if args.reuse else ""))
     ev_pos = desc["valid"]["positions"] + desc["test"]["positions"]
     ev_noise = desc["valid"]["noisy_positions"] + desc["test"]["noisy_positions"]
     lines = [
@@ -190,7 +220,8 @@ def write_report(args, desc, results, start, load_before, path):
         f"(`torch.set_num_threads({args.threads})`), Python {platform.python_version()}, float32.  ",
         f"Load before: `{load_before}`  ",
         f"Load after: `{uptime()}`  ",
-        f"Total wall time: {time.time() - start:.0f} s ({(time.time() - start) / 60:.1f} min).", "",
+        f"Total wall time of this invocation: {time.time() - start:.0f} s ({(time.time() - start) / 60:.1f} min)"
+        + ("; stages cached by earlier invocations were reused, see ¹ under Timings." if args.reuse else "."), "",
         "## Data", "",
         f"Subsample of the shipped `dataset/amazon-toy` windows (LLM4DSR official Toy data, injected noise "
         f"alpha = 0.1, labels `noise_label_list`), seed {args.seed}, only windows whose items all have a title:", "",
@@ -215,22 +246,32 @@ def write_report(args, desc, results, start, load_before, path):
         f"Llama-3-8B). zs = `tuning: zero_shot`. Random = same number of flags in the same windows, at most "
         f"one per window, mean ± std over {args.random_seeds} seeds (AUC: uniform random scores).", "",
         "## Noise detection on eval windows (valid + test histories)", "",
-        "| run | flagged | precision | recall | F1 | AUC |", "|---|---|---|---|---|---|"]
+        "| run | flagged | precision | recall | F1 | AUC | in-window AUC | flags on 1st item |",
+        "|---|---|---|---|---|---|---|---|"]
+    first_random = (desc["valid"]["kept"] + desc["test"]["kept"]) / max(ev_pos, 1)
     for r in results:
         e, rb = r["eval"], r["random_eval"]
-        lines.append(f"| LLM4DSR {r['tuning']} {r['mode']} | {e['n_flagged']} | {e['precision']:.3f} | "
-                     f"{e['recall']:.3f} | {e['f1']:.3f} | {e['auc']:.3f} |")
+        lines.append(f"| LLM4DSR {r['label']} | {e['n_flagged']} | {e['precision']:.3f} | "
+                     f"{e['recall']:.3f} | {e['f1']:.3f} | {e['auc']:.3f} | {e['window_auc']:.3f} | "
+                     f"{e['first_share']:.0%} |")
         lines.append(f"| random, same {e['n_flagged']} flags | {e['n_flagged']} | {fmt(rb['precision'])} | "
-                     f"{fmt(rb['recall'])} | {fmt(rb['f1'])} | {fmt(rb['auc'])} |")
+                     f"{fmt(rb['recall'])} | {fmt(rb['f1'])} | {fmt(rb['auc'])} | 0.5 | ≈ {first_random:.0%} |")
+    if results:
+        e = results[0]["eval"]
+        lines += ["", f"in-window AUC: mean over the {e['windows_with_noise']} eval windows holding both noisy and "
+                  f"clean positions of the AUC inside the window (how well the scores rank the items of one prompt; "
+                  f"chance 0.5). Flags on 1st item: share of the flags on the first history position; "
+                  f"{e['noise_first_share']:.0%} of the noisy positions are there (random flags: one position "
+                  f"uniformly per window, ≈ 1/(mean history length {ev_pos / max(desc['valid']['kept'] + desc['test']['kept'], 1):.1f}))."]
     if any(r["train"] for r in results):
         lines += ["", "## Training windows (in-sample: the instruction data was made from them)", "",
-                  "| run | flagged | precision | recall | F1 | AUC | random precision | random F1 |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| run | flagged | precision | recall | F1 | AUC | in-window AUC | random precision | random F1 |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in results:
             t, rb = r["train"], r["random_train"]
-            lines.append(f"| LLM4DSR {r['tuning']} {r['mode']} | {t['n_flagged']} | {t['precision']:.3f} | "
-                         f"{t['recall']:.3f} | {t['f1']:.3f} | {t['auc']:.3f} | {fmt(rb['precision'])} | "
-                         f"{fmt(rb['f1'])} |")
+            lines.append(f"| LLM4DSR {r['label']} | {t['n_flagged']} | {t['precision']:.3f} | "
+                         f"{t['recall']:.3f} | {t['f1']:.3f} | {t['auc']:.3f} | {t['window_auc']:.3f} | "
+                         f"{fmt(rb['precision'])} | {fmt(rb['f1'])} |")
     lines += ["", "## Timings", "",
               "| run | stage wall (s) | fit (s) | LoRA steps | s/step | epoch losses | scoring (s) | windows scored | s/window |",
               "|---|---|---|---|---|---|---|---|---|"]
@@ -239,12 +280,16 @@ def write_report(args, desc, results, start, load_before, path):
         per_step = f"{r['fit_s'] / steps:.2f}" if steps else "–"
         losses = ", ".join(f"{x:.3f}" for x in r.get("epoch_losses") or []) or "–"
         note = "" if r["tuning"] == "zs" or steps is None or r["fit_s"] > 5 * steps else " (adapter reused)"
-        lines.append(f"| {r['tuning']} {r['mode']} | {r['wall_s']:.0f} | {r['fit_s']:.0f}{note} | {steps or '–'} | "
+        wall = f"{r['fit_s'] + r['score_s']:.0f}¹" if r.get("cached") else f"{r['wall_s']:.0f}"
+        lines.append(f"| {r['label']} | {wall} | {r['fit_s']:.0f}{note} | {steps or '–'} | "
                      f"{per_step if not note else '–'} | {losses} | {r['score_s']:.0f} | {r['windows']} | "
                      f"{r['score_s'] / max(r['windows'], 1):.2f} |")
     lines += ["", "fit = model load + instruction data + LoRA training (0 training for zs; an adapter already "
               "trained by an earlier run with the same prompt/fine-tune keys is loaded from the cache); "
               "s/step includes the model load and example building."]
+    if any(r.get("cached") for r in results):
+        lines += ["", "¹ stage reused from the cache of an earlier invocation (`--reuse`): fit and scoring times are "
+                  "those recorded when it was computed; stage wall shown as fit + scoring."]
     text = "\n".join(lines) + "\n"
     if os.path.isfile(path):  # keep a hand-written notes section below the generated part
         with open(path) as f:
@@ -268,7 +313,8 @@ def main():
     ap.add_argument("--title-max-tokens", type=int, default=16)
     ap.add_argument("--llm-batch-size", type=int, default=16)
     ap.add_argument("--runs", default="ft:first_token,zs:first_token,ft:full_title",
-                    help="comma list of tuning:pnoise_mode, tuning ft (fine-tuned) or zs (zero-shot)")
+                    help="comma list of tuning:pnoise_mode, tuning ft (fine-tuned, --finetune-lr), ft@LR (fine-tuned "
+                         "with learning rate LR) or zs (zero-shot)")
     ap.add_argument("--random-seeds", type=int, default=20)
     ap.add_argument("--seed", type=int, default=2020, help="subsample seed")
     ap.add_argument("--threads", type=int, default=2)
@@ -294,11 +340,10 @@ def main():
     logger.info(f"subsample: {desc}")
     results = []
     for spec in args.runs.split(","):
-        tuning, mode = spec.strip().split(":")
-        logger.info(f"run {tuning} {mode}")
-        results.append(run_one(tuning, mode, args, data_root, derived, logger))
+        logger.info(f"run {spec}")
+        results.append(run_one(spec, args, data_root, derived, logger))
         r = results[-1]
-        logger.info(f"{tuning} {mode}: eval {r['eval']}, random {r['random_eval']}, fit {r['fit_s']:.0f} s, "
+        logger.info(f"{r['label']}: eval {r['eval']}, random {r['random_eval']}, fit {r['fit_s']:.0f} s, "
                     f"score {r['score_s']:.0f} s")
         with open(os.path.join(args.workdir, "results.json"), "w") as f:
             json.dump({"args": vars(args), "subsample": desc, "results": results}, f, indent=1, default=str)

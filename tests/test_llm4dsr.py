@@ -255,6 +255,9 @@ def test_bad_input_is_reported_clearly(tiny, tiny_llm_dir, tmp_path):
         run(item_text_field="name")
     item = data / "tiny" / "tiny.item"
     lines = item.read_text().splitlines()
+    item.write_text("\n".join(ln for ln in lines if not ln.startswith("i5\t")) + "\n")
+    with pytest.raises(UserInputError, match=r"1 item\(s\) of the interactions have no row \(e.g. \['i5'\]\)"):
+        run()
     item.write_text("\n".join([lines[0]] + ["\t".join([ln.split("\t")[0], "", "g"]) for ln in lines[1:]]) + "\n")
     with pytest.raises(UserInputError, match="every 'title' is empty"):
         run()

@@ -186,10 +186,7 @@ class LLM4DSR(Denoiser):
         self.window = int(self._key("llm_window", 10))
         self.progress = bool(self._key("show_progress", False))
         self.vocabulary = {i for seq in train.items for i in seq}
-        missing = sorted({str(i) for i in self.vocabulary if i not in self.texts})
-        if missing:
-            raise DatasetError(f"{self.dataset.item_file}: {len(missing)} item(s) of the interactions have no row "
-                               f"(e.g. {missing[:5]}); LLM4DSR needs a text for every item")
+        self._require_texts(self.vocabulary)
         self._load()
         if self._key("tuning", "denoise") == "zero_shot":
             self.info["tuning"] = "zero_shot"
@@ -211,6 +208,12 @@ class LLM4DSR(Denoiser):
                                    progress=self.progress)
         self.model.eval()
         self.info.update({"tuning": "denoise", "adapter": out, "finetune_examples": len(examples)})
+
+    def _require_texts(self, items):
+        missing = sorted({str(i) for i in items if i not in self.texts})
+        if missing:
+            raise DatasetError(f"{self.dataset.item_file}: {len(missing)} item(s) of the interactions have no row "
+                               f"(e.g. {missing[:5]}); LLM4DSR needs a text for every item")
 
     # -- scoring --------------------------------------------------------------------------------------
     def decision_units(self, seqs):
@@ -250,7 +253,8 @@ class LLM4DSR(Denoiser):
     def score(self, seqs):
         from recbole_denoise.llm.scoring import score_candidates
 
-        units = [(k, w) for k, w in self.decision_units(seqs)]
+        units = self.decision_units(seqs)
+        self._require_texts({seqs.items[k][p] for k, pos in units for p in pos})
         batch = int(self._key("llm_batch_size", 16))
         mode = self._key("pnoise_mode", "first_token")
 
