@@ -123,6 +123,35 @@ def random_baseline(df, n_flag, seeds):
     return {k: (float(np.mean([m[k] for m in out])), float(np.std([m[k] for m in out]))) for k in keys}
 
 
+def first_token_table(data_dir, title_max_tokens):
+    """``{item: first token id of its title}`` as the LLM4DSR prompts tokenize it."""
+    from recbole_denoise.data.source import open_dataset
+    from recbole_denoise.data.text import item_texts
+    from recbole_denoise.llm.loader import default_llm_path, load_llm
+    from recbole_denoise.llm.prompts import PromptBuilder
+
+    _, tokenizer = load_llm(default_llm_path())
+    prompts = PromptBuilder(tokenizer, title_max_tokens=title_max_tokens)
+    return {i: prompts.title_ids(t)[0] for i, t in item_texts(open_dataset(NAME, data_dir), "title").items()}
+
+
+def diagnostics(df, first_of):
+    """Why first-token scores behave as they do: items whose first title token also starts another title
+    of the same window, and the mean score per history position."""
+    from recbole_denoise.evaluator.noise_detection import roc_auc
+
+    df = df.assign(first=[first_of[i] for i in df["item_id"]])
+    shared = (df.groupby("seq_id")["first"].transform(lambda s: s.map(s.value_counts())) - 1).to_numpy()
+    noisy = df["noise_label"].to_numpy() > 0.5
+    unique = shared == 0
+    pos = df["position"].to_numpy().astype(int)
+    return {"shared_clean": float((shared > 0)[~noisy].mean()), "shared_noisy": float((shared > 0)[noisy].mean()),
+            "score_shared": float(df["score"][~unique].mean()), "score_unique": float(df["score"][unique].mean()),
+            "heuristic_auc": roc_auc(-shared.astype(float), noisy), "unique_auc":
+            roc_auc(df["score"].to_numpy()[unique], noisy[unique]), "n_unique": int(unique.sum()),
+            "pos_means": [float(df["score"][pos == p].mean()) for p in range(int(pos.max()) + 1)]}
+
+
 def adapter_stats(info):
     path = info.get("adapter")
     if not path:
@@ -146,7 +175,7 @@ def parse_run(spec, default_lr):
     return tuning, lr, mode, label
 
 
-def run_one(spec, args, data_root, derived, logger):
+def run_one(spec, args, data_root, derived, logger, first_of):
     from recbole_denoise.config import Config
     from recbole_denoise.data.prepare import prepare_dataset
 
@@ -168,13 +197,15 @@ def run_one(spec, args, data_root, derived, logger):
     ev = df[df["split"] != "train"]
     tr = df[df["split"] == "train"]
     cached = wall < 0.5 * (den["timings"]["fit"] + den["timings"]["score"])
-    res = {"tuning": tuning, "lr": lr, "mode": mode, "label": label, "cached": cached, "wall_s": wall, "fit_s": den["timings"]["fit"],
+    res = {"tuning": tuning, "lr": lr, "mode": mode, "label": label, "cached": cached, "wall_s": wall,
+           "fit_s": den["timings"]["fit"],
            "score_s": den["timings"]["score"], "windows": den.get("windows"), "edited": den["edited"],
            "eval": group_metrics(ev), "train": group_metrics(tr) if len(tr) else None,
            "all": {k: den.get(k) for k in ("precision", "recall", "f1", "auc")},
            "eval_windows": int(ev["seq_id"].nunique()), "train_windows": int(tr["seq_id"].nunique()),
            "stage": data.path, **adapter_stats(den)}
     res["random_eval"] = random_baseline(ev, res["eval"]["n_flagged"], args.random_seeds)
+    res["diag"] = diagnostics(ev, first_of)
     if len(tr):
         res["random_train"] = random_baseline(tr, res["train"]["n_flagged"], args.random_seeds)
     return res
@@ -206,7 +237,8 @@ def write_report(args, desc, results, start, load_before, path):
                             cwd=ROOT).stdout.strip()
     cmd = (f"python benchmarks/llm4dsr_detection.py --train-windows {args.train_windows} --eval-windows "
            f"{args.eval_windows} --finetune-samples {args.finetune_samples} --finetune-epochs "
-           f"{args.finetune_epochs} --finetune-batch-size {args.finetune_batch_size} --finetune-lr {args.finetune_lr:g} "
+           f"{args.finetune_epochs} --finetune-batch-size {args.finetune_batch_size} "
+           f"--finetune-lr {args.finetune_lr:g} "
            f"--title-max-tokens "
            f"{args.title_max_tokens} --runs {args.runs} --seed {args.seed}" + (" --reuse" if args.reuse else ""))
     ev_pos = desc["valid"]["positions"] + desc["test"]["positions"]
@@ -225,7 +257,8 @@ def write_report(args, desc, results, start, load_before, path):
         "## Data", "",
         f"Subsample of the shipped `dataset/amazon-toy` windows (LLM4DSR official Toy data, injected noise "
         f"alpha = 0.1, labels `noise_label_list`), seed {args.seed}, only windows whose items all have a title:", "",
-        "| split | source windows | eligible | kept | history positions | noisy positions |", "|---|---|---|---|---|---|"]
+        "| split | source windows | eligible | kept | history positions | noisy positions |",
+        "|---|---|---|---|---|---|"]
     for s in ("train", "valid", "test"):
         d = desc[s]
         lines.append(f"| {s} | {d['source_windows']} | {d['eligible']} | {d['kept']} | {d['positions']} | "
@@ -262,7 +295,28 @@ def write_report(args, desc, results, start, load_before, path):
                   f"clean positions of the AUC inside the window (how well the scores rank the items of one prompt; "
                   f"chance 0.5). Flags on 1st item: share of the flags on the first history position; "
                   f"{e['noise_first_share']:.0%} of the noisy positions are there (random flags: one position "
-                  f"uniformly per window, ≈ 1/(mean history length {ev_pos / max(desc['valid']['kept'] + desc['test']['kept'], 1):.1f}))."]
+                  f"uniformly per window, ≈ 1/(mean history length {1 / first_random:.1f}))."]
+    if results:
+        d0 = results[0]["diag"]
+        lines += ["", "## Diagnostics (eval windows)", "",
+                  f"With first_token, every item whose title starts with the same token as another title of the "
+                  f"window (mostly a brand: Fisher-Price, Melissa & Doug, LEGO, LeapFrog, Disney, Monster High begin "
+                  f"with the tokens `F`, `Mel`, `LE`, `Le`, `Dis`, `Mon`) gets that token's whole probability. "
+                  f"{d0['shared_clean']:.0%} of the clean positions but only {d0['shared_noisy']:.0%} of the "
+                  f"noisy ones "
+                  f"share their first token with another item of the window, so a score of minus the number of "
+                  f"such items, with no LLM at all, has AUC **{d0['heuristic_auc']:.3f}**. Score AUC among the "
+                  f"{d0['n_unique']} positions whose first token is unique in the window, and mean log-score by "
+                  f"history "
+                  f"position (0 = oldest):", "",
+                  "| run | mean score, shared / unique first token | AUC, unique first token "
+                  "| mean score at positions 0, 1, ..., 9 |",
+                  "|---|---|---|---|"]
+        for r in results:
+            d = r["diag"]
+            lines.append(f"| {r['label']} | {d['score_shared']:.2f} / {d['score_unique']:.2f} | "
+                         f"{d['unique_auc']:.3f} | "
+                         f"{', '.join(f'{x:.2f}' for x in d['pos_means'])} |")
     if any(r["train"] for r in results):
         lines += ["", "## Training windows (in-sample: the instruction data was made from them)", "",
                   "| run | flagged | precision | recall | F1 | AUC | in-window AUC | random precision | random F1 |",
@@ -273,7 +327,8 @@ def write_report(args, desc, results, start, load_before, path):
                          f"{t['recall']:.3f} | {t['f1']:.3f} | {t['auc']:.3f} | {t['window_auc']:.3f} | "
                          f"{fmt(rb['precision'])} | {fmt(rb['f1'])} |")
     lines += ["", "## Timings", "",
-              "| run | stage wall (s) | fit (s) | LoRA steps | s/step | epoch losses | scoring (s) | windows scored | s/window |",
+              "| run | stage wall (s) | fit (s) | LoRA steps | s/step | epoch losses | scoring (s) | windows scored "
+              "| s/window |",
               "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         steps = r.get("global_steps")
@@ -294,9 +349,10 @@ def write_report(args, desc, results, start, load_before, path):
     if os.path.isfile(path):  # keep a hand-written notes section below the generated part
         with open(path) as f:
             old = f.read()
-        marker = "\n## What this shows"
-        if marker in old:
-            text += old[old.index(marker):]
+        for marker in ("\n## How the numbers were produced", "\n## What this shows"):
+            if marker in old:
+                text += old[old.index(marker):]
+                break
     with open(path, "w") as f:
         f.write(text)
     return text
@@ -338,10 +394,11 @@ def main():
     derived = os.path.join(args.workdir, "derived")
     desc = build_subsample(os.path.join(data_root, NAME), args.train_windows, args.eval_windows, args.seed)
     logger.info(f"subsample: {desc}")
+    first_of = first_token_table(os.path.join(data_root, NAME), args.title_max_tokens)
     results = []
     for spec in args.runs.split(","):
         logger.info(f"run {spec}")
-        results.append(run_one(spec, args, data_root, derived, logger))
+        results.append(run_one(spec, args, data_root, derived, logger, first_of))
         r = results[-1]
         logger.info(f"{r['label']}: eval {r['eval']}, random {r['random_eval']}, fit {r['fit_s']:.0f} s, "
                     f"score {r['score_s']:.0f} s")

@@ -22,7 +22,8 @@ Variants (all ``--batch-size`` rows per forward pass, float32, ``torch.set_num_t
      positions only, no prefix reuse): separates those from prefix reuse
 
 Each variant runs in a fresh subprocess: load the model, one warm-up batch (the first ``--batch-size``
-prompts; not timed), then ``--repeats`` timed passes over all prompts; the median is reported. Peak memory
+prompts; not timed; for full_title/ppl it also runs the packing probe that ``score_candidates`` does once
+per model object), then ``--repeats`` timed passes over all prompts; the median is reported. Peak memory
 is the process RSS high-water mark (``VmHWM``; ``ru_maxrss`` is the same number), and the growth of the
 high-water mark over the RSS right after loading the model (reset with ``/proc/self/clear_refs``).
 """
@@ -204,7 +205,7 @@ def main():
     load_after = uptime()
 
     n = len(prefixes)
-    lines = [f"# LLM4DSR noise-scoring throughput: SmolLM2-135M-Instruct on CPU", "",
+    lines = ["# LLM4DSR noise-scoring throughput: SmolLM2-135M-Instruct on CPU", "",
              f"Command: `python benchmarks/llm4dsr_scoring.py --windows {args.windows} --batch-size {args.batch_size} "
              f"--repeats {args.repeats} --threads {args.threads}`  ",
              f"Commit: `{git_commit()}` (working tree may carry uncommitted edits by others); "
@@ -227,7 +228,8 @@ def main():
              f"Peak RSS = process high-water mark (model loaded: "
              f"{statistics.median(r['rss_loaded_mb'] for r in results.values()):.0f} MB); "
              f"Δ = growth of the high-water mark over the RSS right after loading.", "",
-             "| variant | time (s) | passes (s) | sequences/s | tokens | tokens/s | peak RSS (MB) | Δ over loaded (MB) |",
+             "| variant | time (s) | passes (s) | sequences/s | tokens | tokens/s | peak RSS (MB) "
+             "| Δ over loaded (MB) |",
              "|---|---|---|---|---|---|---|---|"]
     med = {}
     for v, r in results.items():
@@ -245,7 +247,8 @@ def main():
     checks = []
     if "a" in med and "b" in med:
         s = med["a"] / med["b"]
-        checks.append(f"- Speed-up of (b) over (a): **{s:.2f}×** (target ≥ 1.3×: {'met' if s >= 1.3 else 'NOT met'}).")
+        checks.append(f"- Speed-up of (b) over (a): **{s:.2f}×** "
+                      f"(target ≥ 1.3×: {'met' if s >= 1.3 else 'NOT met'}).")
     if "b" in med and "c" in med:
         c = med["c"] / med["b"]
         checks.append(f"- Cost ratio (c)/(b), full_title vs first_token: **{c:.2f}×** "
@@ -262,7 +265,8 @@ def main():
         lens = np.array([len(t) for c in candidates for t in c], dtype=float)
         c_flat = np.concatenate([np.asarray(s) for s in results["c"]["scores"]])
         d_flat = np.concatenate([np.asarray(s) for s in results["d"]["scores"]])
-        checks.append(f"- Consistency (d) = (c) / title length: max |Δ| = {np.max(np.abs(c_flat / lens - d_flat)):.2e}.")
+        worst = np.max(np.abs(c_flat / lens - d_flat))
+        checks.append(f"- Consistency (d) = (c) / title length: max |Δ| = {worst:.2e}.")
     lines += checks
     with open(os.path.join(tmp, "summary.json"), "w") as f:  # raw numbers, next to the prompts (not in results/)
         json.dump({k: {kk: vv for kk, vv in r.items() if kk != "scores"} for k, r in results.items()}, f, indent=1)

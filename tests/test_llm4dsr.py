@@ -255,9 +255,24 @@ def test_bad_input_is_reported_clearly(tiny, tiny_llm_dir, tmp_path):
         run(item_text_field="name")
     item = data / "tiny" / "tiny.item"
     lines = item.read_text().splitlines()
-    item.write_text("\n".join(ln for ln in lines if not ln.startswith("i5\t")) + "\n")
-    with pytest.raises(UserInputError, match=r"1 item\(s\) of the interactions have no row \(e.g. \['i5'\]\)"):
-        run()
     item.write_text("\n".join([lines[0]] + ["\t".join([ln.split("\t")[0], "", "g"]) for ln in lines[1:]]) + "\n")
     with pytest.raises(UserInputError, match="every 'title' is empty"):
         run()
+
+
+def test_items_without_a_text_row_are_named_by_id(tiny, tiny_llm_dir, llm_tokenizer, monkeypatch):
+    data, make = tiny
+    item = data / "tiny" / "tiny.item"
+    item.write_text("\n".join(ln for ln in item.read_text().splitlines() if not ln.startswith("i5\t")) + "\n")
+    seen = _recorded_prompts(monkeypatch, llm_tokenizer)
+    cfg = llm_cfg(make, tiny_llm_dir, tuning="zero_shot", denoise_action="delete")
+    _, info = prepare_dataset(Config("GRU4Rec", "tiny", config_dict=cfg, denoiser="LLM4DSR"))
+    assert info["denoise"]["items_without_text"] == 1 and any('"item i5"' in text for text in seen)
+
+
+def test_test_only_denoising_still_fine_tunes_on_training_windows(tiny_cfg, tiny_llm_dir):
+    cfg = llm_cfg(tiny_cfg, tiny_llm_dir, protocol="window", denoise_split="test", denoise_action="delete",
+                  finetune_samples=8)
+    data, info = prepare_dataset(Config("GRU4Rec", "tiny", config_dict=cfg, denoiser="LLM4DSR"))
+    scores = read_atomic(os.path.join(data.path, data.name + ".denoise_scores"))
+    assert info["denoise"]["finetune_examples"] == 8 and set(scores["split"]) == {"valid", "test"}

@@ -178,12 +178,16 @@ def load_sequences(dataset, denoise_split="all"):
 
 def training_sequences(seqs, kind):
     """The training data of ``seqs``: leave-one-out prefixes without the two targets (``kind`` inter),
-    or the train windows (``kind`` windows)."""
+    or the train windows (``kind`` windows), whose ``editable`` marks every history position whatever
+    ``denoise_split`` says (it chooses what is edited, not what is training data)."""
     if kind == "inter":
         cut = lambda xs: [x[:-2] for x in xs]  # noqa: E731
         return Sequences(seqs.users, cut(seqs.items), cut(seqs.editable), seqs.split,
                          None if seqs.labels is None else cut(seqs.labels), cut(seqs.index))
-    return seqs.select([s == "train" for s in seqs.split])
+    train = seqs.select([s == "train" for s in seqs.split])
+    # what is training data does not depend on which histories get edited (denoise_split)
+    train.editable = [np.arange(len(items)) < len(items) - 1 for items in train.items]
+    return train
 
 
 # -- decisions ----------------------------------------------------------------------------------------
