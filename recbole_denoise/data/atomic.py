@@ -110,6 +110,24 @@ def _format(value, ftype, seq_sep):
     return str(value)
 
 
+def replace_atomically(path, write):
+    """Create ``path`` by ``write(tmp)`` on a temporary file in the same folder, then ``os.replace``: readers
+    see the old file or the whole new one, never a half-written one; a failed write leaves no temp file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    suffix = os.path.splitext(path)[1]  # keeps np.save / np.savez from appending their own extension
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; datasets and caches are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
 def write_atomic(df, path, field_types, sep="\t", seq_sep=" "):
     """Write ``df`` (columns = field names) as an atomic file with header types ``field_types``.
 
@@ -122,10 +140,8 @@ def write_atomic(df, path, field_types, sep="\t", seq_sep=" "):
             raise AtomicFileError(f"{path}: field '{name}' has unsupported type '{ftype}'")
         if name not in df.columns:
             raise AtomicFileError(f"{path}: cannot write field '{name}': not a column of the data")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp_", suffix=".atomic")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
             f.write(sep.join(f"{n}:{t}" for n, t in field_types.items()) + "\n")
             cols = [(df[n].tolist(), t) for n, t in field_types.items()]
             for row in zip(*(c for c, _ in cols)):
@@ -136,9 +152,5 @@ def write_atomic(df, path, field_types, sep="\t", seq_sep=" "):
                         raise AtomicFileError(f"{path}: value {text!r} of field '{name}' contains a separator")
                     out.append(text)
                 f.write(sep.join(out) + "\n")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; datasets are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+
+    replace_atomically(path, write)

@@ -35,13 +35,15 @@ import difflib
 import hashlib
 import json
 import os
-import tempfile
 
 import numpy as np
 
+from recbole_denoise.data.atomic import replace_atomically
 from recbole_denoise.data.text import item_texts
 from recbole_denoise.denoisers.base import Denoiser, register_denoiser
 from recbole_denoise.errors import ConfigError, DatasetError
+from recbole_denoise.llm.grounding import normalize_title
+from recbole_denoise.llm.loader import model_fingerprint
 
 PNOISE_MODES = ("first_token", "full_title", "ppl")
 TUNINGS = ("denoise", "zero_shot")
@@ -51,19 +53,6 @@ PROMPT_KEYS = ("llm_instruction", "llm_prompt_template", "llm_response_template"
 FINETUNE_KEYS = ("tuning", "finetune_samples", "finetune_seed", "finetune_epochs", "finetune_batch_size",
                  "finetune_learning_rate", "finetune_max_length", "lora_r", "lora_alpha", "lora_dropout",
                  "lora_target_modules", "loss_on_prompt")
-
-
-def llm_identity(path):
-    """What identifies a model folder in cache keys: its config and the names and sizes of its files."""
-    h = hashlib.sha1()
-    for name in sorted(os.listdir(path)):
-        full = os.path.join(path, name)
-        if os.path.isfile(full):
-            h.update(f"{name}:{os.path.getsize(full)};".encode())
-            if name == "config.json":
-                with open(full, "rb") as f:
-                    h.update(f.read())
-    return h.hexdigest()[:12]
 
 
 def windows_of(positions, size):
@@ -105,8 +94,8 @@ def instruction_samples(train, vocabulary, n, window, seed):
 
 def _match_in_window(text, window_texts):
     """Index of the window item a generated noise text names: exact (case-insensitive), else closest."""
-    norm = " ".join(text.casefold().split())
-    names = [" ".join(t.casefold().split()) for t in window_texts]
+    norm = normalize_title(text)
+    names = [normalize_title(t) for t in window_texts]
     if norm in names:
         return names.index(norm)
     if not norm:
@@ -169,7 +158,7 @@ class LLM4DSR(Denoiser):
 
     def adapter_dir(self):
         """Cache folder of the LoRA adapter: a hash of (training data, LLM, prompt and fine-tuning keys)."""
-        params = {"data": self.dataset.fingerprint(), "llm": llm_identity(self.llm_path),
+        params = {"data": self.dataset.fingerprint(), "llm": model_fingerprint(self.llm_path),
                   "keys": {k: self._key(k) for k in PROMPT_KEYS + FINETUNE_KEYS}}
         digest = hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:10]
         root = os.path.join(os.path.abspath(self.config["derived_data_path"]), "adapters")
@@ -243,10 +232,7 @@ class LLM4DSR(Denoiser):
                 arrays = compute(part)
                 lengths = np.array([len(a) for a in arrays], dtype=np.int64)
                 flat = np.concatenate(arrays) if arrays else np.zeros(0)
-                fd, tmp = tempfile.mkstemp(dir=folder, suffix=".npz")
-                os.close(fd)
-                np.savez(tmp, flat=flat, lengths=lengths)
-                os.replace(tmp, path)
+                replace_atomically(path, lambda tmp: np.savez(tmp, flat=flat, lengths=lengths))
             out.extend(np.split(flat, np.cumsum(lengths)[:-1]) if len(lengths) else [])
         self.info.setdefault("shards", {})[tag] = {"total": -(-len(units) // size), "reused": reused}
         return out

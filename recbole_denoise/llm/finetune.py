@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from recbole_denoise.compat import import_peft
+from recbole_denoise.data.atomic import replace_atomically
 
 CHECKPOINTS = "checkpoints"
 ADAPTER = "adapter"
@@ -137,12 +138,13 @@ def _check_same_run(recorded, run, where):
 
 
 def _write_json_atomic(path, obj):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+
+    replace_atomically(path, write)
 
 
 def last_complete_checkpoint(ckpt_dir):

@@ -16,7 +16,6 @@ import os
 import re
 import time
 import unicodedata
-import warnings
 from collections import Counter
 
 import torch
@@ -217,12 +216,11 @@ class Grounder:
     # -- embeddings -------------------------------------------------------------------------------
     def _sentence_model(self):
         if self._st_model is None:
-            from sentence_transformers import SentenceTransformer
+            from recbole_denoise.llm.encoders import TextEncoder
 
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-            with warnings.catch_warnings():  # transformers 4.44 nags about a tokenizer default it will change
-                warnings.filterwarnings("ignore", message=".*clean_up_tokenization_spaces", category=FutureWarning)
-                self._st_model = SentenceTransformer(self.encoder_path, device=device, local_files_only=True)
+            self._st_model = TextEncoder("sentence_transformers", self.encoder_path, batch_size=self.batch_size,
+                                         max_length=self.max_length, logger=self.logger,
+                                         device="cuda" if torch.cuda.is_available() else "cpu")
         return self._st_model
 
     def _llm_embed(self, texts):
@@ -262,9 +260,7 @@ class Grounder:
             return torch.empty((0, 0), dtype=torch.float32)
         if self.encoder == "llm":
             return self._llm_embed(texts)
-        emb = self._sentence_model().encode(texts, batch_size=self.batch_size, convert_to_tensor=True,
-                                            normalize_embeddings=True, show_progress_bar=False)
-        return F.normalize(emb.float().cpu(), dim=-1)
+        return torch.from_numpy(self._sentence_model().encode(texts))
 
     @property
     def item_embeddings(self):

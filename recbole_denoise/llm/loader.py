@@ -196,6 +196,25 @@ def convert_gguf(gguf_path, out_dir, logger=None):
     return out_dir
 
 
+def model_fingerprint(path):
+    """Short hash of a model folder for cache keys: file names + sizes, and the content of small json configs."""
+    h = hashlib.sha1()
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in sorted(files):
+            full = os.path.join(root, name)
+            rel = os.path.relpath(full, path)
+            try:
+                size = os.path.getsize(full)
+            except OSError:
+                continue
+            h.update(f"{rel}:{size};".encode())
+            if name.endswith(".json") and size < (1 << 20):
+                with open(full, "rb") as f:
+                    h.update(f.read())
+    return h.hexdigest()[:12]
+
+
 def packaged_tokenizer():
     """Only the SmolLM2 tokenizer (no weights converted): what the tests put on tiny random models."""
     from gguf import GGUFReader
