@@ -3,7 +3,8 @@
 Priority, lowest first (each later layer overrides the earlier ones):
 
 1. RecBole's own defaults (``recbole/properties/...``)
-2. ``properties/overall.yaml``
+2. ``properties/overall.yaml`` (a wrapper model's backbone defaults, e.g. IADSR's ``iadsr_backbone``,
+   come just before it: RecBole's and our ``model/<Backbone>.yaml``)
 3. ``properties/model/<Model>.yaml``
 4. ``properties/dataset/<dataset>.yaml``
 5. ``properties/denoiser/<Denoiser>.yaml``
@@ -98,9 +99,33 @@ class Config(RecBoleConfig):
             files.append(os.path.join(PROPERTIES_DIR, "denoiser", f"{name.rpartition('.')[2]}.yaml"))
         return [f for f in files if os.path.isfile(f)]
 
+    def backbone_property_files(self, model, model_class):
+        """Default-key files of the backbone a wrapper model names by its ``backbone_key`` (IADSR's
+        ``iadsr_backbone``): RecBole's ``properties/model/<Backbone>.yaml`` and ours."""
+        key = getattr(model_class, "backbone_key", None)
+        if not key:
+            return []
+        name = self.external_config_dict.get(key)
+        own = os.path.join(PROPERTIES_DIR, "model", f"{model}.yaml")
+        if name is None and os.path.isfile(own):
+            name = self._load_yaml(own).get(key)
+        if not name:
+            return []
+        try:
+            backbone = get_model(name)
+        except ConfigError as e:
+            raise ConfigError(f"{key}: {e}") from None
+        import recbole
+
+        files = [os.path.join(os.path.dirname(recbole.__file__), "properties", "model", f"{backbone.__name__}.yaml"),
+                 os.path.join(PROPERTIES_DIR, "model", f"{backbone.__name__}.yaml")]
+        return [f for f in files if os.path.isfile(f)]
+
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)
         self.internal_config_dict["data_path"] = SHIPPED_DATA_DIR
+        for path in self.backbone_property_files(model, model_class):  # below every layer of ours
+            self.internal_config_dict.update(self._load_yaml(path))
         self.denoiser_keys = []
         for path in self.property_files(model, dataset):
             values = self._load_yaml(path)

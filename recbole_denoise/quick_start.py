@@ -11,9 +11,13 @@ from recbole.data import create_dataset, data_preparation
 from recbole.utils import get_trainer, init_seed, set_color
 
 from recbole_denoise.config import Config
+from recbole_denoise.errors import ConfigError
+from recbole_denoise.data.atomic import read_atomic
 from recbole_denoise.data.dataset import WindowDataset
 from recbole_denoise.data.prepare import prepare_dataset
+from recbole_denoise.evaluator.cold_items import cold_item_analysis
 from recbole_denoise.log import init_logger
+from recbole_denoise.model.export import export_decisions
 
 
 def _to_plain(d):
@@ -34,10 +38,15 @@ def _time_epochs(trainer, sink):
 
 
 def build_dataset(config, data):
-    """RecBole's dataset for the prepared data: ours for windows, RecBole's choice otherwise."""
+    """RecBole's dataset for the prepared data: ours for windows; for leave-one-out the model's own
+    ``dataset_class`` when it declares one (IADSR needs item positions), else RecBole's choice."""
+    wanted = getattr(config.model_class, "dataset_class", None)
     if data.kind == "windows":
+        if wanted is not None:
+            raise ConfigError(f"model '{config['model']}' needs leave-one-out user sequences "
+                              f"({wanted.__name__}); use protocol: loo (key 'protocol')")
         return WindowDataset(config)
-    return create_dataset(config)
+    return wanted(config) if wanted is not None else create_dataset(config)
 
 
 def run_recbole_denoise(model=None, dataset=None, denoiser=None, config_file_list=None, config_dict=None,
@@ -46,6 +55,9 @@ def run_recbole_denoise(model=None, dataset=None, denoiser=None, config_file_lis
 
     Returns RecBole's dict (``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``,
     ``test_result``) plus ``denoise``, ``noise``, ``timings`` (seconds per stage) and ``dataset_path``.
+    A model that denoises internally (``denoise_decisions``, e.g. IADSR) also writes its decisions as a
+    dataset (``export_denoised``; ``model_denoise`` holds its path and noise P/R/F1, and ``denoise`` too
+    when no denoiser ran first); ``cold_item_buckets`` > 0 adds ``cold_items`` (IADSR Fig. 1 view).
     With the key ``result_file`` the same summary, with the resolved config, is written as JSON.
     """
     t0 = time.time()
@@ -79,11 +91,24 @@ def run_recbole_denoise(model=None, dataset=None, denoiser=None, config_file_lis
     timings["test"] = time.time() - t
     timings["epochs"] = len(epoch_times)
     timings["train_epoch_mean"] = sum(epoch_times) / len(epoch_times) if epoch_times else 0.0
-    timings["total"] = time.time() - t0
 
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
     logger.info(set_color("test result", "yellow") + f": {test_result}")
-    denoise = info.get("denoise") or {"edited": 0, "edited_fraction": 0.0}
+    model_denoise, scores_file = None, data.file("denoise_scores")
+    if config["export_denoised"] and hasattr(net, "denoise_decisions") and data.kind == "inter":
+        t = time.time()
+        exported, model_denoise = export_decisions(net, train_data._dataset, data, config, logger)
+        scores_file = exported.file("denoise_scores")
+        timings["export"] = time.time() - t
+        logger.info(set_color("denoised data", "yellow") + f": {exported.path} ({model_denoise})")
+    cold_items = None
+    if config["cold_item_buckets"]:
+        t = time.time()
+        table = read_atomic(scores_file) if os.path.isfile(scores_file) else None
+        cold_items = cold_item_analysis(net, test_data, train_data._dataset, table, int(config["cold_item_buckets"]))
+        timings["cold_items"] = time.time() - t
+    timings["total"] = time.time() - t0
+    denoise = info.get("denoise") or model_denoise or {"edited": 0, "edited_fraction": 0.0}
     result = {
         "model": config["model"],
         "dataset": config["source_dataset"],
@@ -98,6 +123,10 @@ def run_recbole_denoise(model=None, dataset=None, denoiser=None, config_file_lis
         "denoise": denoise,
         "timings": timings,
     }
+    if model_denoise is not None:
+        result["model_denoise"] = model_denoise
+    if cold_items is not None:
+        result["cold_items"] = cold_items
     if config["result_file"]:
         write_result(config, result)
     return result

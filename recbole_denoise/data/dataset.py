@@ -39,3 +39,37 @@ class WindowDataset(SequentialDataset):
                 if missing > 0:
                     inter[field] = F.pad(value, (0, missing))
         return inter
+
+
+POSITION_FIELD = "seq_position"
+
+
+class PositionalSequentialDataset(SequentialDataset):
+    """RecBole's leave-one-out ``SequentialDataset`` that also knows where each history item sits.
+
+    RecBole's prefix augmentation turns a user's sequence into one row per target and forgets where a
+    history starts once it is cut to ``MAX_ITEM_LIST_LENGTH``. A model that keeps state per interaction
+    (IADSR's masks, its per-prefix text embeddings) needs the position of every history item in the
+    user's full chronological sequence. Before augmenting, this class
+
+    * records each user's full sequence of item ids, in RecBole's own order (``user_sequences``:
+      ``{uid: np.ndarray of item ids}``; the last two items are the validation and test targets);
+    * adds the interaction field ``seq_position`` (0-based index in that sequence), which the augmentation
+      turns into ``seq_position_list`` aligned with ``item_id_list``.
+    """
+
+    def data_augmentation(self):
+        import numpy as np
+        import torch
+
+        self._check_field("uid_field", "time_field")
+        self.sort(by=[self.uid_field, self.time_field], ascending=True)  # RecBole sorts (stably) the same way
+        uids = self.inter_feat[self.uid_field].numpy()
+        items = self.inter_feat[self.iid_field].numpy()
+        starts = np.flatnonzero(np.r_[True, uids[1:] != uids[:-1]])
+        ends = np.r_[starts[1:], len(uids)]
+        positions = np.arange(len(uids)) - np.repeat(starts, ends - starts)
+        self.user_sequences = {int(uids[s]): items[s:e].copy() for s, e in zip(starts, ends)}
+        self.set_field_property(POSITION_FIELD, FeatureType.FLOAT, FeatureSource.INTERACTION, 1)
+        self.inter_feat[POSITION_FIELD] = torch.tensor(positions, dtype=torch.float64)
+        super().data_augmentation()

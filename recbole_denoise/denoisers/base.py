@@ -377,15 +377,29 @@ def denoise_stage(parent, out_dir, out_name, denoiser_cls, config, logger=None):
         replacements = dict(zip(edits, popularity_replacements(train, seqs, edits, config["seed"])))
         kinds = {e: "popularity" for e in edits}
     timings["suggest"] = time.time() - t
+    info = write_denoised(parent, tables, seqs, scores, flags, out_dir, out_name, replacements, kinds)
+    info.update({"action": action, "timings": timings, **denoiser.info})
+    shutil.rmtree(workdir, ignore_errors=True)
+    return parent.kind, info
+
+
+def write_denoised(parent, tables, seqs, scores, flags, out_dir, out_name, replacements=None, kinds=None):
+    """Write the edited dataset (``parent``'s format) and ``<out_name>.denoise_scores``; return the counts
+    and, when ``seqs`` has noise labels, precision / recall / F1 / AUC of the flags and scores.
+
+    ``seqs, tables`` come from :func:`load_sequences`; ``scores`` and ``flags`` hold one value per position
+    of each sequence (only editable positions are used); ``replacements`` maps ``(k, pos)`` to a new item
+    (absent or ``None`` = delete). Used by the denoising stage and by models that export decisions (IADSR).
+    """
+    replacements, kinds = replacements or {}, kinds or {}
     writer = _apply_inter if parent.kind == "inter" else _apply_windows
     writer(parent, tables, seqs, flags, replacements, out_dir, out_name)
     table = _scores_table(seqs, scores, flags, replacements, kinds)
     write_atomic(table, f"{out_dir}/{out_name}.denoise_scores", {k: SCORE_FIELDS[k] for k in table.columns})
+    edited = int(sum(int(np.sum(np.asarray(f) & np.asarray(e))) for f, e in zip(flags, seqs.editable)))
     replaced = sum(v is not None for v in replacements.values())
-    info = {"editable": int(len(table)), "edited": len(edits), "replaced": replaced, "deleted": len(edits) - replaced,
-            "edited_fraction": len(edits) / max(len(table), 1), "action": action, "timings": timings,
-            **denoiser.info}
+    info = {"editable": int(len(table)), "edited": edited, "replaced": replaced, "deleted": edited - replaced,
+            "edited_fraction": edited / max(len(table), 1)}
     if seqs.labels is not None and len(table):
         info.update(noise_detection_metrics(table["noise_label"], flags=table["flagged"], scores=table["score"]))
-    shutil.rmtree(workdir, ignore_errors=True)
-    return parent.kind, info
+    return info

@@ -37,10 +37,13 @@ class TextEncoder:
     """
 
     def __init__(self, kind="sentence_transformers", path=None, batch_size=32, max_length=128, device=None,
-                 logger=None, progress=False):
+                 logger=None, progress=False, truncation_side="right"):
         if kind not in ENCODERS:
             raise ConfigError(f"encoder '{kind}' is unknown; valid encoders: {', '.join(ENCODERS)}")
+        if truncation_side not in ("left", "right"):
+            raise ConfigError(f"truncation_side must be 'left' or 'right', got {truncation_side!r}")
         self.kind = kind
+        self.truncation_side = truncation_side
         self.batch_size = int(batch_size)
         self.max_length = int(max_length)
         self.device = device or "cpu"
@@ -56,8 +59,11 @@ class TextEncoder:
         else:
             self._init_llm2vec(path)
         self.path = path if path else self._path
+        # texts longer than max_length tokens lose their end (right) or their start (left: keeps the most
+        # recent items of a sequence text)
+        self._tokenizer.truncation_side = truncation_side
         self.identity = (f"{kind}:{os.path.basename(os.path.normpath(self._path))}:{model_fingerprint(self._path)}"
-                         f":max_length={self.max_length}")
+                         f":max_length={self.max_length}" + (":truncate=left" if truncation_side == "left" else ""))
 
     # -- sentence-transformers ------------------------------------------------------------------------
     def _init_st(self, path):
@@ -76,7 +82,9 @@ class TextEncoder:
             raise ConfigError(f"encoder_path '{self._path}': cannot load a sentence-transformers model ({e})") \
                 from None
         self.model.max_seq_length = min(self.max_length, self.model.max_seq_length or self.max_length)
-        self.dim = int(self.model.get_sentence_embedding_dimension())
+        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = int(get_dim())
+        self._tokenizer = self.model.tokenizer
 
     def _encode_st(self, texts):
         return self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
@@ -110,6 +118,7 @@ class TextEncoder:
         tok = self.model.tokenizer
         self._empty_text = " " if tok(" ", add_special_tokens=False)["input_ids"] else tok.eos_token
         self.dim = int(self.model.model.config.hidden_size)
+        self._tokenizer = tok
 
     def _encode_llm2vec(self, texts):
         # llm2vec mean-pools the last len(text tokens) positions (left padding); a text without any token

@@ -1,0 +1,126 @@
+"""Per-position hidden states of RecBole backbones, computed from given input embeddings.
+
+IADSR (§3.3.1) needs, for a history ``S`` of a backbone, its short-term collaborative interests ``h_t``
+(one vector per position, Eq. 7) and its long-term interest ``e2`` (the sequence representation the
+backbone predicts from, Eq. 6), and it needs them for *masked* input embeddings (Eq. 19). RecBole's
+``forward`` methods look the embeddings up themselves and return only the last state, so each supported
+backbone gets a small adapter that reruns the backbone's own layers (its parameters, its dropout) from
+``x = item_embedding(item_seq) * mask``:
+
+* ``GRU4Rec``: ``h_t`` = the GRU output after RecBole's ``dense`` layer at ``t``; ``e2`` = ``h`` at the
+  last item (exactly ``GRU4Rec.forward`` when nothing is masked).
+* ``SASRec``: ``h_t`` = the last Transformer layer's output at ``t`` (causal, so it only sees
+  ``i_1..i_t``); ``e2`` = ``h`` at the last item (exactly ``SASRec.forward``).
+* ``Caser``: Caser has no per-position states; it max-pools horizontal convolutions over the whole
+  window and sums a vertical convolution over all positions. Our adaptation gives each position the
+  Caser representation of its prefix built from the same layers: horizontal features max-pooled over
+  the windows that *end* at or before ``t`` (a running max of the ReLU activations), the vertical
+  convolution summed over positions ``<= t`` (a running sum), then Caser's own ``fc1``/``fc2`` with the
+  user embedding. ``e2`` is Caser's unchanged ``forward``. The two differ at the last item only in the
+  horizontal windows that overlap the zero padding, which Caser's pooling sees and the prefix states do
+  not.
+
+Other backbones can be added with :func:`register_states`.
+"""
+import torch
+import torch.nn.functional as F
+from recbole.model.sequential_recommender import GRU4Rec, SASRec, Caser
+
+from recbole_denoise.errors import ConfigError
+
+STATES = {}
+
+
+def register_states(backbone_class):
+    def wrap(cls):
+        STATES[backbone_class] = cls
+        return cls
+    return wrap
+
+
+def states_for(backbone):
+    """The adapter for a backbone instance (the first registered class it is an instance of)."""
+    for cls, adapter in STATES.items():
+        if isinstance(backbone, cls):
+            return adapter(backbone)
+    supported = ", ".join(c.__name__ for c in STATES)
+    raise ConfigError(f"iadsr_backbone '{type(backbone).__name__}' exposes no per-position hidden states "
+                      f"that IADSR can use; supported backbones: {supported} "
+                      f"(add one with recbole_denoise.model.backbones.register_states)")
+
+
+def _gather_last(states, lengths):
+    index = (lengths - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, states.shape[-1])
+    return states.gather(1, index).squeeze(1)
+
+
+class States:
+    """``states(x, interaction) -> (h (B, L, d), e2 (B, d))``; ``extra_loss()`` = the backbone's own
+    regulariser (added to the CE term, as the backbone's ``calculate_loss`` would)."""
+
+    def __init__(self, backbone):
+        self.backbone = backbone
+
+    @property
+    def item_embedding(self):
+        return self.backbone.item_embedding
+
+    def states(self, x, interaction):
+        raise NotImplementedError
+
+    def extra_loss(self):
+        return 0.0
+
+
+@register_states(GRU4Rec)
+class GRU4RecStates(States):
+    def states(self, x, interaction):
+        bb = self.backbone
+        out, _ = bb.gru_layers(bb.emb_dropout(x))
+        h = bb.dense(out)
+        return h, _gather_last(h, interaction[bb.ITEM_SEQ_LEN])
+
+
+@register_states(SASRec)
+class SASRecStates(States):
+    def states(self, x, interaction):
+        bb = self.backbone
+        item_seq = interaction[bb.ITEM_SEQ]
+        positions = torch.arange(item_seq.size(1), device=item_seq.device).unsqueeze(0).expand_as(item_seq)
+        emb = bb.dropout(bb.LayerNorm(x + bb.position_embedding(positions)))
+        h = bb.trm_encoder(emb, bb.get_attention_mask(item_seq), output_all_encoded_layers=True)[-1]
+        return h, _gather_last(h, interaction[bb.ITEM_SEQ_LEN])
+
+
+@register_states(Caser)
+class CaserStates(States):
+    def states(self, x, interaction):
+        bb = self.backbone
+        if not (bb.n_v and bb.n_h):
+            raise ConfigError("IADSR over Caser needs both convolutions (nv > 0 and nh > 0)")
+        batch, length, dim = x.shape
+        x4 = x.unsqueeze(1)
+        user = bb.user_embedding(interaction[bb.USER_ID])
+        # the whole window, as Caser.forward
+        out_v = bb.conv_v(x4).view(batch, -1)
+        pooled, running = [], []
+        for conv in bb.conv_h:
+            height = conv.kernel_size[0]
+            act = bb.ac_conv(conv(x4).squeeze(3))                      # (B, n_h, L - height + 1)
+            pooled.append(act.max(dim=2).values)
+            ends = F.pad(act, (height - 1, 0))                          # index t = window ending at t
+            running.append(ends.cummax(dim=2).values)                   # ReLU >= 0, so 0 pads are neutral
+        e2 = bb.ac_fc(bb.fc2(torch.cat([bb.ac_fc(bb.fc1(bb.dropout(torch.cat([out_v] + pooled, 1)))), user], 1)))
+        # per prefix: running sum of the vertical convolution, running max of the horizontal ones
+        w = bb.conv_v.weight.view(bb.n_v, length)
+        v_pre = torch.einsum("fl,bld->blfd", w, x).cumsum(dim=1) + bb.conv_v.bias.view(1, 1, -1, 1)
+        h_pre = torch.cat(running, 1).transpose(1, 2)                   # (B, L, n_h * L)
+        z = bb.ac_fc(bb.fc1(bb.dropout(torch.cat([v_pre.reshape(batch, length, -1), h_pre], 2))))
+        h = bb.ac_fc(bb.fc2(torch.cat([z, user.unsqueeze(1).expand(-1, length, -1)], 2)))
+        return h, e2
+
+    def extra_loss(self):
+        bb = self.backbone
+        reg = bb.reg_loss([bb.user_embedding.weight, bb.item_embedding.weight, bb.conv_v.weight,
+                           bb.fc1.weight, bb.fc2.weight])
+        return bb.reg_weight * reg + bb.reg_loss_conv_h()

@@ -1,0 +1,332 @@
+"""IADSR (Interest Alignment for Denoising Sequential Recommendation, CIKM 2025) as a RecBole model.
+
+IADSR wraps a backbone (``iadsr_backbone``: GRU4Rec, SASRec or Caser; see ``model/backbones.py``) and a
+frozen text encoder (``model/semantic.py``). For a training row with history ``S`` and user ``u``:
+
+1. ``x = item_embedding(S) * K_prev``: the mask learned in the previous epoch is applied to the
+   *original* embeddings (progressive denoising, Eq. 19; no mask in the first epoch);
+2. the backbone gives per-position states ``h_t`` and its sequence representation ``e2``;
+3. the semantic interests ``e1`` (whole training sequence) and ``l_t`` (prefix, or item) are projected
+   to the backbone's space by two bias-free linear maps;
+4. users with ``cos(e1, e2) >= gate_theta`` (Eq. 12, default -0.9 as §4.4) get
+   ``score(t) = cos(e1, h_t) + cos(e2, l_t) + cos(h_t, l_t)`` (Eqs. 13-16) and a mask
+   ``K = GumbelSigmoid(score, gumbel_temperature, hard=gumbel_hard)`` (Eq. 17; 1 = keep);
+   other users keep everything;
+5. loss = ``ce_weight`` * CE + ``info_long_weight`` * InfoNCE(e2, e1) + ``info_short_weight`` *
+   InfoNCE(h_t, l_t) + ``recon_weight`` * MSE(Decoder(h * K), x_original) over gated users (Eqs. 8-22).
+   InfoNCE uses cosine similarity over ``infonce_temperature`` with in-batch negatives; rows of the same
+   user (RecBole trains on every prefix) and, for the short term, the same interaction are not used as
+   negatives of each other; at most ``infonce_short_max`` random positions per batch enter the short term;
+6. ``K`` is remembered per interaction (the row whose history ends latest wins, so the decision comes
+   from the most context) and becomes ``K_prev`` in the next epoch. The epoch boundary is RecBole's
+   ``model.train()`` call at the start of each training epoch.
+
+Evaluation is deterministic: no Gumbel noise, ``K = sigmoid(score / tau) > 0.5`` (i.e. ``score > 0``)
+computed on the original history, then the backbone predicts from the masked history
+(``predict`` / ``full_sort_predict`` follow RecBole's contract).
+
+Differences from the official code, kept as options: ``gate_theta: -1.0`` (the code's value; the paper
+uses -0.9), ``long_term_pool: max`` (the code's max over GRU outputs as ``e2``; the paper's ``e2 = SRS(S)``
+is the backbone's sequence representation, ``last``), ``short_term: item`` (the code encodes items, the
+paper prefixes) and ``recon_target: input`` (the code reconstructs the masked input; the paper, Eq. 21,
+the original sequence). The official code resets its mask memory every epoch, so its progressive masks
+are never applied; here they are.
+"""
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from recbole.model.abstract_recommender import SequentialRecommender
+from recbole.utils import InputType
+
+from recbole_denoise.data.dataset import POSITION_FIELD, PositionalSequentialDataset
+from recbole_denoise.errors import ConfigError
+from recbole_denoise.model.backbones import states_for
+from recbole_denoise.model.semantic import SemanticInterests
+
+__all__ = ["IADSR"]
+
+POOLS = ("last", "max")
+RECON_TARGETS = ("original", "input")
+
+
+def gumbel_sigmoid(logits, tau=1.0, hard=True, eps=1e-10):
+    """Eq. 17: ``sigmoid((logits + g) / tau)`` with Gumbel noise ``g``; ``hard``: 0/1 values in the
+    forward pass with the soft values' gradient (straight-through)."""
+    u = torch.rand_like(logits)
+    g = -torch.log(-torch.log(u + eps) + eps)
+    y = torch.sigmoid((logits + g) / tau)
+    if not hard:
+        return y
+    return (y > 0.5).to(y.dtype) - y.detach() + y
+
+
+def info_nce(anchors, positives, tau, same=None):
+    """InfoNCE with cosine similarity: row i's positive is ``positives[i]``, the other rows are negatives,
+    except those with ``same[i, j]`` True (j != i), which are left out."""
+    logits = F.normalize(anchors, dim=-1) @ F.normalize(positives, dim=-1).T / tau
+    if same is not None:
+        off = same & ~torch.eye(len(logits), dtype=torch.bool, device=logits.device)
+        logits = logits.masked_fill(off, float("-inf"))
+    return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
+
+
+class IADSR(SequentialRecommender):
+    input_type = InputType.POINTWISE
+    dataset_class = PositionalSequentialDataset
+    backbone_key = "iadsr_backbone"    # its RecBole yaml of defaults is loaded by our Config
+
+    def __init__(self, config, dataset):
+        from recbole_denoise.model import get_model
+
+        super().__init__(config, dataset)
+        name = config["iadsr_backbone"]
+        if not name:
+            raise ConfigError("IADSR needs a backbone: set iadsr_backbone (GRU4Rec, SASRec or Caser)")
+        if config["loss_type"] != "CE":
+            raise ConfigError(f"IADSR trains with cross-entropy; loss_type must be CE, got {config['loss_type']!r}")
+        try:
+            backbone_class = get_model(name)
+        except ConfigError as e:
+            raise ConfigError(f"iadsr_backbone: {e}") from None
+        self.backbone = backbone_class(config, dataset)
+        self.adapter = states_for(self.backbone)
+        self.POSITION_LIST = POSITION_FIELD + config["LIST_SUFFIX"]
+
+        for key, allowed in (("long_term_pool", POOLS), ("recon_target", RECON_TARGETS)):
+            if config[key] not in allowed:
+                raise ConfigError(f"{key} must be one of {list(allowed)}, got {config[key]!r}")
+        self.pool, self.recon_target = config["long_term_pool"], config["recon_target"]
+        self.theta = float(config["gate_theta"])
+        self.gumbel_tau, self.hard = float(config["gumbel_temperature"]), bool(config["gumbel_hard"])
+        self.info_tau = float(config["infonce_temperature"])
+        self.short_max = int(config["infonce_short_max"])
+        if self.gumbel_tau <= 0 or self.info_tau <= 0:
+            raise ConfigError("gumbel_temperature and infonce_temperature must be > 0")
+        self.weights = {k: float(config[k]) for k in ("ce_weight", "info_long_weight", "info_short_weight",
+                                                      "recon_weight")}
+
+        sem = SemanticInterests(config, dataset, logger=getattr(self, "logger", None))
+        self.semantic = sem
+        self.short_term = sem.mode
+        # embeddings, offsets and the mask memory are derived data, not parameters: kept out of checkpoints
+        self.register_buffer("sem_long", torch.from_numpy(sem.long), persistent=False)
+        table = sem.items if sem.mode == "item" else sem.short
+        self.register_buffer("sem_short", torch.from_numpy(table), persistent=False)
+        self.register_buffer("offsets", torch.from_numpy(sem.offsets), persistent=False)
+        n = max(sem.n_positions, 1)
+        self.register_buffer("mask_prev", torch.ones(n), persistent=False)
+        self.register_buffer("mask_next", torch.ones(n), persistent=False)
+        self.register_buffer("mask_next_end", torch.full((n,), -1, dtype=torch.long), persistent=False)
+        self.masked_epochs = 0          # epochs whose masks have been moved to mask_prev
+        self._pending = False           # training rows seen since the last epoch boundary
+
+        hidden = self._hidden_size()
+        self.long_proj = nn.Linear(sem.dim, hidden, bias=False)
+        self.short_proj = nn.Linear(sem.dim, hidden, bias=False)
+        emb_dim = self.adapter.item_embedding.embedding_dim
+        self.decoder = nn.Linear(hidden, emb_dim)
+        for layer in (self.long_proj, self.short_proj, self.decoder):
+            nn.init.xavier_normal_(layer.weight)
+        if hidden != emb_dim:
+            raise ConfigError(f"backbone {name}: its sequence representation ({hidden}) must have the item "
+                              f"embedding size ({emb_dim}) to score items")
+
+    def _hidden_size(self):
+        with torch.no_grad():
+            seq = torch.zeros(1, self.max_seq_length, dtype=torch.long)
+            seq[0, 0] = 1
+            probe = {self.ITEM_SEQ: seq, self.ITEM_SEQ_LEN: torch.ones(1, dtype=torch.long),
+                     self.USER_ID: torch.ones(1, dtype=torch.long)}
+            was = self.backbone.training
+            self.backbone.eval()
+            h, _ = self.adapter.states(self.adapter.item_embedding(seq), probe)
+            self.backbone.train(was)
+        return h.shape[-1]
+
+    # -- epochs -------------------------------------------------------------------------------------------
+    def train(self, mode=True):
+        """RecBole calls ``model.train()`` at the start of every training epoch: the masks remembered in
+        the epoch that just ended become the input masks of the next one."""
+        if mode and self._pending:
+            self.mask_prev.copy_(self.mask_next)
+            self.mask_next_end.fill_(-1)
+            self.masked_epochs += 1
+            self._pending = False
+        return super().train(mode)
+
+    # -- pieces -------------------------------------------------------------------------------------------
+    def _rows(self, interaction):
+        """Row of every history position in the per-interaction tables, and the valid-position mask."""
+        item_seq = interaction[self.ITEM_SEQ]
+        valid = torch.arange(item_seq.size(1), device=item_seq.device).unsqueeze(0) \
+            < interaction[self.ITEM_SEQ_LEN].unsqueeze(1)
+        if self.POSITION_LIST not in interaction:
+            raise ConfigError(f"IADSR needs the field '{self.POSITION_LIST}' (built by "
+                              f"PositionalSequentialDataset); the batch has {list(interaction.interaction)}")
+        pos = interaction[self.POSITION_LIST].long()
+        rows = self.offsets[interaction[self.USER_ID]].unsqueeze(1) + pos
+        return rows.masked_fill(~valid, 0), valid
+
+    def _semantic(self, interaction, rows):
+        e1 = self.long_proj(self.sem_long[interaction[self.USER_ID]])
+        if self.short_term == "item":
+            short = self.sem_short[interaction[self.ITEM_SEQ]]
+        else:
+            short = self.sem_short[rows]
+        return e1, self.short_proj(short)
+
+    def _encode(self, x, interaction):
+        h, e2 = self.adapter.states(x, interaction)
+        if self.pool == "max":
+            valid = torch.arange(h.size(1), device=h.device).unsqueeze(0) < interaction[self.ITEM_SEQ_LEN].unsqueeze(1)
+            e2 = h.masked_fill(~valid.unsqueeze(-1), float("-inf")).max(dim=1).values
+        return h, e2
+
+    def _scores(self, h, e2, e1, short):
+        """score(t) (Eqs. 13-16) and the user gate (Eq. 12)."""
+        c1 = F.cosine_similarity(e1.unsqueeze(1), h, dim=-1)
+        c2 = F.cosine_similarity(e2.unsqueeze(1), short, dim=-1)
+        c3 = F.cosine_similarity(h, short, dim=-1)
+        gate = F.cosine_similarity(e1, e2, dim=-1) >= self.theta
+        return c1 + c2 + c3, gate
+
+    def _mask(self, score, gate, valid, stochastic):
+        if stochastic:
+            k = gumbel_sigmoid(score, self.gumbel_tau, self.hard)
+        else:
+            k = (torch.sigmoid(score / self.gumbel_tau) > 0.5).to(score.dtype)
+        keep_all = ~(gate.unsqueeze(1) & valid)
+        return torch.where(keep_all, torch.ones_like(k), k)
+
+    def _remember(self, rows, valid, mask, interaction):
+        """Store this epoch's hard masks per interaction; the row whose history ends latest wins."""
+        lengths = interaction[self.ITEM_SEQ_LEN]
+        end = interaction[self.POSITION_LIST].long().gather(1, (lengths - 1).clamp(min=0).unsqueeze(1))
+        end = end.expand_as(rows)[valid]
+        r, m = rows[valid], (mask[valid] > 0.5).to(self.mask_next.dtype)
+        best = self.mask_next_end.clone().scatter_reduce_(0, r, end, reduce="amax")
+        win = end >= best[r]
+        self.mask_next_end[r[win]] = end[win]
+        self.mask_next[r[win]] = m[win]
+        self._pending = True
+
+    # -- RecBole API ----------------------------------------------------------------------------------------
+    def input_embeddings(self, interaction):
+        """The backbone's input in training: the original embeddings times last epoch's masks (Eq. 19)."""
+        rows, valid = self._rows(interaction)
+        x = self.adapter.item_embedding(interaction[self.ITEM_SEQ])
+        prev = torch.where(valid, self.mask_prev[rows], torch.ones_like(self.mask_prev[rows]))
+        return x, x * prev.unsqueeze(-1), rows, valid
+
+    def calculate_loss(self, interaction):
+        x, x_in, rows, valid = self.input_embeddings(interaction)
+        h, e2 = self._encode(x_in, interaction)
+        e1, short = self._semantic(interaction, rows)
+        score, gate = self._scores(h, e2, e1, short)
+        mask = self._mask(score, gate, valid, stochastic=True)
+        with torch.no_grad():
+            self._remember(rows, valid, mask.detach(), interaction)
+
+        w = self.weights
+        zero = h.new_zeros(())
+        ce = zero
+        if w["ce_weight"]:
+            logits = e2 @ self.adapter.item_embedding.weight.T
+            ce = w["ce_weight"] * (F.cross_entropy(logits, interaction[self.POS_ITEM_ID]) + self.adapter.extra_loss())
+        long = zero
+        if w["info_long_weight"]:
+            users = interaction[self.USER_ID]
+            long = w["info_long_weight"] * info_nce(e2, e1, self.info_tau, users.unsqueeze(0) == users.unsqueeze(1))
+        short_loss = zero
+        if w["info_short_weight"]:
+            idx = valid.flatten().nonzero().squeeze(1)
+            if len(idx) > self.short_max:
+                idx = idx[torch.randperm(len(idx), device=idx.device)[:self.short_max]]
+            flat_rows = rows.flatten()[idx]
+            key = flat_rows if self.short_term == "prefix" else interaction[self.ITEM_SEQ].flatten()[idx]
+            short_loss = w["info_short_weight"] * info_nce(h.reshape(-1, h.size(-1))[idx],
+                                                           short.reshape(-1, short.size(-1))[idx], self.info_tau,
+                                                           key.unsqueeze(0) == key.unsqueeze(1))
+        recon = zero
+        if w["recon_weight"] and gate.any():
+            target = x if self.recon_target == "original" else x_in
+            rec = self.decoder(h[gate] * mask[gate].unsqueeze(-1))
+            v = valid[gate].unsqueeze(-1).to(rec.dtype)
+            per_user = (((rec - target[gate]) ** 2) * v).sum((1, 2)) / (v.sum((1, 2)) * rec.size(-1)).clamp(min=1)
+            recon = w["recon_weight"] * per_user.mean()
+        return ce, long, short_loss, recon
+
+    def mask_scores(self, interaction):
+        """Deterministic decisions on the original history: ``(score (B, L), gate (B,), keep (B, L))``."""
+        rows, valid = self._rows(interaction)
+        x = self.adapter.item_embedding(interaction[self.ITEM_SEQ])
+        h, e2 = self._encode(x, interaction)
+        e1, short = self._semantic(interaction, rows)
+        score, gate = self._scores(h, e2, e1, short)
+        return score, gate, self._mask(score, gate, valid, stochastic=False), x
+
+    def forward(self, interaction):
+        """The sequence representation used for prediction: masks at evaluation are deterministic."""
+        _, _, keep, x = self.mask_scores(interaction)
+        if bool((keep > 0.5).all()):
+            _, e2 = self._encode(x, interaction)
+        else:
+            _, e2 = self._encode(x * keep.unsqueeze(-1), interaction)
+        return e2
+
+    def predict(self, interaction):
+        e2 = self.forward(interaction)
+        return (e2 * self.adapter.item_embedding(interaction[self.ITEM_ID])).sum(-1)
+
+    def full_sort_predict(self, interaction):
+        return self.forward(interaction) @ self.adapter.item_embedding.weight.T
+
+    # -- decisions for export -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def denoise_decisions(self, dataset, batch_size=256):
+        """Keep/drop decision and noise score for every history position of every user.
+
+        Each user's history up to the validation item (the test row's input) is cut, from its end, into
+        windows of ``MAX_ITEM_LIST_LENGTH`` items that are scored like evaluation rows. Returns
+        ``{uid: (noise_score, dropped)}`` over positions ``0..n-2`` (noise score = ``-score(t)``, higher =
+        noisier; ``dropped`` only for gated users).
+        """
+        was = self.training
+        self.eval()
+        device = self.sem_long.device
+        L = self.max_seq_length
+        windows = []
+        for uid, seq in dataset.user_sequences.items():
+            n_hist = len(seq) - 1
+            end = n_hist
+            while end > 0:
+                start = max(0, end - L)
+                windows.append((uid, start, end))
+                end = start
+        out = {uid: (np.zeros(max(len(seq) - 1, 0)), np.zeros(max(len(seq) - 1, 0), dtype=bool))
+               for uid, seq in dataset.user_sequences.items()}
+        for b in range(0, len(windows), batch_size):
+            chunk = windows[b:b + batch_size]
+            seq = torch.zeros(len(chunk), L, dtype=torch.long)
+            pos = torch.zeros(len(chunk), L)
+            for k, (uid, s, e) in enumerate(chunk):
+                seq[k, :e - s] = torch.as_tensor(dataset.user_sequences[uid][s:e])
+                pos[k, :e - s] = torch.arange(s, e)
+            inter = {self.ITEM_SEQ: seq.to(device), self.POSITION_LIST: pos.to(device),
+                     self.ITEM_SEQ_LEN: torch.tensor([e - s for _, s, e in chunk], device=device),
+                     self.USER_ID: torch.tensor([u for u, _, _ in chunk], device=device)}
+            score, gate, keep, _ = self.mask_scores(_Batch(inter))
+            for k, (uid, s, e) in enumerate(chunk):
+                out[uid][0][s:e] = -score[k, :e - s].cpu().numpy()
+                out[uid][1][s:e] = (keep[k, :e - s] < 0.5).cpu().numpy()
+        nn.Module.train(self, was)  # not self.train: that would end a training epoch
+        return out
+
+
+class _Batch(dict):
+    """The little of RecBole's ``Interaction`` that ``mask_scores`` uses: ``batch[field]`` and ``in``."""
+
+    @property
+    def interaction(self):
+        return self
