@@ -76,7 +76,9 @@ def run_recbole_denoise(model=None, dataset=None, denoiser=None, config_file_lis
     timings["load"] = time.time() - t
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    t = time.time()
     net = config.model_class(config, train_data._dataset).to(config["device"])
+    timings["model"] = time.time() - t  # IADSR: includes encoding its texts (cached after the first run)
     logger.info(net)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
     epoch_times = []

@@ -111,11 +111,16 @@ class CaserStates(States):
             ends = F.pad(act, (height - 1, 0))                          # index t = window ending at t
             running.append(ends.cummax(dim=2).values)                   # ReLU >= 0, so 0 pads are neutral
         e2 = bb.ac_fc(bb.fc2(torch.cat([bb.ac_fc(bb.fc1(bb.dropout(torch.cat([out_v] + pooled, 1)))), user], 1)))
-        # per prefix: running sum of the vertical convolution, running max of the horizontal ones
+        # per prefix: running sum of the vertical convolution, running max of the horizontal ones, through
+        # fc1 split into its vertical and horizontal blocks (fc1 is linear, so the running sum can be taken
+        # after it: (B, L, d) instead of (B, L, n_v * d)); no dropout on this path (it only feeds the scores)
         w = bb.conv_v.weight.view(bb.n_v, length)
-        v_pre = torch.einsum("fl,bld->blfd", w, x).cumsum(dim=1) + bb.conv_v.bias.view(1, 1, -1, 1)
+        w1 = bb.fc1.weight
+        w1_v, w1_h = w1[:, :bb.n_v * dim].reshape(-1, bb.n_v, dim), w1[:, bb.n_v * dim:]
+        per_item = torch.einsum("bld,ofd,fl->blo", x, w1_v, w)          # each item's vertical contribution
+        v_part = per_item.cumsum(dim=1) + (w1_v.sum(-1) * bb.conv_v.bias).sum(-1)
         h_pre = torch.cat(running, 1).transpose(1, 2)                   # (B, L, n_h * L)
-        z = bb.ac_fc(bb.fc1(bb.dropout(torch.cat([v_pre.reshape(batch, length, -1), h_pre], 2))))
+        z = bb.ac_fc(v_part + h_pre @ w1_h.T + bb.fc1.bias)
         h = bb.ac_fc(bb.fc2(torch.cat([z, user.unsqueeze(1).expand(-1, length, -1)], 2)))
         return h, e2
 
