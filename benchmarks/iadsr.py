@@ -175,8 +175,9 @@ def show(args):
              "`python run_recbole_denoise.py --model IADSR --iadsr_backbone=<B> --dataset ml-100k --noise_ratio=0.1 "
              "--encoder=sentence_transformers --encoder_max_length=64 --MAX_ITEM_LIST_LENGTH=10 --epochs=1 "
              f"--result_file=results/raw/iadsr_show_ml100k_<B>.json` on {machine()}, in this order; noise P/R/F1/AUC of "
-             "the exported decisions against the injected noise labels (training interactions only). The first "
-             "run encodes the 943 long-term and 99,057 short-term prefix texts (total s); the others reuse them.", "",
+             "the exported decisions against the injected noise labels (training interactions only). Total s "
+             "excludes encoding when the 943 long-term and 99,057 prefix texts were already cached (with "
+             "MiniLM at 64 tokens the first run's encoding took about 22 minutes on this machine).", "",
              "| backbone | HR@10 | NDCG@10 | dropped | noise P | noise R | noise F1 | AUC | "
              "train s/epoch | export s | total s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for b in ("GRU4Rec", "SASRec", "Caser"):

@@ -62,7 +62,7 @@ class Recorder:
 
 # -- semantic interests -----------------------------------------------------------------------------------
 def test_semantic_texts_leave_out_targets_and_are_cached(iadsr_cfg):
-    config, net, train, _ = build(iadsr_cfg())
+    config, net, train, _ = build(iadsr_cfg(semantic_center=False))
     ds = train._dataset
     rec = Recorder(build_encoder(config))
     config["semantic_cache_dir"] = os.path.join(config["derived_data_path"], "emb-test")
@@ -99,6 +99,19 @@ def test_semantic_texts_leave_out_targets_and_are_cached(iadsr_cfg):
     sem3 = SemanticInterests(config, ds, encoder=rec3)
     assert sem3.short is None and sem3.items.shape == (ds.item_num, sem.dim)
     assert sorted(rec3.texts) == sorted(sem.texts[1:])
+
+
+def test_semantic_center(iadsr_cfg):
+    config, net, train, _ = build(iadsr_cfg())
+    ds = train._dataset
+    users = sorted(ds.user_sequences)
+    long = net.semantic.long[users]
+    assert np.allclose(np.linalg.norm(long, axis=1), 1, atol=1e-5)
+    raw = SemanticInterests(Config("IADSR", "tiny", config_dict={**iadsr_cfg(), "semantic_center": False}),
+                            ds).long[users]
+    centred = raw - raw.mean(0)
+    assert np.allclose(long, centred / np.linalg.norm(centred, axis=1, keepdims=True), atol=1e-5)
+    assert abs((long @ long.T).mean()) < abs((raw @ raw.T).mean())
 
 
 def test_stale_embedding_cache_is_rebuilt(iadsr_cfg, caplog):
