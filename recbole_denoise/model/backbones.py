@@ -22,6 +22,8 @@ backbone gets a small adapter that reruns the backbone's own layers (its paramet
 
 Other backbones can be added with :func:`register_states`.
 """
+import abc
+
 import torch
 import torch.nn.functional as F
 from recbole.model.sequential_recommender import GRU4Rec, SASRec, Caser
@@ -54,7 +56,7 @@ def _gather_last(states, lengths):
     return states.gather(1, index).squeeze(1)
 
 
-class States:
+class States(abc.ABC):
     """``states(x, interaction) -> (h (B, L, d), e2 (B, d))``; ``extra_loss()`` = the backbone's own
     regulariser (added to the CE term, as the backbone's ``calculate_loss`` would)."""
 
@@ -65,8 +67,9 @@ class States:
     def item_embedding(self):
         return self.backbone.item_embedding
 
+    @abc.abstractmethod
     def states(self, x, interaction):
-        raise NotImplementedError
+        """``(h, e2)`` for input embeddings ``x`` (B, L, d) of the rows in ``interaction``."""
 
     def extra_loss(self):
         return 0.0
