@@ -18,7 +18,7 @@ from recbole_denoise.data.source import DatasetError, derive
 from recbole_denoise.denoisers.base import load_sequences, write_denoised
 
 
-def model_fingerprint(model):
+def weights_fingerprint(model):
     """SHA-1 of a model's parameters and persistent buffers (names, shapes, values)."""
     h = hashlib.sha1()
     for name, tensor in sorted(model.state_dict().items()):
@@ -67,7 +67,7 @@ def export_decisions(model, dataset, data, config, logger=None):
     seqs, table = load_sequences(data)
     scores, flags = align_decisions(decisions, dataset, seqs)
     name = type(model).__name__
-    params = {"model": name, "weights": model_fingerprint(model),
+    params = {"model": name, "weights": weights_fingerprint(model),
               "keys": {k: config[k] for k in sorted(getattr(model, "decision_keys", ()))}}
 
     def build(parent, out_dir, out_name):

@@ -176,12 +176,18 @@ class IADSR(SequentialRecommender):
             short = self.sem_short[rows]
         return e1, self.short_proj(short)
 
-    def _encode(self, x, interaction):
+    def _encode(self, x, interaction, valid):
         h, e2 = self.adapter.states(x, interaction)
         if self.pool == "max":
-            valid = torch.arange(h.size(1), device=h.device).unsqueeze(0) < interaction[self.ITEM_SEQ_LEN].unsqueeze(1)
             e2 = h.masked_fill(~valid.unsqueeze(-1), float("-inf")).max(dim=1).values
         return h, e2
+
+    def _pass(self, x, interaction, rows, valid):
+        """Backbone states of input ``x``, projected semantics, score(t) and the gate."""
+        h, e2 = self._encode(x, interaction, valid)
+        e1, short = self._semantic(interaction, rows)
+        score, gate = self._scores(h, e2, e1, short)
+        return h, e2, e1, short, score, gate
 
     def _scores(self, h, e2, e1, short):
         """score(t) (Eqs. 13-16) and the user gate (Eq. 12)."""
@@ -216,14 +222,12 @@ class IADSR(SequentialRecommender):
         """The backbone's input in training: the original embeddings times last epoch's masks (Eq. 19)."""
         rows, valid = self._rows(interaction)
         x = self.adapter.item_embedding(interaction[self.ITEM_SEQ])
-        prev = torch.where(valid, self.mask_prev[rows], torch.ones_like(self.mask_prev[rows]))
+        prev = self.mask_prev[rows].masked_fill(~valid, 1.0)
         return x, x * prev.unsqueeze(-1), rows, valid
 
     def calculate_loss(self, interaction):
         x, x_in, rows, valid = self.input_embeddings(interaction)
-        h, e2 = self._encode(x_in, interaction)
-        e1, short = self._semantic(interaction, rows)
-        score, gate = self._scores(h, e2, e1, short)
+        h, e2, e1, short, score, gate = self._pass(x_in, interaction, rows, valid)
         mask = self._mask(score, gate, valid, stochastic=True)
         with torch.no_grad():
             self._remember(rows, valid, mask.detach(), interaction)
@@ -258,22 +262,19 @@ class IADSR(SequentialRecommender):
         return ce, long, short_loss, recon
 
     def mask_scores(self, interaction):
-        """Deterministic decisions on the original history: ``(score (B, L), gate (B,), keep (B, L))``."""
+        """Deterministic decisions on the original history: ``score (B, L), gate (B,), keep (B, L)``, plus
+        the original embeddings, the valid positions and ``e2`` of the unmasked history (for ``forward``)."""
         rows, valid = self._rows(interaction)
         x = self.adapter.item_embedding(interaction[self.ITEM_SEQ])
-        h, e2 = self._encode(x, interaction)
-        e1, short = self._semantic(interaction, rows)
-        score, gate = self._scores(h, e2, e1, short)
-        return score, gate, self._mask(score, gate, valid, stochastic=False), x
+        _, e2, _, _, score, gate = self._pass(x, interaction, rows, valid)
+        return score, gate, self._mask(score, gate, valid, stochastic=False), x, valid, e2
 
     def forward(self, interaction):
         """The sequence representation used for prediction: masks at evaluation are deterministic."""
-        _, _, keep, x = self.mask_scores(interaction)
-        if bool((keep > 0.5).all()):
-            _, e2 = self._encode(x, interaction)
-        else:
-            _, e2 = self._encode(x * keep.unsqueeze(-1), interaction)
-        return e2
+        _, _, keep, x, valid, e2 = self.mask_scores(interaction)
+        if bool((keep > 0.5).all()):  # nothing masked: the first pass already is the prediction
+            return e2
+        return self._encode(x * keep.unsqueeze(-1), interaction, valid)[1]
 
     def predict(self, interaction):
         e2 = self.forward(interaction)
@@ -316,7 +317,7 @@ class IADSR(SequentialRecommender):
             inter = {self.ITEM_SEQ: seq.to(device), self.POSITION_LIST: pos.to(device),
                      self.ITEM_SEQ_LEN: torch.tensor([e - s for _, s, e in chunk], device=device),
                      self.USER_ID: torch.tensor([u for u, _, _ in chunk], device=device)}
-            score, gate, keep, _ = self.mask_scores(_Batch(inter))
+            score, gate, keep = self.mask_scores(_Batch(inter))[:3]
             for k, (uid, s, e) in enumerate(chunk):
                 out[uid][0][s:e] = -score[k, :e - s].cpu().numpy()
                 out[uid][1][s:e] = (keep[k, :e - s] < 0.5).cpu().numpy()
