@@ -1,0 +1,114 @@
+"""FMLP-Rec (Zhou et al., "Filter-enhanced MLP is All You Need for Sequential Recommendation", WWW 2022).
+
+The model is SASRec with every self-attention sub-layer replaced by a learnable filter (paper §4.2,
+Eqs. 4-7): for the layer input ``F`` (``[B, n, d]``),
+
+* ``X = FFT(F)`` along the time axis (``torch.fft.rfft``, orthonormal),
+* ``X~ = W (.) X`` with a learnable complex filter ``W`` of shape ``[n//2 + 1, d]`` (Eq. 5),
+* ``F~ = IFFT(X~)`` (Eq. 6), then ``LayerNorm(F + Dropout(F~))`` (Eq. 7),
+
+followed by the point-wise feed-forward block ``LayerNorm(F~ + Dropout(FFN(F~)))`` (Eqs. 8-9, RecBole's
+``FeedForward``). The embedding layer (item + position, LayerNorm, dropout) and the prediction layer
+(dot product with the item embeddings, Eq. 10) are SASRec's: this class derives from RecBole's
+``SASRec``, so ``calculate_loss`` (``loss_type`` CE or BPR), ``predict`` and ``full_sort_predict`` are
+RecBole's own.
+
+Keys (``properties/model/FMLPRec.yaml``):
+
+* ``no_filters`` — the official switch: the filter layers become self-attention. The model is then
+  exactly RecBole's SASRec (same modules, same parameter names and count; ``fmlp_padding: right`` gives
+  the same outputs for the same weights).
+* ``fmlp_padding`` — ``left`` (the official code and the paper: histories are left-padded, so the most
+  recent item is always at the last position, where the filter's output is read) or ``right``
+  (RecBole's layout: items first, padding after).
+
+Difference from the official code: the official trainer applies a binary cross-entropy with one sampled
+negative at *every* position of the sequence. The filter is not causal (a global FFT), so position
+``t`` sees the items after ``t``, including the one it must predict. Here training follows RecBole: one
+row per prefix, the prediction is read at the last history position only, and the loss is RecBole's
+``CE`` (default) or ``BPR`` with one sampled negative (the closest RecBole equivalent of the official
+loss).
+"""
+import torch
+import torch.nn as nn
+from recbole.model.layers import FeedForward
+from recbole.model.sequential_recommender.sasrec import SASRec
+
+from recbole_denoise.errors import ConfigError
+
+__all__ = ["FMLPRec"]
+
+PADDINGS = ("left", "right")
+
+
+class FilterLayer(nn.Module):
+    """Eqs. 4-7: rFFT over time, multiplication by a learnable complex filter, irFFT, residual + LayerNorm."""
+
+    def __init__(self, max_seq_length, hidden_size, dropout_prob, layer_norm_eps):
+        super().__init__()
+        # real and imaginary parts, initialised as the official code: N(0, 0.02)
+        self.complex_weight = nn.Parameter(torch.randn(1, max_seq_length // 2 + 1, hidden_size, 2) * 0.02)
+        self.dropout = nn.Dropout(dropout_prob)
+        self.LayerNorm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+
+    def forward(self, x):
+        n = x.size(1)
+        spectrum = torch.fft.rfft(x, dim=1, norm="ortho")
+        filtered = torch.fft.irfft(spectrum * torch.view_as_complex(self.complex_weight), n=n, dim=1, norm="ortho")
+        return self.LayerNorm(x + self.dropout(filtered))
+
+
+class FilterEncoder(nn.Module):
+    """``n_layers`` filter-enhanced blocks: a filter layer then RecBole's point-wise ``FeedForward``."""
+
+    def __init__(self, n_layers, max_seq_length, hidden_size, inner_size, hidden_dropout_prob, hidden_act,
+                 layer_norm_eps):
+        super().__init__()
+        self.filters = nn.ModuleList(FilterLayer(max_seq_length, hidden_size, hidden_dropout_prob, layer_norm_eps)
+                                     for _ in range(n_layers))
+        self.feed_forwards = nn.ModuleList(
+            FeedForward(hidden_size, inner_size, hidden_dropout_prob, hidden_act, layer_norm_eps)
+            for _ in range(n_layers))
+
+    def forward(self, x):
+        for filter_layer, feed_forward in zip(self.filters, self.feed_forwards):
+            x = feed_forward(filter_layer(x))
+        return x
+
+
+def left_align(item_seq, item_seq_len):
+    """Move each right-padded history to the end of its row: ``[a b c 0 0] -> [0 0 a b c]`` (a new tensor)."""
+    n = item_seq.size(1)
+    source = torch.arange(n, device=item_seq.device).unsqueeze(0) - (n - item_seq_len).unsqueeze(1)
+    aligned = item_seq.gather(1, source.clamp(min=0))
+    return aligned.masked_fill(source < 0, 0)
+
+
+class FMLPRec(SASRec):
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.no_filters = bool(config["no_filters"])
+        self.padding = config["fmlp_padding"]
+        if self.padding not in PADDINGS:
+            raise ConfigError(f"fmlp_padding must be one of {PADDINGS}, got {self.padding!r}")
+        if not self.no_filters:
+            del self.trm_encoder  # SASRec's attention stack is replaced by the filter stack
+            self.filter_encoder = FilterEncoder(self.n_layers, self.max_seq_length, self.hidden_size,
+                                                self.inner_size, self.hidden_dropout_prob, self.hidden_act,
+                                                self.layer_norm_eps)
+            self.filter_encoder.apply(self._init_weights)
+
+    def forward(self, item_seq, item_seq_len):
+        if self.padding == "left":
+            item_seq = left_align(item_seq, item_seq_len)
+            last = torch.full_like(item_seq_len, item_seq.size(1) - 1)
+        else:
+            last = item_seq_len - 1
+        position_ids = torch.arange(item_seq.size(1), dtype=torch.long, device=item_seq.device)
+        x = self.item_embedding(item_seq) + self.position_embedding(position_ids).unsqueeze(0)
+        x = self.dropout(self.LayerNorm(x))
+        if self.no_filters:
+            x = self.trm_encoder(x, self.get_attention_mask(item_seq), output_all_encoded_layers=True)[-1]
+        else:
+            x = self.filter_encoder(x)
+        return self.gather_indexes(x, last)
