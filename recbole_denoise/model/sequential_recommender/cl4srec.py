@@ -69,6 +69,12 @@ def reorder(item_seq, item_seq_len, beta):
     return item_seq.gather(1, keys.argsort(dim=1)), n
 
 
+def two_operators(n, device=None):
+    """For each of ``n`` rows, two different operator indices drawn uniformly (6 ordered pairs)."""
+    first = torch.randint(0, 3, (n,), device=device)
+    return first, (first + torch.randint(1, 3, (n,), device=device)) % 3
+
+
 def augment(item_seq, item_seq_len, operators, eta, gamma, beta, mask_token):
     """Apply operator ``operators[i]`` (0 crop, 1 mask, 2 reorder) to row ``i``; returns new tensors."""
     views = [crop(item_seq, item_seq_len, eta), mask(item_seq, item_seq_len, gamma, mask_token),
@@ -110,8 +116,7 @@ class CL4SRec(SASRec):
 
     def augmented_views(self, item_seq, item_seq_len):
         """Two views of each history with two different operators: ``(seq1, len1), (seq2, len2)``."""
-        first = torch.randint(0, 3, item_seq_len.shape, device=item_seq.device)
-        second = (first + torch.randint(1, 3, item_seq_len.shape, device=item_seq.device)) % 3
+        first, second = two_operators(len(item_seq_len), item_seq.device)
         args = (self.rates["crop_eta"], self.rates["mask_gamma"], self.rates["reorder_beta"], self.mask_token)
         return (augment(item_seq, item_seq_len, first, *args),
                 augment(item_seq, item_seq_len, second, *args))

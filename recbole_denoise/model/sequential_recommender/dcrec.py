@@ -112,7 +112,8 @@ class DCRec(SASRec):
             values = values.masked_fill(removed, 0.0)
         if self.training and self.graph_dropout_prob > 0:
             values = values * (torch.rand_like(values) >= self.graph_dropout_prob)
-        graph = torch.sparse_coo_tensor(indices, values, (self.n_items, self.n_items), is_coalesced=True)
+        graph = torch.sparse_coo_tensor(indices, values, (self.n_items, self.n_items), is_coalesced=True,
+                                        check_invariants=False)
         emb = self.dropout(self.item_embedding.weight)
         layers, x = [emb], emb
         for _ in range(self.gcn_layers):

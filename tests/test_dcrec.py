@@ -1,0 +1,153 @@
+"""DCRec: exact transition and co-interaction graphs on hand-made rows, the graphs the model builds from a
+RecBole training split, the removed edges and conformity weights, runs on both protocols, learning, bad keys."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from recbole.data import data_preparation
+from recbole.utils import init_seed
+
+from recbole_denoise.config import Config
+from recbole_denoise.data.prepare import prepare_dataset
+from recbole_denoise.errors import ConfigError
+from recbole_denoise.model import item_graphs
+from recbole_denoise.quick_start import build_dataset, run_recbole_denoise
+from tests.conftest import FIXTURES
+
+
+def padded(histories, width=4):
+    return np.array([h + [0] * (width - len(h)) for h in histories])
+
+
+# leave-one-out rows of user 1 (training sequence 1 2 3 2) and user 2 (3 4)
+LOO = dict(uids=np.array([1, 1, 1, 2]), item_seq=padded([[1], [1, 2], [1, 2, 3], [3]]),
+           item_len=np.array([1, 2, 3, 1]), targets=np.array([2, 3, 2, 4]), times=np.array([2, 3, 4, 2]))
+
+
+def rows_of(d):
+    order = np.lexsort((d["item_len"], d["times"], d["uids"]))
+    return d["uids"], d["item_seq"], d["item_len"], d["targets"], order
+
+
+def test_transition_pairs_cover_each_training_transition_once():
+    src, dst = item_graphs.transition_pairs(*rows_of(LOO))
+    assert sorted(zip(src.tolist(), dst.tolist())) == [(1, 2), (2, 3), (3, 2), (3, 4)]
+    # stride-1 windows of user 3's sequence 1 3 4 2 1 (history 3, target 1), listed out of time order
+    windows = dict(uids=np.array([3, 3]), item_seq=padded([[3, 4, 2], [1, 3, 4]]), item_len=np.array([3, 3]),
+                   targets=np.array([1, 2]), times=np.array([9, 8]))
+    src, dst = item_graphs.transition_pairs(*rows_of(windows))
+    assert sorted(zip(src.tolist(), dst.tolist())) == [(1, 3), (2, 1), (3, 4), (4, 2)]
+
+
+def test_transition_graph_is_exact():
+    src, dst = item_graphs.transition_pairs(*rows_of(LOO))
+    adj = item_graphs.transition_graph(src, dst, 5).toarray()
+    counts = np.array([[1, 0, 0, 0, 0],
+                       [0, 1, 1, 0, 0],
+                       [0, 1, 1, 2, 0],
+                       [0, 0, 2, 1, 1],
+                       [0, 0, 0, 1, 1]], dtype=float)
+    d = counts.sum(1)
+    assert np.allclose(adj, counts / np.sqrt(np.outer(d, d)))
+
+
+def test_similarity_graph_is_exact():
+    users = item_graphs.user_item_matrix(LOO["uids"], LOO["item_seq"], LOO["item_len"], LOO["targets"], 5)
+    assert users.toarray().tolist() == [[0, 1, 1, 1, 0], [0, 0, 0, 1, 1]]
+    sim = item_graphs.similarity_graph(users, k=1).toarray()
+    r = 1 / math.sqrt(2)
+    expected = np.zeros((5, 5))
+    expected[1, [1, 2]] = 0.5                        # item 1: itself and item 2 (cos 1)
+    expected[2, [1, 2]] = 0.5                        # item 2: item 1 (cos 1, lower id first) and itself
+    expected[3, [1, 3]] = [r / (1 + r), 1 / (1 + r)]  # item 3: itself, then items 1, 2, 4 tie at 1/sqrt 2
+    expected[4, [3, 4]] = [r / (1 + r), 1 / (1 + r)]
+    assert np.allclose(sim, expected)
+
+
+def build(cfg):
+    config = Config("DCRec", "tiny", config_dict=cfg)
+    data, _ = prepare_dataset(config)
+    dataset = build_dataset(config, data)
+    train, valid, test = data_preparation(config, dataset)
+    init_seed(config["seed"], True)
+    return config.model_class(config, train._dataset), train, dataset
+
+
+def test_model_graph_is_the_training_transitions(tiny_cfg):
+    net, train, dataset = build(tiny_cfg())
+    inter = pd.read_csv(f"{FIXTURES}/tiny/tiny.inter", sep="\t")
+    inter.columns = [c.split(":")[0] for c in inter.columns]
+    ids = dict(zip(dataset.field2id_token["item_id"], range(len(dataset.field2id_token["item_id"]))))
+    src, dst = [], []
+    for _, g in inter.sort_values(["user_id", "timestamp"], kind="mergesort").groupby("user_id"):
+        items = [ids[i] for i in g["item_id"]][:-2]  # validation and test targets excluded
+        src += items[:-1]
+        dst += items[1:]
+    expected = item_graphs.transition_graph(np.array(src), np.array(dst), net.n_items).tocoo()
+    got = torch.sparse_coo_tensor(net.adj_indices, net.adj_values, (net.n_items,) * 2,
+                                  check_invariants=False).to_dense().numpy()
+    assert np.allclose(got, expected.toarray(), atol=1e-6)
+
+
+def test_removed_edges_and_conformity_weights(tiny_cfg):
+    net, train, _ = build(tiny_cfg(weight_mean=0.3))
+    batch = next(iter(train))
+    seq, lengths = batch["item_id_list"], batch["item_length"]
+    removed = net.history_edges(seq)
+    edges = set(zip(net.adj_indices[0][removed].tolist(), net.adj_indices[1][removed].tolist()))
+    expected = set()
+    for s, n in zip(seq.tolist(), lengths.tolist()):
+        for a, b in zip(s[:n - 1], s[1:n]):
+            if a != b:
+                expected |= {(a, b), (b, a)}
+    assert edges == expected and expected
+
+    last = net.last_items(seq, lengths)
+    with torch.no_grad():
+        w = net.conformity_weights(seq, lengths, last, net.graph_view("adj"))
+    assert (w[lengths == 1] == 0.5).all() and (lengths == 1).any()
+    longer = lengths > 1
+    with torch.no_grad():
+        w2 = net.conformity_weights(seq[longer], lengths[longer], last[longer], net.graph_view("adj"))
+    assert w2.min().item() == pytest.approx(0.0, abs=1e-6)
+    assert w2.mean().item() == pytest.approx(0.3, abs=1e-5)
+
+
+def test_losses_and_scores(tiny_cfg):
+    net, train, _ = build(tiny_cfg())
+    batch = next(iter(train))
+    ce, cl, kl = net.calculate_loss(batch)
+    (ce + cl + kl).backward()
+    assert all(torch.isfinite(x) for x in (ce, cl, kl)) and cl > 0
+    assert net.fusion_weight.grad is not None and net.item_embedding.weight.grad.abs().sum() > 0
+    net.eval()
+    with torch.no_grad():
+        full = net.full_sort_predict(batch)
+        picked = net.predict(batch)
+    assert full.shape == (len(batch), net.n_items)
+    assert torch.allclose(full.gather(1, batch["item_id"].unsqueeze(1)).squeeze(1), picked, atol=1e-5)
+
+
+@pytest.mark.parametrize("protocol", ["loo", "window"])
+def test_one_epoch_through_run_recbole_denoise(tiny_cfg, protocol):
+    result = run_recbole_denoise("DCRec", "tiny", config_dict=tiny_cfg(protocol=protocol, noise_ratio=0.1),
+                                 saved=False)
+    assert result["model"] == "DCRec" and result["timings"]["epochs"] == 1
+    assert 0.0 <= result["test_result"]["ndcg@10"] <= 1.0
+
+
+def test_learns_the_cyclic_rule(cyclic_cfg):
+    cfg = cyclic_cfg(epochs=3, learning_rate=0.01, hidden_dropout_prob=0.1, attn_dropout_prob=0.1,
+                     train_batch_size=64)
+    result = run_recbole_denoise("DCRec", "cyclic", config_dict=cfg, saved=False)
+    assert result["test_result"]["hit@10"] >= 0.8  # random ranking: 10 / 60 = 0.17
+
+
+@pytest.mark.parametrize("overrides,key", [({"loss_type": "BPR", "train_neg_sample_args": {"distribution": "uniform",
+                                                                                            "sample_num": 1}},
+                                             "loss_type"), ({"sim_group": 0}, "sim_group")])
+def test_bad_keys_are_named(tiny_cfg, overrides, key):
+    with pytest.raises(ConfigError, match=key):
+        build(tiny_cfg(**overrides))
