@@ -123,8 +123,30 @@ def write_cyclic(root, n_items=60, n_users=150, length=10, seed=0):
     return str(root)
 
 
+# a few fast epochs that learn the cyclic rule (random ranking: HR@10 = 10 / 60)
+CYCLIC_LEARN = dict(epochs=3, learning_rate=0.01, hidden_dropout_prob=0.1, attn_dropout_prob=0.1, train_batch_size=64)
+
+
 @pytest.fixture
 def cyclic_cfg(tmp_path):
     """Config factory over the cyclic dataset (``Config(model, "cyclic", config_dict=cyclic_cfg(...))``)."""
     data = write_cyclic(tmp_path / "data")
     return lambda **kw: tiny_config(tmp_path, data_path=data, item_text_field=None, **kw)
+
+
+def build_model(model, cfg, dataset="tiny"):
+    """``(net, train_data, test_data, recbole_dataset)`` for ``model`` on ``dataset``, as run_recbole_denoise
+    builds them (noise, protocol and the model's own dataset class included)."""
+    from recbole.data import data_preparation
+    from recbole.utils import init_seed
+
+    from recbole_denoise.config import Config
+    from recbole_denoise.data.prepare import prepare_dataset
+    from recbole_denoise.quick_start import build_dataset
+
+    config = Config(model, dataset, config_dict=cfg)
+    data, _ = prepare_dataset(config)
+    recbole_dataset = build_dataset(config, data)
+    train, _, test = data_preparation(config, recbole_dataset)
+    init_seed(config["seed"], True)
+    return config.model_class(config, train._dataset), train, test, recbole_dataset

@@ -4,17 +4,16 @@ import math
 
 import pytest
 import torch
-from recbole.data import data_preparation
-from recbole.utils import init_seed
 
-from recbole_denoise.config import Config
-from recbole_denoise.data.prepare import prepare_dataset
 from recbole_denoise.errors import ConfigError
 from recbole_denoise.model.sequential_recommender.cl4srec import crop, mask, nt_xent, reorder, two_operators
-from recbole_denoise.quick_start import build_dataset, run_recbole_denoise
+from recbole_denoise.quick_start import run_recbole_denoise
+from tests.conftest import CYCLIC_LEARN, build_model
 
 MASK = 99
-SEQ = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 0, 0, 0, 0, 0, 0], [21, 0, 0, 0, 0, 0, 0, 0, 0, 0]])
+SEQ = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
+                    [11, 12, 13, 14, 0, 0, 0, 0, 0, 0],
+                    [21, 0, 0, 0, 0, 0, 0, 0, 0, 0]])
 LEN = torch.tensor([10, 4, 1])
 
 
@@ -77,16 +76,8 @@ def test_nt_xent_matches_a_hand_computation():
     assert torch.isclose(nt_xent(z1, z2, 0.5), expected / 4)
 
 
-def build(cfg):
-    config = Config("CL4SRec", "tiny", config_dict=cfg)
-    data, _ = prepare_dataset(config)
-    train, valid, test = data_preparation(config, build_dataset(config, data))
-    init_seed(config["seed"], True)
-    return config.model_class(config, train._dataset), train
-
-
 def test_augmentation_leaves_the_batch_untouched(tiny_cfg):
-    net, train = build(tiny_cfg())
+    net, train, _, _ = build_model("CL4SRec", tiny_cfg())
     batch = next(iter(train))
     before = {k: v.clone() for k, v in batch.interaction.items()}
     seen = []
@@ -107,7 +98,7 @@ def test_augmentation_leaves_the_batch_untouched(tiny_cfg):
 
 
 def test_full_sort_scores_every_item_but_not_the_mask(tiny_cfg):
-    net, train = build(tiny_cfg())
+    net, train, _, _ = build_model("CL4SRec", tiny_cfg())
     batch = next(iter(train))
     assert net.item_embedding.num_embeddings == net.n_items + 1
     assert net.full_sort_predict(batch).shape == (len(batch), net.n_items)
@@ -115,19 +106,18 @@ def test_full_sort_scores_every_item_but_not_the_mask(tiny_cfg):
 
 @pytest.mark.parametrize("protocol", ["loo", "window"])
 def test_one_epoch_through_run_recbole_denoise(tiny_cfg, protocol):
-    result = run_recbole_denoise("CL4SRec", "tiny", config_dict=tiny_cfg(protocol=protocol, noise_ratio=0.1),
-                                 saved=False)
+    # saved=True (the default): the best checkpoint is written and reloaded for the test split
+    result = run_recbole_denoise("CL4SRec", "tiny", config_dict=tiny_cfg(protocol=protocol, noise_ratio=0.1))
     assert result["model"] == "CL4SRec" and result["timings"]["epochs"] == 1
     assert 0.0 <= result["test_result"]["ndcg@10"] <= 1.0
 
 
 def test_learns_the_cyclic_rule(cyclic_cfg):
-    cfg = cyclic_cfg(epochs=3, learning_rate=0.01, hidden_dropout_prob=0.1, attn_dropout_prob=0.1)
-    result = run_recbole_denoise("CL4SRec", "cyclic", config_dict=cfg, saved=False)
+    result = run_recbole_denoise("CL4SRec", "cyclic", config_dict=cyclic_cfg(**CYCLIC_LEARN), saved=False)
     assert result["test_result"]["hit@10"] >= 0.8  # random ranking: 10 / 60 = 0.17
 
 
 @pytest.mark.parametrize("key,value", [("crop_eta", 1.5), ("mask_gamma", -0.1), ("cl_similarity", "l2")])
 def test_bad_keys_are_named(tiny_cfg, key, value):
     with pytest.raises(ConfigError, match=key):
-        build(tiny_cfg(**{key: value}))
+        build_model("CL4SRec", tiny_cfg(**{key: value}))

@@ -6,15 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from recbole.data import data_preparation
-from recbole.utils import init_seed
 
-from recbole_denoise.config import Config
-from recbole_denoise.data.prepare import prepare_dataset
 from recbole_denoise.errors import ConfigError
 from recbole_denoise.model import item_graphs
-from recbole_denoise.quick_start import build_dataset, run_recbole_denoise
-from tests.conftest import FIXTURES
+from recbole_denoise.quick_start import run_recbole_denoise
+from tests.conftest import CYCLIC_LEARN, FIXTURES, build_model
 
 
 def padded(histories, width=4):
@@ -66,17 +62,8 @@ def test_similarity_graph_is_exact():
     assert np.allclose(sim, expected)
 
 
-def build(cfg):
-    config = Config("DCRec", "tiny", config_dict=cfg)
-    data, _ = prepare_dataset(config)
-    dataset = build_dataset(config, data)
-    train, valid, test = data_preparation(config, dataset)
-    init_seed(config["seed"], True)
-    return config.model_class(config, train._dataset), train, dataset
-
-
 def test_model_graph_is_the_training_transitions(tiny_cfg):
-    net, train, dataset = build(tiny_cfg())
+    net, train, _, dataset = build_model("DCRec", tiny_cfg())
     inter = pd.read_csv(f"{FIXTURES}/tiny/tiny.inter", sep="\t")
     inter.columns = [c.split(":")[0] for c in inter.columns]
     ids = dict(zip(dataset.field2id_token["item_id"], range(len(dataset.field2id_token["item_id"]))))
@@ -92,7 +79,7 @@ def test_model_graph_is_the_training_transitions(tiny_cfg):
 
 
 def test_removed_edges_and_conformity_weights(tiny_cfg):
-    net, train, _ = build(tiny_cfg(weight_mean=0.3))
+    net, train, _, _ = build_model("DCRec", tiny_cfg(weight_mean=0.3))
     batch = next(iter(train))
     seq, lengths = batch["item_id_list"], batch["item_length"]
     removed = net.history_edges(seq)
@@ -116,7 +103,7 @@ def test_removed_edges_and_conformity_weights(tiny_cfg):
 
 
 def test_losses_and_scores(tiny_cfg):
-    net, train, _ = build(tiny_cfg())
+    net, train, _, _ = build_model("DCRec", tiny_cfg())
     batch = next(iter(train))
     ce, cl, kl = net.calculate_loss(batch)
     (ce + cl + kl).backward()
@@ -132,16 +119,14 @@ def test_losses_and_scores(tiny_cfg):
 
 @pytest.mark.parametrize("protocol", ["loo", "window"])
 def test_one_epoch_through_run_recbole_denoise(tiny_cfg, protocol):
-    result = run_recbole_denoise("DCRec", "tiny", config_dict=tiny_cfg(protocol=protocol, noise_ratio=0.1),
-                                 saved=False)
+    # saved=True (the default): the best checkpoint is written and reloaded for the test split
+    result = run_recbole_denoise("DCRec", "tiny", config_dict=tiny_cfg(protocol=protocol, noise_ratio=0.1))
     assert result["model"] == "DCRec" and result["timings"]["epochs"] == 1
     assert 0.0 <= result["test_result"]["ndcg@10"] <= 1.0
 
 
 def test_learns_the_cyclic_rule(cyclic_cfg):
-    cfg = cyclic_cfg(epochs=3, learning_rate=0.01, hidden_dropout_prob=0.1, attn_dropout_prob=0.1,
-                     train_batch_size=64)
-    result = run_recbole_denoise("DCRec", "cyclic", config_dict=cfg, saved=False)
+    result = run_recbole_denoise("DCRec", "cyclic", config_dict=cyclic_cfg(**CYCLIC_LEARN), saved=False)
     assert result["test_result"]["hit@10"] >= 0.8  # random ranking: 10 / 60 = 0.17
 
 
@@ -150,4 +135,4 @@ def test_learns_the_cyclic_rule(cyclic_cfg):
                                              "loss_type"), ({"sim_group": 0}, "sim_group")])
 def test_bad_keys_are_named(tiny_cfg, overrides, key):
     with pytest.raises(ConfigError, match=key):
-        build(tiny_cfg(**overrides))
+        build_model("DCRec", tiny_cfg(**overrides))

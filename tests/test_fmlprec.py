@@ -2,25 +2,11 @@
 run_recbole_denoise on both protocols, learning on the cyclic dataset, bad keys."""
 import pytest
 import torch
-from recbole.data import data_preparation
-from recbole.utils import init_seed
 
-from recbole_denoise.config import Config
-from recbole_denoise.data.prepare import prepare_dataset
 from recbole_denoise.errors import ConfigError
 from recbole_denoise.model.sequential_recommender.fmlprec import FilterLayer, left_align
-from recbole_denoise.quick_start import build_dataset, run_recbole_denoise
-
-
-LEARN = dict(epochs=3, learning_rate=0.01, hidden_dropout_prob=0.1, attn_dropout_prob=0.1)
-
-
-def build(model, cfg):
-    config = Config(model, "tiny", config_dict=cfg)
-    data, _ = prepare_dataset(config)
-    train, valid, test = data_preparation(config, build_dataset(config, data))
-    init_seed(config["seed"], True)
-    return config.model_class(config, train._dataset).eval(), test
+from recbole_denoise.quick_start import run_recbole_denoise
+from tests.conftest import CYCLIC_LEARN, build_model
 
 
 def test_left_align_moves_histories_to_the_end():
@@ -46,16 +32,18 @@ def test_filter_layer_is_a_frequency_filter():
 
 def test_no_filters_is_sasrec(tiny_cfg):
     cfg = tiny_cfg(no_filters=True, fmlp_padding="right", n_layers=2, n_heads=2)
-    sasrec, test = build("SASRec", cfg)
-    fmlp, _ = build("FMLPRec", cfg)
+    sasrec, _, test, _ = build_model("SASRec", cfg)
+    fmlp = build_model("FMLPRec", cfg)[0]
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(fmlp) == count(sasrec)
     assert set(fmlp.state_dict()) == set(sasrec.state_dict())
     fmlp.load_state_dict(sasrec.state_dict())
+    fmlp.eval()
+    sasrec.eval()
     batch = next(iter(test))[0]
     with torch.no_grad():
         assert torch.allclose(fmlp.full_sort_predict(batch), sasrec.full_sort_predict(batch), atol=1e-6)
-    filtered, _ = build("FMLPRec", tiny_cfg(n_layers=2))
+    filtered = build_model("FMLPRec", tiny_cfg(n_layers=2))[0]
     assert not hasattr(filtered, "trm_encoder") and len(filtered.filter_encoder.filters) == 2
     assert count(filtered) != count(sasrec)
 
@@ -64,7 +52,8 @@ def test_no_filters_is_sasrec(tiny_cfg):
 def test_padding_sides(tiny_cfg, padding):
     """Left padding reads only the history (anything after it is dropped); right padding lets the global
     filter see the padded tail, so a token there changes the output."""
-    net, test = build("FMLPRec", tiny_cfg(fmlp_padding=padding, MAX_ITEM_LIST_LENGTH=40))
+    net, _, test, _ = build_model("FMLPRec", tiny_cfg(fmlp_padding=padding, MAX_ITEM_LIST_LENGTH=40))
+    net.eval()
     batch = next(iter(test))[0]
     seq, lengths = batch["item_id_list"], batch["item_length"]
     short = lengths < seq.size(1)
@@ -78,17 +67,17 @@ def test_padding_sides(tiny_cfg, padding):
 
 @pytest.mark.parametrize("protocol", ["loo", "window"])
 def test_one_epoch_through_run_recbole_denoise(tiny_cfg, protocol):
-    result = run_recbole_denoise("FMLPRec", "tiny", config_dict=tiny_cfg(protocol=protocol, noise_ratio=0.1),
-                                 saved=False)
+    # saved=True (the default): the best checkpoint is written and reloaded for the test split
+    result = run_recbole_denoise("FMLPRec", "tiny", config_dict=tiny_cfg(protocol=protocol, noise_ratio=0.1))
     assert result["model"] == "FMLPRec" and result["timings"]["epochs"] == 1
     assert 0.0 <= result["test_result"]["ndcg@10"] <= 1.0
 
 
 def test_learns_the_cyclic_rule(cyclic_cfg):
-    result = run_recbole_denoise("FMLPRec", "cyclic", config_dict=cyclic_cfg(**LEARN), saved=False)
+    result = run_recbole_denoise("FMLPRec", "cyclic", config_dict=cyclic_cfg(**CYCLIC_LEARN), saved=False)
     assert result["test_result"]["hit@10"] >= 0.8  # random ranking: 10 / 60 = 0.17
 
 
 def test_bad_padding_is_named(tiny_cfg):
     with pytest.raises(ConfigError, match="fmlp_padding"):
-        build("FMLPRec", tiny_cfg(fmlp_padding="middle"))
+        build_model("FMLPRec", tiny_cfg(fmlp_padding="middle"))

@@ -1,18 +1,18 @@
 """CL4SRec (Xie et al., "Contrastive Learning for Sequential Recommendation", ICDE 2022).
 
 A SASRec encoder (this class derives from RecBole's ``SASRec``) trained with the next-item loss plus a
-contrastive loss over two augmented views of each history (paper §III):
+contrastive loss over two augmented views of each history:
 
-* augmentations (§III-B): **crop** keeps a random contiguous sub-sequence of ``max(1, floor(eta * n))``
+* augmentations: **crop** keeps a random contiguous sub-sequence of ``max(1, floor(eta * n))``
   items; **mask** replaces ``floor(gamma * n)`` random items with a ``[mask]`` token (a new item id,
   ``n_items``); **reorder** shuffles a random contiguous sub-sequence of ``floor(beta * n)`` items;
-* each history gets two *different* operators drawn uniformly from the three (§III-A samples two
+* each history gets two *different* operators drawn uniformly from the three (the paper samples two
   augmentations ``a_i, a_j`` per sequence);
-* NT-Xent (Eq. 6): in a batch of ``N`` histories the ``2N`` views are encoded by the shared encoder; for
+* NT-Xent: in a batch of ``N`` histories the ``2N`` views are encoded by the shared encoder; for
   each view its pair is the positive, the other ``2(N - 1)`` views are negatives; similarity is the dot
   product (``cl_similarity: dot``, the paper's choice; ``cos`` is the normalised variant) divided by
   ``cl_temperature``;
-* loss (Eq. 8): ``L_rec + lambda * L_cl`` with ``lambda = cl_weight``; ``calculate_loss`` returns the two
+* loss: ``L_rec + lambda * L_cl`` with ``lambda = cl_weight``; ``calculate_loss`` returns the two
   terms as a tuple, which RecBole's trainer sums and logs separately.
 
 The augmentations build new tensors and never write into the batch: the original history that feeds
@@ -85,7 +85,7 @@ def augment(item_seq, item_seq_len, operators, eta, gamma, beta, mask_token):
 
 
 def nt_xent(z1, z2, temperature, similarity="dot"):
-    """Eq. 6 over ``2N`` views: row ``i`` of ``z1`` and of ``z2`` are positives, every other view a negative."""
+    """NT-Xent over ``2N`` views: row ``i`` of ``z1`` and of ``z2`` are positives, every other view a negative."""
     z = torch.cat([z1, z2])
     if similarity == "cos":
         z = F.normalize(z, dim=-1)

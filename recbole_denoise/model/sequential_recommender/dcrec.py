@@ -3,30 +3,31 @@ sparse tensors (the official code needs DGL and a RecBole 1.0 fork).
 
 Three views of the last item of a history, all over one item embedding table ``E``:
 
-* **sequence view** (§3.1): a transformer over the history (this class derives from RecBole's SASRec;
+* **sequence view**: a transformer over the history (this class derives from RecBole's SASRec;
   ``bidirectional_attention: True`` as the official code, which attends over the whole history);
-* **transition graph** (§3.2): items adjacent in training sequences, symmetric counts, self loops,
+* **transition graph**: items adjacent in training sequences, symmetric counts, self loops,
   ``D^-1/2 A D^-1/2`` (``model/item_graphs.py``);
-* **co-interaction graph** (§3.2): each item linked to its ``sim_group`` most similar items by cosine
+* **co-interaction graph**: each item linked to its ``sim_group`` most similar items by cosine
   similarity of their user sets, row-normalised;
 
 each graph is encoded by a parameter-free GCN (LightGCN-style: ``E^(l+1) = A E^(l)``, the mean of layers
 0..``gcn_layers``, then ``LayerNorm(mean + E)``), with edge dropout ``graph_dropout_prob`` in training.
 
-Loss (§3.3-3.5), per batch of histories whose last items are ``v``:
+Loss, per batch of histories whose last items are ``v``:
 
 * cross-view InfoNCE (cosine / ``cl_temperature``, in-batch negatives): ``L_st`` between the sequence
   view (a second, independently dropped-out encoder pass) and the transition view of ``v``, and ``L_tc``
   between the transition and co-interaction views of ``v``;
-* conformity weight ``w`` per history (§3.4): the transition graph is re-encoded without the edges of
-  the batch's histories; ``w = sigmoid(mean(cos(g_v, g'_v), cos(g_v, f_v), cos(c_v, f_v)))`` where ``g``/
-  ``g'`` are the transition views with and without those edges and ``f_v``/``c_v`` the mean transition view
-  of ``v``'s neighbours that remain ("foreign") / were removed ("civil"); min-max normalised over the
-  batch and rescaled to mean ``weight_mean``; histories of one item get 0.5;
+* conformity weight ``w`` per history (conformity-aware augmentation): the transition graph is
+  re-encoded without the edges of the batch's histories;
+  ``w = sigmoid(mean(cos(g_v, g'_v), cos(g_v, f_v), cos(c_v, f_v)))`` where ``g``/``g'`` are the
+  transition views with and without those edges and ``f_v``/``c_v`` the mean transition view of ``v``'s
+  neighbours that remain ("foreign") / were removed ("civil"); min-max normalised over the batch and
+  rescaled to mean ``weight_mean``; histories of one item get 0.5;
 * debiased contrastive loss: ``cl_weight * mean(w * L_st + (max(w) - w) * L_tc)``;
 * ``kl_weight * KL``: keeps the sorted weights close to sorted draws of ``N(weight_mean, 0.1)`` (as the
   official ``cal_kl_1``: the draws, floored at 1e-8, against the softmax of the weights);
-* next-item cross-entropy over all items on the **attention fusion** (§3.5) of the three views of ``v``
+* next-item cross-entropy over all items on the **attention fusion** of the three views of ``v``
   (``softmax_k(a . (W x_k))``-weighted sum; ``graph_view_fusion: False`` uses the sequence view alone).
 
 ``calculate_loss`` returns ``(ce, cl, kl)``; RecBole sums and logs them. ``predict`` and
@@ -67,7 +68,8 @@ class DCRec(SASRec):
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         if self.loss_type != "CE":
-            raise ConfigError(f"DCRec trains with loss_type CE (its fused logits span all items), got {self.loss_type!r}")
+            raise ConfigError(f"DCRec trains with loss_type CE (its fused logits span all items), "
+                              f"got {self.loss_type!r}")
         self.bidirectional = bool(config["bidirectional_attention"])
         self.gcn_layers = int(config["gcn_layers"])
         self.graph_dropout_prob = float(config["graph_dropout_prob"])
@@ -122,7 +124,7 @@ class DCRec(SASRec):
         return self.graph_layer_norm(torch.stack(layers).mean(0) + emb)
 
     def fuse(self, seq_output, adj_last, sim_last):
-        """§3.5: attention over the sequence, transition and co-interaction views."""
+        """Attention over the sequence, transition and co-interaction views."""
         if not self.fusion:
             return seq_output
         views = torch.stack([seq_output, adj_last, sim_last])  # [3, B, H]

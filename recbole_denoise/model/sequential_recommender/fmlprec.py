@@ -1,15 +1,15 @@
 """FMLP-Rec (Zhou et al., "Filter-enhanced MLP is All You Need for Sequential Recommendation", WWW 2022).
 
-The model is SASRec with every self-attention sub-layer replaced by a learnable filter (paper §4.2,
-Eqs. 4-7): for the layer input ``F`` (``[B, n, d]``),
+The model is SASRec with every self-attention sub-layer replaced by a learnable filter (the paper's
+filter-enhanced block): for the layer input ``F`` (``[B, n, d]``),
 
 * ``X = FFT(F)`` along the time axis (``torch.fft.rfft``, orthonormal),
-* ``X~ = W (.) X`` with a learnable complex filter ``W`` of shape ``[n//2 + 1, d]`` (Eq. 5),
-* ``F~ = IFFT(X~)`` (Eq. 6), then ``LayerNorm(F + Dropout(F~))`` (Eq. 7),
+* ``X~ = W (.) X`` with a learnable complex filter ``W`` of shape ``[n//2 + 1, d]``,
+* ``F~ = IFFT(X~)``, then ``LayerNorm(F + Dropout(F~))``,
 
-followed by the point-wise feed-forward block ``LayerNorm(F~ + Dropout(FFN(F~)))`` (Eqs. 8-9, RecBole's
+followed by the point-wise feed-forward block ``LayerNorm(F~ + Dropout(FFN(F~)))`` (RecBole's
 ``FeedForward``). The embedding layer (item + position, LayerNorm, dropout) and the prediction layer
-(dot product with the item embeddings, Eq. 10) are SASRec's: this class derives from RecBole's
+(dot product with the item embeddings) are SASRec's: this class derives from RecBole's
 ``SASRec``, so ``calculate_loss`` (``loss_type`` CE or BPR), ``predict`` and ``full_sort_predict`` are
 RecBole's own.
 
@@ -42,7 +42,7 @@ PADDINGS = ("left", "right")
 
 
 class FilterLayer(nn.Module):
-    """Eqs. 4-7: rFFT over time, multiplication by a learnable complex filter, irFFT, residual + LayerNorm."""
+    """rFFT over time, multiplication by a learnable complex filter, irFFT, residual + LayerNorm."""
 
     def __init__(self, max_seq_length, hidden_size, dropout_prob, layer_norm_eps):
         super().__init__()
