@@ -13,6 +13,7 @@ keys, so another backbone can train on exactly these decisions (``--dataset <tha
 import hashlib
 
 import numpy as np
+import torch
 
 from recbole_denoise.data.source import DatasetError, derive
 from recbole_denoise.denoisers.base import load_sequences, write_denoised
@@ -26,6 +27,66 @@ def weights_fingerprint(model):
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
         h.update(t.numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+class HistoryBatch(dict):
+    """The little of RecBole's ``Interaction`` a model's scoring code needs: ``batch[field]``, ``in`` and
+    ``.interaction``; built by :func:`history_windows`."""
+
+    @property
+    def interaction(self):
+        return self
+
+
+def history_windows(model, dataset, batch_size=256, device=None, position_field=None):
+    """Every user's history up to the validation item (the test row's input), cut from its end into
+    windows of ``MAX_ITEM_LIST_LENGTH`` items, as evaluation-like batches.
+
+    Yields ``(chunk, batch)``: ``chunk`` = ``[(uid, start, end), ...]`` (positions in the user's sequence),
+    ``batch`` = a :class:`HistoryBatch` with the model's item list, length and user id fields, and each
+    item's position in the user's sequence under ``position_field`` when given.
+    """
+    L = model.max_seq_length
+    windows = []
+    for uid, seq in dataset.user_sequences.items():
+        end = len(seq) - 1
+        while end > 0:
+            start = max(0, end - L)
+            windows.append((uid, start, end))
+            end = start
+    for b in range(0, len(windows), batch_size):
+        chunk = windows[b:b + batch_size]
+        seq = torch.zeros(len(chunk), L, dtype=torch.long)
+        pos = torch.zeros(len(chunk), L)
+        for k, (uid, s, e) in enumerate(chunk):
+            seq[k, :e - s] = torch.as_tensor(dataset.user_sequences[uid][s:e])
+            pos[k, :e - s] = torch.arange(s, e)
+        batch = HistoryBatch({model.ITEM_SEQ: seq.to(device),
+                              model.ITEM_SEQ_LEN: torch.tensor([e - s for _, s, e in chunk], device=device),
+                              model.USER_ID: torch.tensor([u for u, _, _ in chunk], device=device)})
+        if position_field:
+            batch[position_field] = pos.to(device)
+        yield chunk, batch
+
+
+def window_decisions(model, dataset, decide, batch_size=256, position_field=None):
+    """``{uid: (noise_score, dropped)}`` over positions ``0..n-2`` of each user's sequence, filled window by
+    window (:func:`history_windows`) from ``decide(batch) -> (noise_score (B, L), dropped (B, L))``.
+    The model is in evaluation mode meanwhile (``nn.Module.train``, so an epoch counter on ``train()``
+    does not move)."""
+    was = model.training
+    torch.nn.Module.train(model, False)
+    device = next(model.parameters()).device
+    out = {uid: (np.zeros(max(len(seq) - 1, 0)), np.zeros(max(len(seq) - 1, 0), dtype=bool))
+           for uid, seq in dataset.user_sequences.items()}
+    with torch.no_grad():
+        for chunk, batch in history_windows(model, dataset, batch_size, device, position_field):
+            score, dropped = decide(batch)
+            for k, (uid, s, e) in enumerate(chunk):
+                out[uid][0][s:e] = score[k, :e - s].cpu().numpy()
+                out[uid][1][s:e] = dropped[k, :e - s].cpu().numpy()
+    torch.nn.Module.train(model, was)
+    return out
 
 
 def align_decisions(decisions, dataset, seqs):

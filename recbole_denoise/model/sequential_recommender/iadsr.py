@@ -32,7 +32,6 @@ paper prefixes) and ``recon_target: input`` (the code reconstructs the masked in
 the original sequence). The official code resets its mask memory every epoch, so its progressive masks
 are never applied; here they are.
 """
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -42,6 +41,7 @@ from recbole.utils import InputType
 from recbole_denoise.data.dataset import POSITION_FIELD, PositionalSequentialDataset
 from recbole_denoise.errors import ConfigError
 from recbole_denoise.model.backbones import states_for
+from recbole_denoise.model.export import window_decisions
 from recbole_denoise.model.semantic import SemanticInterests
 
 __all__ = ["IADSR"]
@@ -293,41 +293,8 @@ class IADSR(SequentialRecommender):
         ``{uid: (noise_score, dropped)}`` over positions ``0..n-2`` (noise score = ``-score(t)``, higher =
         noisier; ``dropped`` only for gated users).
         """
-        was = self.training
-        self.eval()
-        device = self.sem_long.device
-        L = self.max_seq_length
-        windows = []
-        for uid, seq in dataset.user_sequences.items():
-            n_hist = len(seq) - 1
-            end = n_hist
-            while end > 0:
-                start = max(0, end - L)
-                windows.append((uid, start, end))
-                end = start
-        out = {uid: (np.zeros(max(len(seq) - 1, 0)), np.zeros(max(len(seq) - 1, 0), dtype=bool))
-               for uid, seq in dataset.user_sequences.items()}
-        for b in range(0, len(windows), batch_size):
-            chunk = windows[b:b + batch_size]
-            seq = torch.zeros(len(chunk), L, dtype=torch.long)
-            pos = torch.zeros(len(chunk), L)
-            for k, (uid, s, e) in enumerate(chunk):
-                seq[k, :e - s] = torch.as_tensor(dataset.user_sequences[uid][s:e])
-                pos[k, :e - s] = torch.arange(s, e)
-            inter = {self.ITEM_SEQ: seq.to(device), self.POSITION_LIST: pos.to(device),
-                     self.ITEM_SEQ_LEN: torch.tensor([e - s for _, s, e in chunk], device=device),
-                     self.USER_ID: torch.tensor([u for u, _, _ in chunk], device=device)}
-            score, gate, keep = self.mask_scores(_Batch(inter))[:3]
-            for k, (uid, s, e) in enumerate(chunk):
-                out[uid][0][s:e] = -score[k, :e - s].cpu().numpy()
-                out[uid][1][s:e] = (keep[k, :e - s] < 0.5).cpu().numpy()
-        nn.Module.train(self, was)  # not self.train: that would end a training epoch
-        return out
+        def decide(batch):
+            score, gate, keep = self.mask_scores(batch)[:3]
+            return -score, keep < 0.5
 
-
-class _Batch(dict):
-    """The little of RecBole's ``Interaction`` that ``mask_scores`` uses: ``batch[field]`` and ``in``."""
-
-    @property
-    def interaction(self):
-        return self
+        return window_decisions(self, dataset, decide, batch_size, position_field=self.POSITION_LIST)
