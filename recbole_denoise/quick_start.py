@@ -38,11 +38,12 @@ def _time_epochs(trainer, sink):
 
 
 def build_dataset(config, data):
-    """RecBole's dataset for the prepared data: ours for windows; for leave-one-out the model's own
-    ``dataset_class`` when it declares one (IADSR needs item positions), else RecBole's choice."""
+    """RecBole's dataset for the prepared data: ours for windows (refused for a model whose
+    ``dataset_class`` it ``needs_user_sequences``, as IADSR); for leave-one-out the model's own
+    ``dataset_class`` when it declares one (item positions, user sequences), else RecBole's choice."""
     wanted = getattr(config.model_class, "dataset_class", None)
     if data.kind == "windows":
-        if wanted is not None:
+        if wanted is not None and getattr(config.model_class, "needs_user_sequences", True):
             raise ConfigError(f"model '{config['model']}' needs leave-one-out user sequences "
                               f"({wanted.__name__}); use protocol: loo (key 'protocol')")
         return WindowDataset(config)

@@ -20,13 +20,18 @@ backbone gets a small adapter that reruns the backbone's own layers (its paramet
   horizontal windows that overlap the zero padding, which Caser's pooling sees and the prefix states do
   not.
 
+* ``BERT4Rec`` (for HSD, which only reads the sequence representation): the bidirectional encoder over
+  the history and BERT4Rec's output layers; ``e2`` = the state at the last item (as the official HSD
+  sub-model, without a ``[mask]`` token). Its ``h_t`` see later items, so it is not ``causal`` and
+  IADSR refuses it.
+
 Other backbones can be added with :func:`register_states`.
 """
 import abc
 
 import torch
 import torch.nn.functional as F
-from recbole.model.sequential_recommender import GRU4Rec, SASRec, Caser
+from recbole.model.sequential_recommender import BERT4Rec, GRU4Rec, SASRec, Caser
 
 from recbole_denoise.errors import ConfigError
 
@@ -40,14 +45,20 @@ def register_states(backbone_class):
     return wrap
 
 
-def states_for(backbone):
-    """The adapter for a backbone instance (the first registered class it is an instance of)."""
-    for cls, adapter in STATES.items():
-        if isinstance(backbone, cls):
-            return adapter(backbone)
-    supported = ", ".join(c.__name__ for c in STATES)
-    raise ConfigError(f"iadsr_backbone '{type(backbone).__name__}' exposes no per-position hidden states "
-                      f"that IADSR can use; supported backbones: {supported} "
+def states_for(backbone, key="iadsr_backbone", causal=True):
+    """The adapter registered for the backbone's class or its nearest registered base class (when the
+    backbone does not override that class's ``forward``); with ``causal``, only adapters whose ``h_t``
+    sees ``i_1..i_t`` alone qualify."""
+    for cls in type(backbone).__mro__:  # a subclass that overrides forward computes something else
+        adapter = STATES.get(cls)
+        if adapter is not None:
+            if type(backbone).forward is cls.forward and (adapter.causal or not causal):
+                return adapter(backbone)
+            break
+    supported = ", ".join(c.__name__ for c, a in STATES.items() if a.causal or not causal)
+    model = key.split("_")[0].upper()
+    raise ConfigError(f"{key} '{type(backbone).__name__}' exposes no per-position hidden states "
+                      f"that {model} can use; supported backbones: {supported} "
                       f"(add one with recbole_denoise.model.backbones.register_states)")
 
 
@@ -58,7 +69,10 @@ def _gather_last(states, lengths):
 
 class States(abc.ABC):
     """``states(x, interaction) -> (h (B, L, d), e2 (B, d))``; ``extra_loss()`` = the backbone's own
-    regulariser (added to the CE term, as the backbone's ``calculate_loss`` would)."""
+    regulariser (added to the CE term, as the backbone's ``calculate_loss`` would); ``causal``: ``h_t``
+    depends on ``i_1..i_t`` only."""
+
+    causal = True
 
     def __init__(self, backbone):
         self.backbone = backbone
@@ -92,6 +106,20 @@ class SASRecStates(States):
         positions = torch.arange(item_seq.size(1), device=item_seq.device).unsqueeze(0).expand_as(item_seq)
         emb = bb.dropout(bb.LayerNorm(x + bb.position_embedding(positions)))
         h = bb.trm_encoder(emb, bb.get_attention_mask(item_seq), output_all_encoded_layers=True)[-1]
+        return h, _gather_last(h, interaction[bb.ITEM_SEQ_LEN])
+
+
+@register_states(BERT4Rec)
+class BERT4RecStates(States):
+    causal = False
+
+    def states(self, x, interaction):
+        bb = self.backbone
+        item_seq = interaction[bb.ITEM_SEQ]
+        positions = torch.arange(item_seq.size(1), device=item_seq.device).unsqueeze(0).expand_as(item_seq)
+        emb = bb.dropout(bb.LayerNorm(x + bb.position_embedding(positions)))
+        h = bb.trm_encoder(emb, bb.get_attention_mask(item_seq, bidirectional=True), output_all_encoded_layers=True)[-1]
+        h = bb.output_ln(bb.output_gelu(bb.output_ffn(h)))
         return h, _gather_last(h, interaction[bb.ITEM_SEQ_LEN])
 
 
