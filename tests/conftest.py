@@ -106,21 +106,27 @@ def tiny_st_dir(tmp_path_factory):
     return str(root / "st")
 
 
-# -- a synthetic dataset with a deterministic next-item rule (learning tests) -------------------------------
+# -- synthetic datasets for learning and detection tests ------------------------------------------------------
+def write_sequences(root, name, sequences):
+    """``root/name/name.inter`` from ``{user: [item, ...]}`` (time = position); returns ``str(root)``."""
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["user_id:token\titem_id:token\ttimestamp:float"]
+    for user, items in sequences.items():
+        lines += [f"{user}\ti{item}\t{1000 + t}" for t, item in enumerate(items)]
+    (folder / f"{name}.inter").write_text("\n".join(lines) + "\n")
+    return str(root)
+
+
 def write_cyclic(root, n_items=60, n_users=150, length=10, seed=0):
     """``root/cyclic``: each user's sequence walks the items in a cycle (next = current + 1 mod n_items)
     from a random start. A model that learns the rule reaches HR@10 near 1; a random ranking 10 / n_items."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    folder = root / "cyclic"
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = ["user_id:token\titem_id:token\ttimestamp:float"]
-    for u in range(n_users):
-        start = int(rng.integers(n_items))
-        lines += [f"u{u}\ti{(start + t) % n_items}\t{1000 + t}" for t in range(length)]
-    (folder / "cyclic.inter").write_text("\n".join(lines) + "\n")
-    return str(root)
+    starts = rng.integers(n_items, size=n_users)
+    return write_sequences(root, "cyclic", {f"u{u}": [(int(s) + t) % n_items for t in range(length)]
+                                            for u, s in enumerate(starts)})
 
 
 # a few fast epochs that learn the cyclic rule (random ranking: HR@10 = 10 / 60)

@@ -7,8 +7,7 @@ import torch
 
 from recbole_denoise.errors import ConfigError
 from recbole_denoise.model.sequential_recommender.cl4srec import crop, mask, nt_xent, reorder, two_operators
-from recbole_denoise.quick_start import run_recbole_denoise
-from tests.conftest import CYCLIC_LEARN, build_model
+from tests.conftest import build_model
 
 MASK = 99
 SEQ = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
@@ -103,18 +102,6 @@ def test_full_sort_scores_every_item_but_not_the_mask(tiny_cfg):
     assert net.item_embedding.num_embeddings == net.n_items + 1
     assert net.full_sort_predict(batch).shape == (len(batch), net.n_items)
 
-
-@pytest.mark.parametrize("protocol", ["loo", "window"])
-def test_one_epoch_through_run_recbole_denoise(tiny_cfg, protocol):
-    # saved=True (the default): the best checkpoint is written and reloaded for the test split
-    result = run_recbole_denoise("CL4SRec", "tiny", config_dict=tiny_cfg(protocol=protocol, noise_ratio=0.1))
-    assert result["model"] == "CL4SRec" and result["timings"]["epochs"] == 1
-    assert 0.0 <= result["test_result"]["ndcg@10"] <= 1.0
-
-
-def test_learns_the_cyclic_rule(cyclic_cfg):
-    result = run_recbole_denoise("CL4SRec", "cyclic", config_dict=cyclic_cfg(**CYCLIC_LEARN), saved=False)
-    assert result["test_result"]["hit@10"] >= 0.8  # random ranking: 10 / 60 = 0.17
 
 
 @pytest.mark.parametrize("key,value", [("crop_eta", 1.5), ("mask_gamma", -0.1), ("cl_similarity", "l2")])

@@ -9,8 +9,7 @@ import torch
 
 from recbole_denoise.errors import ConfigError
 from recbole_denoise.model import item_graphs
-from recbole_denoise.quick_start import run_recbole_denoise
-from tests.conftest import CYCLIC_LEARN, FIXTURES, build_model
+from tests.conftest import FIXTURES, build_model
 
 
 def padded(histories, width=4):
@@ -116,18 +115,6 @@ def test_losses_and_scores(tiny_cfg):
     assert full.shape == (len(batch), net.n_items)
     assert torch.allclose(full.gather(1, batch["item_id"].unsqueeze(1)).squeeze(1), picked, atol=1e-5)
 
-
-@pytest.mark.parametrize("protocol", ["loo", "window"])
-def test_one_epoch_through_run_recbole_denoise(tiny_cfg, protocol):
-    # saved=True (the default): the best checkpoint is written and reloaded for the test split
-    result = run_recbole_denoise("DCRec", "tiny", config_dict=tiny_cfg(protocol=protocol, noise_ratio=0.1))
-    assert result["model"] == "DCRec" and result["timings"]["epochs"] == 1
-    assert 0.0 <= result["test_result"]["ndcg@10"] <= 1.0
-
-
-def test_learns_the_cyclic_rule(cyclic_cfg):
-    result = run_recbole_denoise("DCRec", "cyclic", config_dict=cyclic_cfg(**CYCLIC_LEARN), saved=False)
-    assert result["test_result"]["hit@10"] >= 0.8  # random ranking: 10 / 60 = 0.17
 
 
 @pytest.mark.parametrize("overrides,key", [({"loss_type": "BPR", "train_neg_sample_args": {"distribution": "uniform",

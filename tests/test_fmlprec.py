@@ -5,8 +5,7 @@ import torch
 
 from recbole_denoise.errors import ConfigError
 from recbole_denoise.model.sequential_recommender.fmlprec import FilterLayer, left_align
-from recbole_denoise.quick_start import run_recbole_denoise
-from tests.conftest import CYCLIC_LEARN, build_model
+from tests.conftest import build_model
 
 
 def test_left_align_moves_histories_to_the_end():
@@ -64,18 +63,6 @@ def test_padding_sides(tiny_cfg, padding):
         same = torch.isclose(net.forward(tail, lengths), net.forward(seq, lengths), atol=1e-6).all(dim=1)
     assert same.all() if padding == "left" else not same[short].any()
 
-
-@pytest.mark.parametrize("protocol", ["loo", "window"])
-def test_one_epoch_through_run_recbole_denoise(tiny_cfg, protocol):
-    # saved=True (the default): the best checkpoint is written and reloaded for the test split
-    result = run_recbole_denoise("FMLPRec", "tiny", config_dict=tiny_cfg(protocol=protocol, noise_ratio=0.1))
-    assert result["model"] == "FMLPRec" and result["timings"]["epochs"] == 1
-    assert 0.0 <= result["test_result"]["ndcg@10"] <= 1.0
-
-
-def test_learns_the_cyclic_rule(cyclic_cfg):
-    result = run_recbole_denoise("FMLPRec", "cyclic", config_dict=cyclic_cfg(**CYCLIC_LEARN), saved=False)
-    assert result["test_result"]["hit@10"] >= 0.8  # random ranking: 10 / 60 = 0.17
 
 
 def test_bad_padding_is_named(tiny_cfg):
