@@ -10,7 +10,7 @@ from recbole_denoise.data.atomic import read_atomic
 from recbole_denoise.errors import ConfigError
 from recbole_denoise.model.sequential_recommender.hsd import pack
 from recbole_denoise.quick_start import run_recbole_denoise
-from tests.conftest import build_model
+from tests.conftest import CYCLIC_LEARN, build_model
 
 
 def test_pack_moves_kept_items_to_the_front_and_passes_gradients():
@@ -99,6 +99,16 @@ def test_exported_dataset_trains_another_backbone(tiny_cfg):
     kept = read_atomic(os.path.join(d["dataset_path"], d["dataset_name"] + ".inter"))
     assert second["dataset"] == d["dataset_name"] and "ndcg@10" in second["test_result"]
     assert len(kept) == 480 - d["edited"]  # tiny.inter has 480 interactions
+
+
+def test_exported_flags_beat_random_flags_on_synthetic_noise(clustered_cfg):
+    """Users draw from one item group; noise brings items of other groups. After training, HSD's flags beat
+    random flags at the same rate (expected F1 of random flags: 2 p f / (p + f))."""
+    cfg = clustered_cfg(**{**CYCLIC_LEARN, "epochs": 15})
+    d = run_recbole_denoise("HSD", "clustered", config_dict=cfg, saved=False)["model_denoise"]
+    p, f = d["n_noise"] / d["n"], d["n_flagged"] / d["n"]
+    assert f > 0.02 and d["f1"] > 1.1 * (2 * p * f / (p + f))
+    assert d["precision"] > p
 
 
 def test_bad_keys_are_named(tiny_cfg):
