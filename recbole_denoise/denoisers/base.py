@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from recbole_denoise.data.atomic import read_atomic, read_header, write_atomic
-from recbole_denoise.data.noise import LABEL, chronological
+from recbole_denoise.data.noise import CLEAN, LABEL, chronological
 from recbole_denoise.data.protocol import read_windows
 from recbole_denoise.data.source import BENCHMARK_SPLITS, DatasetError
 from recbole_denoise.evaluator.noise_detection import noise_detection_metrics
@@ -271,7 +271,7 @@ def popularity_replacements(train, seqs, edits, seed):
 
 
 # -- writing ------------------------------------------------------------------------------------------
-def _apply_inter(dataset, table, seqs, flags, replacements, out_dir, out_name):
+def _apply_inter(dataset, table, seqs, flags, replacements, insertions, out_dir, out_name):
     table = table.copy()
     drop = []
     for k, f in enumerate(flags):
@@ -282,27 +282,49 @@ def _apply_inter(dataset, table, seqs, flags, replacements, out_dir, out_name):
                 drop.append(row)
             else:
                 table.loc[row, "item_id"] = new
+    added = []
+    for (k, pos), items in sorted(insertions.items()):
+        row = table.loc[seqs.index[k][pos]]
+        t = float(row["timestamp"])
+        before = float(table.loc[seqs.index[k][pos - 1], "timestamp"]) if pos > 0 else t - 1.0
+        for j, item in enumerate(items):
+            new = row.copy()
+            new["item_id"] = item
+            new["timestamp"] = before + (t - before) * (j + 1) / (len(items) + 1)
+            if LABEL in new:
+                new[LABEL] = 0.0
+            if CLEAN in new:
+                new[CLEAN] = item
+            added.append(new)
     table = table.drop(index=drop)
+    if added:
+        table = chronological(pd.concat([table, pd.DataFrame(added)], ignore_index=True))
     write_atomic(table, f"{out_dir}/{out_name}.inter", read_header(dataset.file("inter")))
 
 
-def _apply_windows(dataset, tables, seqs, flags, replacements, out_dir, out_name):
+def _apply_windows(dataset, tables, seqs, flags, replacements, insertions, out_dir, out_name):
     tables = {k: v.copy() for k, v in tables.items()}
+    inserted_in = {}
+    for k, pos in insertions:
+        inserted_in.setdefault(k, set()).add(pos)
     for k, f in enumerate(flags):
-        if not f.any():
+        if not f.any() and k not in inserted_in:
             continue
         split, r = seqs.index[k]
         t = tables[split]
         hist = list(t.at[r, "item_id_list"])
         labels = list(t.at[r, "noise_label_list"]) if "noise_label_list" in t else None
-        for pos in sorted(np.flatnonzero(f), reverse=True):
-            new = replacements.get((k, pos))
-            if new is None:
+        for pos in sorted(set(np.flatnonzero(f)) | inserted_in.get(k, set()), reverse=True):
+            if f[pos] and replacements.get((k, pos)) is None:
                 del hist[pos]
                 if labels is not None:
                     del labels[pos]
-            else:
-                hist[pos] = new
+            elif f[pos]:
+                hist[pos] = replacements[(k, pos)]
+            items = insertions.get((k, pos), [])
+            hist[pos:pos] = items
+            if labels is not None:
+                labels[pos:pos] = [0.0] * len(items)
         t.at[r, "item_id_list"] = hist
         if labels is not None:
             t.at[r, "noise_label_list"] = labels
@@ -311,8 +333,9 @@ def _apply_windows(dataset, tables, seqs, flags, replacements, out_dir, out_name
         write_atomic(tables[split], f"{out_dir}/{out_name}.{split}.inter", read_header(path))
 
 
-def _scores_table(seqs, scores, flags, replacements, kinds):
-    """One row per editable position: score, flag, and for edits the replacement and how it was found."""
+def _scores_table(seqs, scores, flags, replacements, kinds, insertions):
+    """One row per editable position: score, flag, for edits the replacement and how it was found, and the
+    items inserted just before the position."""
     rows = []
     for k in range(len(seqs)):
         for pos in np.flatnonzero(seqs.editable[k]):
@@ -320,17 +343,19 @@ def _scores_table(seqs, scores, flags, replacements, kinds):
             row = {"seq_id": k, "user_id": seqs.users[k], "split": seqs.split[k], "position": pos,
                    "item_id": seqs.items[k][pos], "score": float(scores[k][pos]), "flagged": float(flags[k][pos]),
                    "replacement": "" if new is None else new, "suggestion": kinds.get((k, int(pos)), "")}
+            if insertions:
+                row["inserted"] = list(insertions.get((k, int(pos)), []))
             if seqs.labels is not None:
                 row["noise_label"] = float(seqs.labels[k][pos])
             rows.append(row)
     return pd.DataFrame(rows, columns=["seq_id", "user_id", "split", "position", "item_id", "score", "flagged",
-                                       "replacement", "suggestion"]
+                                       "replacement", "suggestion"] + (["inserted"] if insertions else [])
                         + (["noise_label"] if seqs.labels is not None else []))
 
 
 SCORE_FIELDS = {"seq_id": "token", "user_id": "token", "split": "token", "position": "float",
                 "item_id": "token", "score": "float", "flagged": "float", "replacement": "token",
-                "suggestion": "token", "noise_label": "float"}
+                "suggestion": "token", "inserted": "token_seq", "noise_label": "float"}
 
 
 def work_dir(config, out_name):
@@ -383,23 +408,26 @@ def denoise_stage(parent, out_dir, out_name, denoiser_cls, config, logger=None):
     return parent.kind, info
 
 
-def write_denoised(parent, tables, seqs, scores, flags, out_dir, out_name, replacements=None, kinds=None):
+def write_denoised(parent, tables, seqs, scores, flags, out_dir, out_name, replacements=None, kinds=None,
+                   insertions=None):
     """Write the edited dataset (``parent``'s format) and ``<out_name>.denoise_scores``; return the counts
     and, when ``seqs`` has noise labels, precision / recall / F1 / AUC of the flags and scores.
 
     ``seqs, tables`` come from :func:`load_sequences`; ``scores`` and ``flags`` hold one value per position
     of each sequence (only editable positions are used); ``replacements`` maps ``(k, pos)`` to a new item
-    (absent or ``None`` = delete). Used by the denoising stage and by models that export decisions (IADSR).
+    (absent or ``None`` = delete); ``insertions`` maps ``(k, pos)`` to items put in just before position
+    ``pos`` (in time order; an inserted interaction copies that row's fields, with a time between its
+    neighbours and noise label 0). Used by the denoising stage and by models that export decisions.
     """
-    replacements, kinds = replacements or {}, kinds or {}
+    replacements, kinds, insertions = replacements or {}, kinds or {}, insertions or {}
     writer = _apply_inter if parent.kind == "inter" else _apply_windows
-    writer(parent, tables, seqs, flags, replacements, out_dir, out_name)
-    table = _scores_table(seqs, scores, flags, replacements, kinds)
+    writer(parent, tables, seqs, flags, replacements, insertions, out_dir, out_name)
+    table = _scores_table(seqs, scores, flags, replacements, kinds, insertions)
     write_atomic(table, f"{out_dir}/{out_name}.denoise_scores", {k: SCORE_FIELDS[k] for k in table.columns})
     edited = int(sum(int(np.sum(np.asarray(f) & np.asarray(e))) for f, e in zip(flags, seqs.editable)))
     replaced = sum(v is not None for v in replacements.values())
     info = {"editable": int(len(table)), "edited": edited, "replaced": replaced, "deleted": edited - replaced,
-            "edited_fraction": edited / max(len(table), 1)}
+            "edited_fraction": edited / max(len(table), 1), "inserted": sum(len(v) for v in insertions.values())}
     if seqs.labels is not None and len(table):
         info.update(noise_detection_metrics(table["noise_label"], flags=table["flagged"], scores=table["score"]))
     return info

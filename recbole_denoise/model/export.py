@@ -1,11 +1,11 @@
 """Turn a trained model's own denoising decisions into a denoised atomic dataset (and a scores file).
 
-A model that denoises inside training (IADSR; later HSD, STEAM, SSDRec) implements
-``denoise_decisions(dataset) -> {uid: (noise_score, dropped)}`` over the history positions of each user's
-sequence (RecBole ids, :class:`~recbole_denoise.data.dataset.PositionalSequentialDataset` order).
+A model that denoises inside training (IADSR, HSD, STEAM) implements
+``denoise_decisions(dataset) -> {uid: (noise_score, dropped[, inserted])}`` over the history positions of
+each user's sequence (RecBole ids, :class:`~recbole_denoise.data.dataset.PositionalSequentialDataset` order).
 :func:`export_decisions` maps them back onto the atomic dataset the run loaded and writes, with the same
 writer as the denoising stage, ``<derived_data_path>/<dataset>-<Model>-<hash>/``: the ``.inter`` file
-without the dropped interactions, the ``.item`` file, and ``.denoise_scores`` (one row per training
+without the dropped interactions and with the inserted ones, the ``.item`` file, and ``.denoise_scores`` (one row per training
 interaction: score, flagged, noise label when the data has one). The hash covers the model's weights and
 keys, so another backbone can train on exactly these decisions (``--dataset <that folder's name>
 --data_path <derived_data_path>``) and every run of the same trained model reuses the folder.
@@ -70,27 +70,32 @@ def history_windows(model, dataset, batch_size=256, device=None, position_field=
 
 
 def window_decisions(model, dataset, decide, batch_size=256, position_field=None):
-    """``{uid: (noise_score, dropped)}`` over positions ``0..n-2`` of each user's sequence, filled window by
-    window (:func:`history_windows`) from ``decide(batch) -> (noise_score (B, L), dropped (B, L))``.
-    The model is in evaluation mode meanwhile (``nn.Module.train``, so an epoch counter on ``train()``
-    does not move)."""
+    """``{uid: (noise_score, dropped, inserted)}`` over positions ``0..n-2`` of each user's sequence, filled
+    window by window (:func:`history_windows`) from ``decide(batch) -> (noise_score (B, L), dropped (B, L))``
+    or ``(..., {(row, t): [item ids put in before t]})`` for a model that also inserts (``inserted`` maps a
+    position of the user's sequence to its items). The model is in evaluation mode meanwhile
+    (``nn.Module.train``, so an epoch counter on ``train()`` does not move)."""
     was = model.training
     torch.nn.Module.train(model, False)
     device = next(model.parameters()).device
-    out = {uid: (np.zeros(max(len(seq) - 1, 0)), np.zeros(max(len(seq) - 1, 0), dtype=bool))
+    out = {uid: (np.zeros(max(len(seq) - 1, 0)), np.zeros(max(len(seq) - 1, 0), dtype=bool), {})
            for uid, seq in dataset.user_sequences.items()}
     with torch.no_grad():
         for chunk, batch in history_windows(model, dataset, batch_size, device, position_field):
-            score, dropped = decide(batch)
+            score, dropped, *inserts = decide(batch)
             for k, (uid, s, e) in enumerate(chunk):
                 out[uid][0][s:e] = score[k, :e - s].cpu().numpy()
                 out[uid][1][s:e] = dropped[k, :e - s].cpu().numpy()
+            for (k, t), items in (inserts[0].items() if inserts else ()):
+                uid, s, e = chunk[k]
+                out[uid][2][s + t] = list(items)
     torch.nn.Module.train(model, was)
     return out
 
 
 def align_decisions(decisions, dataset, seqs):
-    """Per atomic sequence ``k``: (score, flag) arrays over its positions, from ``{uid: (score, dropped)}``.
+    """Per atomic sequence ``k``: (score, flag) arrays over its positions, from ``{uid: (score, dropped)}``
+    or ``{uid: (score, dropped, {position: [item ids]})}``, and ``{(k, position): [item tokens]}`` to insert.
 
     The user's RecBole sequence must equal the atomic one item by item; a mismatch (RecBole filtered or
     reordered interactions, e.g. with ``val_interval`` or ``rm_dup_inter``) is an error, not a guess.
@@ -98,7 +103,7 @@ def align_decisions(decisions, dataset, seqs):
     uid_field, iid_field = dataset.uid_field, dataset.iid_field
     token2uid = dataset.field2token_id[uid_field]
     id2item = dataset.field2id_token[iid_field]
-    scores, flags = [], []
+    scores, flags, insertions = [], [], {}
     for k, user in enumerate(seqs.users):
         items = [str(i) for i in seqs.items[k]]
         score, flag = np.zeros(len(items)), np.zeros(len(items), dtype=bool)
@@ -109,11 +114,14 @@ def align_decisions(decisions, dataset, seqs):
                 raise DatasetError(f"user '{user}': RecBole's sequence ({len(ours)} items) differs from the "
                                    f"atomic file's ({len(items)}); cannot map decisions back (did a RecBole "
                                    f"filter such as val_interval or rm_dup_inter drop interactions?)")
-            s, d = decisions[uid]
+            s, d, *inserted = decisions[uid]
             score[:len(s)], flag[:len(d)] = s, d
+            for pos, new in (inserted[0].items() if inserted else ()):
+                if seqs.editable[k][pos] and len(new):
+                    insertions[(k, int(pos))] = [str(t) for t in id2item[np.asarray(new)]]
         scores.append(score)
         flags.append(flag & np.asarray(seqs.editable[k], dtype=bool))
-    return scores, flags
+    return scores, flags, insertions
 
 
 def export_decisions(model, dataset, data, config, logger=None):
@@ -126,13 +134,14 @@ def export_decisions(model, dataset, data, config, logger=None):
         raise DatasetError(f"dataset '{data.name}': decisions can only be exported for leave-one-out data")
     decisions = model.denoise_decisions(dataset)
     seqs, table = load_sequences(data)
-    scores, flags = align_decisions(decisions, dataset, seqs)
+    scores, flags, insertions = align_decisions(decisions, dataset, seqs)
     name = type(model).__name__
     params = {"model": name, "weights": weights_fingerprint(model),
               "keys": {k: config[k] for k in sorted(getattr(model, "decision_keys", ()))}}
 
     def build(parent, out_dir, out_name):
-        return "inter", write_denoised(parent, table, seqs, scores, flags, out_dir, out_name)
+        return "inter", write_denoised(parent, table, seqs, scores, flags, out_dir, out_name,
+                                       insertions=insertions)
 
     out, info = derive(data, name, params, build, config["derived_data_path"], logger)
     return out, {**info, "dataset_path": out.path, "dataset_name": out.name}

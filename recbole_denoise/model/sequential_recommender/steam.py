@@ -1,0 +1,280 @@
+"""STEAM (Lin et al., "A Self-Correcting Sequential Recommender", WWW 2023) as a RecBole model.
+
+A shared bidirectional transformer encoder with three heads:
+
+* **corrector**: for each item of a sequence, keep / delete / insert (``Linear(d, 3)``); "insert" means
+  some items are missing just *before* this one;
+* **insertion generator**: one causal transformer layer that, from the encoder state ``h_t``, writes the
+  missing items in reverse time order (``y_1`` is the item right before ``x_t``) until ``[eos]`` or
+  ``steam_max_insert`` items; inputs ``[h_t, E[y_1], ..., E[y_{N-1}]] + P``, logits ``out E^T``;
+* **recommender**: one bidirectional transformer layer, a masked-item (Cloze) predictor, ``out E^T``.
+
+Training (per RecBole row; its raw sequence is the history plus the target, at most
+``MAX_ITEM_LIST_LENGTH`` items):
+
+* **self-supervised corruption** (the official random walk): at each step a draw keeps the item
+  (``steam_keep_prob``), starts a deletion run (``steam_delete_prob``: up to ``steam_max_insert``
+  consecutive items are removed and become the insertion targets of the next item, labelled "insert";
+  the last item is never deleted), or inserts a random item not in the sequence (the rest; labelled
+  "delete"); a step whose move is not allowed is drawn again;
+* losses: corrector cross-entropy over the corrupted sequence + generator cross-entropy over the
+  insertion targets (``[eos]`` included) + Cloze loss of the recommender on the raw sequence (each item
+  masked with probability ``mask_ratio``, the last one always) + the same Cloze loss on the sequence the
+  model itself corrects (no gradient through the correction; ``steam_corrected_loss``). All weights 1.
+
+Prediction: the history is corrected (deleted items removed, generated items inserted), ``[mask]`` is
+appended and the recommender's scores at that position rank all items. ``denoise_decisions`` gives the
+corrector's decisions on every training interaction: noise score = P(delete), dropped = argmax is
+delete, and the items generated before each "insert" position, which the export writes as new
+interactions.
+
+Changes to the official code: the generator is run only at positions labelled (training) or predicted
+(inference) "insert", which gives the same loss with a fraction of the memory; at inference the
+position embeddings are added once (the official loop adds them again at every step, unlike training);
+generation picks only real items or ``[eos]``; the Cloze loss always masks the last item, so the
+recommender also learns the next-item task it is evaluated on; evaluation ranks all items (the official
+code ranks against 99 sampled negatives).
+"""
+import random
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from recbole.model.abstract_recommender import SequentialRecommender
+from recbole.model.layers import TransformerEncoder
+from recbole.utils import InputType
+
+from recbole_denoise.data.dataset import PositionalSequentialDataset
+from recbole_denoise.errors import ConfigError
+from recbole_denoise.model.export import window_decisions
+
+__all__ = ["STEAM"]
+
+KEEP, DELETE, INSERT = 0, 1, 2
+
+
+def corrupt(seq, keep_p, delete_p, max_insert, max_len, n_items, eos, rng):
+    """The official corruption walk over one sequence (a list of item ids).
+
+    Returns ``(corrupted, ops, inserts)``: ``ops[j]`` is the label of ``corrupted[j]`` (KEEP, DELETE for a
+    random item put in, INSERT for an item whose predecessors were removed) and ``inserts[j]`` the removed
+    items in reverse time order, followed by ``eos`` when fewer than ``max_insert``."""
+    n, present = len(seq), set(seq)
+    can_add = len(present) < n_items - 1
+    out, ops, inserts = [], [], []
+    i = 0
+    while i < n:
+        r = rng.random()
+        if r < keep_p:
+            out.append(seq[i]), ops.append(KEEP), inserts.append(())
+            i += 1
+        elif r < keep_p + delete_p:
+            if i == n - 1:
+                continue
+            removed = [seq[i]]
+            i += 1
+            while i < n - 1 and len(removed) < max_insert and keep_p <= rng.random() < keep_p + delete_p:
+                removed.insert(0, seq[i])
+                i += 1
+            out.append(seq[i]), ops.append(INSERT)
+            inserts.append(tuple(removed) + ((eos,) if len(removed) < max_insert else ()))
+            i += 1
+        elif can_add and len(out) + n - i < max_len:
+            item = rng.randrange(1, n_items)
+            while item in present:
+                item = rng.randrange(1, n_items)
+            out.append(item), ops.append(DELETE), inserts.append(())
+    return out, ops, inserts
+
+
+class STEAM(SequentialRecommender):
+    input_type = InputType.POINTWISE
+    dataset_class = PositionalSequentialDataset   # leave-one-out: user sequences for export
+    needs_user_sequences = False
+    decision_keys = ("steam_max_insert",)
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.hidden_size = config["hidden_size"]
+        self.keep_p, self.delete_p = float(config["steam_keep_prob"]), float(config["steam_delete_prob"])
+        if self.keep_p < 0 or self.delete_p < 0 or self.keep_p + self.delete_p > 1 or self.keep_p == 0:
+            raise ConfigError(f"steam_keep_prob ({self.keep_p}) > 0 and steam_delete_prob ({self.delete_p}) >= 0 "
+                              f"must sum to at most 1 (the rest is the insertion probability)")
+        self.max_insert = int(config["steam_max_insert"])
+        self.mask_ratio = float(config["mask_ratio"])
+        self.corrected_loss = bool(config["steam_corrected_loss"])
+        self.max_len = self.max_seq_length + int(config["steam_extra_length"])
+        self.eos, self.mask_token = self.n_items, self.n_items + 1
+        d = self.hidden_size
+        self.item_embedding = nn.Embedding(self.n_items + 2, d, padding_idx=0)
+        self.position_embedding = nn.Embedding(self.max_len + 1, d)
+        self.dropout = nn.Dropout(config["hidden_dropout_prob"])
+
+        def encoder(layers):
+            return TransformerEncoder(n_layers=layers, n_heads=config["n_heads"], hidden_size=d,
+                                      inner_size=config["inner_size"],
+                                      hidden_dropout_prob=config["hidden_dropout_prob"],
+                                      attn_dropout_prob=config["attn_dropout_prob"], hidden_act=config["hidden_act"],
+                                      layer_norm_eps=config["layer_norm_eps"])
+
+        self.encoder = encoder(config["n_layers"])
+        self.op_head = nn.Linear(d, 3)
+        self.generator = encoder(1)
+        self.recommender = encoder(1)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.xavier_normal_(module.weight)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    # -- building blocks -------------------------------------------------------------------------------
+    def encode(self, seq):
+        positions = torch.arange(seq.size(1), device=seq.device)
+        x = self.dropout(self.item_embedding(seq) + self.position_embedding(positions).unsqueeze(0))
+        return self.encoder(x, self.get_attention_mask(seq, bidirectional=True), output_all_encoded_layers=True)[-1]
+
+    def recommend(self, seq, states):
+        out = self.recommender(states, self.get_attention_mask(seq, bidirectional=True),
+                               output_all_encoded_layers=True)[-1]
+        return out
+
+    def generator_logits(self, h, previous):
+        """Logits of ``y_1..y_k`` given encoder states ``h`` (M, d) and ``previous`` tokens (M, k-1)."""
+        tokens = torch.cat([h.unsqueeze(1), self.item_embedding(previous)], 1)
+        k = tokens.size(1)
+        x = self.dropout(tokens + self.position_embedding(torch.arange(k, device=h.device)).unsqueeze(0))
+        causal = torch.tril(torch.ones(k, k, dtype=torch.bool, device=h.device))
+        mask = torch.where(causal, 0.0, -10000.0).view(1, 1, k, k)
+        out = self.generator(x, mask, output_all_encoded_layers=True)[-1]
+        return out @ self.item_embedding.weight.T
+
+    def cloze_loss(self, seq):
+        """Masked-item loss of the recommender: each item masked with probability ``mask_ratio``, the last
+        one always."""
+        valid = seq > 0
+        lengths = valid.sum(1)
+        masked = (torch.rand(seq.shape, device=seq.device) < self.mask_ratio) & valid
+        masked[torch.arange(len(seq)), (lengths - 1).clamp(min=0)] = True
+        masked &= valid
+        states = self.encode(seq.masked_fill(masked, self.mask_token))
+        logits = self.recommend(seq, states)[masked] @ self.item_embedding.weight[:self.n_items].T
+        return F.cross_entropy(logits, seq[masked])
+
+    # -- sequences -------------------------------------------------------------------------------------
+    def raw_sequences(self, interaction):
+        """History + target of each row, the last ``MAX_ITEM_LIST_LENGTH`` items, as lists."""
+        seq, lengths = interaction[self.ITEM_SEQ].tolist(), interaction[self.ITEM_SEQ_LEN].tolist()
+        targets = interaction[self.POS_ITEM_ID].tolist()
+        return [(s[:n] + [t])[-self.max_seq_length:] for s, n, t in zip(seq, lengths, targets)]
+
+    def pad(self, rows, width, value=0):
+        out = torch.full((len(rows), width), value, dtype=torch.long)
+        for k, r in enumerate(rows):
+            r = list(r)[-width:]
+            if r:
+                out[k, :len(r)] = torch.as_tensor(r)
+        return out.to(self.item_embedding.weight.device)
+
+    @torch.no_grad()
+    def generate(self, h):
+        """Greedy insertions for states ``h`` (M, d): (M, max_insert) ids in reverse time order, 0 after
+        ``[eos]``; only real items or ``[eos]`` are chosen."""
+        tokens = h.new_zeros(len(h), 0, dtype=torch.long)
+        done = torch.zeros(len(h), dtype=torch.bool, device=h.device)
+        for _ in range(self.max_insert):
+            logits = self.generator_logits(h, tokens)[:, -1]
+            logits[:, 0] = float("-inf")
+            logits[:, self.mask_token] = float("-inf")
+            y = logits.argmax(-1)
+            y = y.masked_fill(done, 0)
+            done |= y == self.eos
+            tokens = torch.cat([tokens, y.unsqueeze(1)], 1)
+        return tokens.masked_fill(tokens == self.eos, 0)
+
+    @torch.no_grad()
+    def corrector_decisions(self, seq):
+        """``(ops (B, L), P(delete) (B, L), {(b, t): [items before t, in time order]})`` on histories ``seq``."""
+        states = self.encode(seq)
+        probs = torch.softmax(self.op_head(states), -1)
+        ops = probs.argmax(-1).masked_fill(seq == 0, KEEP)
+        where = (ops == INSERT).nonzero().tolist()
+        inserts = {}
+        if where:
+            rows = torch.tensor(where, device=seq.device)
+            generated = self.generate(states[rows[:, 0], rows[:, 1]]).tolist()
+            for (b, t), items in zip(where, generated):
+                items = [i for i in items if i > 0][::-1]
+                if items:
+                    inserts[(b, t)] = items
+        return ops, probs[..., DELETE], inserts
+
+    def correct(self, seq, lengths):
+        """Corrected histories (lists): deletions removed, insertions put in; an emptied history keeps its
+        last item."""
+        ops, _, inserts = self.corrector_decisions(seq)
+        rows = []
+        for b, (items, n) in enumerate(zip(seq.tolist(), lengths.tolist())):
+            out = []
+            for t in range(n):
+                out += inserts.get((b, t), [])
+                if ops[b, t] != DELETE:
+                    out.append(items[t])
+            rows.append(out or items[n - 1:n])
+        return rows
+
+    # -- RecBole contract -------------------------------------------------------------------------------
+    def calculate_loss(self, interaction):
+        raw = self.raw_sequences(interaction)
+        rng = random.Random(int(torch.randint(2 ** 31 - 1, (1,))))
+        walks = [corrupt(s, self.keep_p, self.delete_p, self.max_insert, self.max_len, self.n_items, self.eos,
+                         rng) for s in raw]
+        corrupted = self.pad([w[0] for w in walks], self.max_len)
+        ops = self.pad([w[1] for w in walks], self.max_len, value=-100)
+        states = self.encode(corrupted)
+        op_loss = F.cross_entropy(self.op_head(states).view(-1, 3), ops.view(-1), ignore_index=-100)
+
+        where = [(b, t) for b, w in enumerate(walks) for t, op in enumerate(w[1]) if op == INSERT]
+        if where:
+            targets = self.pad([walks[b][2][t] for b, t in where], self.max_insert)
+            rows = torch.tensor(where, device=corrupted.device)
+            logits = self.generator_logits(states[rows[:, 0], rows[:, 1]], targets[:, :-1])
+            insert_loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=0)
+        else:
+            insert_loss = states.new_zeros(())
+
+        raw_seq = self.pad(raw, self.max_len)
+        losses = [op_loss, insert_loss, self.cloze_loss(raw_seq)]
+        if self.corrected_loss:
+            was = self.training
+            self.eval()
+            history = interaction[self.ITEM_SEQ]
+            corrected = self.correct(history, interaction[self.ITEM_SEQ_LEN])
+            nn.Module.train(self, was)
+            targets = interaction[self.POS_ITEM_ID].tolist()
+            losses.append(self.cloze_loss(self.pad([c + [t] for c, t in zip(corrected, targets)], self.max_len)))
+        return tuple(losses)
+
+    def forward(self, interaction):
+        corrected = self.correct(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        seq = self.pad([c[-(self.max_len - 1):] + [self.mask_token] for c in corrected], self.max_len)
+        out = self.recommend(seq, self.encode(seq))
+        last = (seq > 0).sum(1) - 1
+        return out[torch.arange(len(seq)), last]
+
+    def full_sort_predict(self, interaction):
+        return self.forward(interaction) @ self.item_embedding.weight[:self.n_items].T
+
+    def predict(self, interaction):
+        out = self.forward(interaction)
+        return (out * self.item_embedding(interaction[self.ITEM_ID])).sum(-1)
+
+    @torch.no_grad()
+    def denoise_decisions(self, dataset, batch_size=256):
+        """``{uid: (P(delete), deleted, {position: [inserted items]})}`` for every history position."""
+        def decide(batch):
+            ops, p_delete, inserts = self.corrector_decisions(batch[self.ITEM_SEQ])
+            return p_delete, ops == DELETE, inserts
+
+        return window_decisions(self, dataset, decide, batch_size)

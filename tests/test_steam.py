@@ -1,0 +1,98 @@
+"""STEAM: the corruption walk (its labels undo it exactly), the generator and correction, runs on both
+protocols, export of keep/delete/insert decisions, detection on synthetic noise, bad keys."""
+import os
+import random
+
+import pytest
+import torch
+
+from recbole_denoise.data.atomic import read_atomic
+from recbole_denoise.errors import ConfigError
+from recbole_denoise.model.sequential_recommender.steam import DELETE, INSERT, KEEP, corrupt
+from recbole_denoise.quick_start import run_recbole_denoise
+from tests.conftest import CYCLIC_LEARN, build_model
+
+EOS = 100
+
+
+def undo(corrupted, ops, inserts):
+    """The original sequence from a corrupted one and its labels."""
+    out = []
+    for item, op, ins in zip(corrupted, ops, inserts):
+        out += [i for i in ins if i != EOS][::-1]
+        if op != DELETE:
+            out.append(item)
+    return out
+
+
+def test_corruption_labels_undo_the_corruption():
+    rng = random.Random(0)
+    seen = {KEEP: 0, DELETE: 0, INSERT: 0}
+    for _ in range(300):
+        seq = rng.sample(range(1, 60), rng.randint(1, 12))
+        c, ops, ins = corrupt(seq, 0.4, 0.5, 3, len(seq) + 4, 100, EOS, rng)
+        assert undo(c, ops, ins) == seq
+        assert c[-1] == seq[-1] and ops[-1] != DELETE  # the last item is never deleted
+        assert len(c) <= len(seq) + 4
+        for item, op, i in zip(c, ops, ins):
+            seen[op] += 1
+            assert (op == DELETE) == (item not in seq)
+            assert (op == INSERT) == bool(i) and len([x for x in i if x != EOS]) <= 3
+            assert not i or len(i) == 3 or i[-1] == EOS
+    assert all(seen.values())
+
+
+def test_keep_only_walk_is_the_identity():
+    seq = [5, 3, 9, 1]
+    assert corrupt(seq, 1.0, 0.0, 5, 10, 100, EOS, random.Random(1)) == (seq, [KEEP] * 4, [()] * 4)
+
+
+def test_losses_generator_and_correction(tiny_cfg):
+    net, train, _, _ = build_model("STEAM", tiny_cfg())
+    batch = next(iter(train))
+    losses = net.calculate_loss(batch)
+    assert len(losses) == 4 and all(torch.isfinite(x) for x in losses)
+    sum(losses).backward()
+    assert net.generator.layer[0].multi_head_attention.query.weight.grad.abs().sum() > 0
+    assert net.op_head.weight.grad.abs().sum() > 0 and net.training
+
+    net.eval()
+    seq = torch.tensor([[3, 4, 5, 6, 0], [7, 8, 0, 0, 0]])
+    ops = torch.tensor([[KEEP, DELETE, INSERT, KEEP, KEEP], [DELETE, DELETE, KEEP, KEEP, KEEP]])
+    net.corrector_decisions = lambda s: (ops, torch.zeros(s.shape), {(0, 2): [11, 12]})
+    assert net.correct(seq, torch.tensor([4, 2])) == [[3, 11, 12, 5, 6], [8]]  # an emptied row keeps its last
+    generated = net.generate(torch.randn(3, net.hidden_size))
+    assert generated.shape == (3, net.max_insert)
+    assert ((generated >= 0) & (generated < net.n_items)).all()
+
+
+def test_one_epoch_exports_deletions_and_insertions(tiny_cfg):
+    result = run_recbole_denoise("STEAM", "tiny", config_dict=tiny_cfg(noise_ratio=0.1))
+    d = result["model_denoise"]
+    assert result["timings"]["epochs"] == 1 and {"precision", "recall", "f1", "auc", "inserted"} <= set(d)
+    inter = read_atomic(os.path.join(d["dataset_path"], d["dataset_name"] + ".inter"))
+    assert len(inter) == 480 - d["deleted"] + d["inserted"]
+    scores = read_atomic(os.path.join(d["dataset_path"], d["dataset_name"] + ".denoise_scores"))
+    assert sum(len(x) for x in scores["inserted"]) == d["inserted"]
+    if d["inserted"]:  # put in with a time between its neighbours, never labelled noise
+        assert (inter[inter["item_id"] == inter["clean_item_id"]]["noise_label"] == 0).all()
+    again = run_recbole_denoise("SASRec", d["dataset_name"], saved=False,
+                                config_dict=tiny_cfg(data_path=os.path.dirname(d["dataset_path"])))
+    assert "ndcg@10" in again["test_result"]
+
+
+def test_window_protocol_trains(tiny_cfg):
+    result = run_recbole_denoise("STEAM", "tiny", config_dict=tiny_cfg(protocol="window"), saved=False)
+    assert result["timings"]["epochs"] == 1 and 0 <= result["test_result"]["ndcg@10"] <= 1
+
+
+def test_exported_flags_beat_random_flags_on_synthetic_noise(clustered_cfg):
+    cfg = clustered_cfg(**{**CYCLIC_LEARN, "epochs": 15})
+    d = run_recbole_denoise("STEAM", "clustered", config_dict=cfg, saved=False)["model_denoise"]
+    p, f = d["n_noise"] / d["n"], d["n_flagged"] / d["n"]
+    assert f > 0.01 and d["f1"] > 1.5 * (2 * p * f / (p + f)) and d["precision"] > 2 * p and d["auc"] > 0.6
+
+
+def test_bad_probabilities_are_named(tiny_cfg):
+    with pytest.raises(ConfigError, match="steam_keep_prob"):
+        build_model("STEAM", tiny_cfg(steam_keep_prob=0.8, steam_delete_prob=0.5))
