@@ -69,10 +69,13 @@ def test_evaluation_is_deterministic_unless_asked(tiny_cfg):
     net.eval()
     batch = next(iter(test))[0]
     with torch.no_grad():
-        assert torch.equal(net.full_sort_predict(batch), net.full_sort_predict(batch))
-    net.stochastic_eval = True
+        full = net.full_sort_predict(batch)
+        assert torch.equal(full, net.full_sort_predict(batch))
+        picked = full.gather(1, batch["item_id"].unsqueeze(1)).squeeze(1)
+        assert torch.allclose(net.predict(batch), picked, atol=1e-5)
+    net.stochastic_eval = True  # the official behaviour: Gumbel noise at evaluation too
     with torch.no_grad():
-        assert net.decide(batch)[2].shape == batch["item_id_list"].shape
+        assert not torch.equal(net.decide(batch)[2], net.decide(batch)[2])
 
 
 @pytest.mark.parametrize("sub_model", ["SASRec", "GRU4Rec", "BERT4Rec", "Caser"])

@@ -217,8 +217,10 @@ class HSD(SequentialRecommender):
         return self.represent(interaction, item_seq, x, keep)
 
     def predict(self, interaction):
-        logits = self.scores(self.forward(interaction))
-        return logits.gather(1, interaction[self.ITEM_ID].unsqueeze(1)).squeeze(1)
+        items = interaction[self.ITEM_ID]
+        score = (self.forward(interaction) * self.adapter.item_embedding(items)).sum(-1)
+        bias = getattr(self.sub_model, "output_bias", None)
+        return score + bias[items] if bias is not None else score
 
     def full_sort_predict(self, interaction):
         return self.scores(self.forward(interaction))

@@ -66,7 +66,9 @@ def corrupt(seq, keep_p, delete_p, max_insert, max_len, n_items, eos, rng):
     while i < n:
         r = rng.random()
         if r < keep_p:
-            out.append(seq[i]), ops.append(KEEP), inserts.append(())
+            out.append(seq[i])
+            ops.append(KEEP)
+            inserts.append(())
             i += 1
         elif r < keep_p + delete_p:
             if i == n - 1:
@@ -76,14 +78,17 @@ def corrupt(seq, keep_p, delete_p, max_insert, max_len, n_items, eos, rng):
             while i < n - 1 and len(removed) < max_insert and keep_p <= rng.random() < keep_p + delete_p:
                 removed.insert(0, seq[i])
                 i += 1
-            out.append(seq[i]), ops.append(INSERT)
+            out.append(seq[i])
+            ops.append(INSERT)
             inserts.append(tuple(removed) + ((eos,) if len(removed) < max_insert else ()))
             i += 1
         elif can_add and len(out) + n - i < max_len:
             item = rng.randrange(1, n_items)
             while item in present:
                 item = rng.randrange(1, n_items)
-            out.append(item), ops.append(DELETE), inserts.append(())
+            out.append(item)
+            ops.append(DELETE)
+            inserts.append(())
     return out, ops, inserts
 
 
@@ -136,9 +141,8 @@ class STEAM(SequentialRecommender):
         return self.encoder(x, self.get_attention_mask(seq, bidirectional=True), output_all_encoded_layers=True)[-1]
 
     def recommend(self, seq, states):
-        out = self.recommender(states, self.get_attention_mask(seq, bidirectional=True),
-                               output_all_encoded_layers=True)[-1]
-        return out
+        return self.recommender(states, self.get_attention_mask(seq, bidirectional=True),
+                                output_all_encoded_layers=True)[-1]
 
     def generator_logits(self, h, previous):
         """Logits of ``y_1..y_k`` given encoder states ``h`` (M, d) and ``previous`` tokens (M, k-1)."""
