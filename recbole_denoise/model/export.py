@@ -93,12 +93,28 @@ def window_decisions(model, dataset, decide, batch_size=256, position_field=None
     return out
 
 
+def atomic_positions(ours, items):
+    """``where[j]`` = the atomic position of RecBole's ``j``-th item of a user (the ``k``-th occurrence of an
+    item maps to its ``k``-th occurrence). RecBole reads times as float32, so interactions a few seconds
+    apart (real timestamps near 1e9) tie and keep file order, while the atomic order is exact."""
+    slots = {}
+    for j, item in enumerate(items):
+        slots.setdefault(item, []).append(j)
+    seen = {}
+    where = np.empty(len(ours), dtype=np.int64)
+    for j, item in enumerate(ours):
+        where[j] = slots[item][seen.get(item, 0)]
+        seen[item] = seen.get(item, 0) + 1
+    return where
+
+
 def align_decisions(decisions, dataset, seqs):
     """Per atomic sequence ``k``: (score, flag) arrays over its positions, from ``{uid: (score, dropped)}``
     or ``{uid: (score, dropped, {position: [item ids]})}``, and ``{(k, position): [item tokens]}`` to insert.
 
-    The user's RecBole sequence must equal the atomic one item by item; a mismatch (RecBole filtered or
-    reordered interactions, e.g. with ``val_interval`` or ``rm_dup_inter``) is an error, not a guess.
+    The user's RecBole sequence must hold the same items as the atomic one (a mismatch: RecBole filtered
+    interactions, e.g. with ``val_interval`` or ``rm_dup_inter``, is an error, not a guess); their order
+    may differ among interactions RecBole sees as simultaneous (:func:`atomic_positions`).
     """
     uid_field, iid_field = dataset.uid_field, dataset.iid_field
     token2uid = dataset.field2token_id[uid_field]
@@ -110,15 +126,16 @@ def align_decisions(decisions, dataset, seqs):
         uid = token2uid.get(str(user))
         if uid is not None and uid in decisions:
             ours = [str(t) for t in id2item[dataset.user_sequences[uid]]]
-            if ours != items:
+            if sorted(ours) != sorted(items):
                 raise DatasetError(f"user '{user}': RecBole's sequence ({len(ours)} items) differs from the "
                                    f"atomic file's ({len(items)}); cannot map decisions back (did a RecBole "
                                    f"filter such as val_interval or rm_dup_inter drop interactions?)")
+            where = atomic_positions(ours, items)
             s, d, *inserted = decisions[uid]
-            score[:len(s)], flag[:len(d)] = s, d
+            score[where[:len(s)]], flag[where[:len(d)]] = s, d
             for pos, new in (inserted[0].items() if inserted else ()):
-                if seqs.editable[k][pos] and len(new):
-                    insertions[(k, int(pos))] = [str(t) for t in id2item[np.asarray(new)]]
+                if seqs.editable[k][where[pos]] and len(new):
+                    insertions[(k, int(where[pos]))] = [str(t) for t in id2item[np.asarray(new)]]
         scores.append(score)
         flags.append(flag & np.asarray(seqs.editable[k], dtype=bool))
     return scores, flags, insertions
