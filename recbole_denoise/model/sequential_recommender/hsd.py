@@ -130,15 +130,20 @@ class HSD(SequentialRecommender):
         r = torch.sigmoid(self.seq_out(F.relu(self.seq_dropout(c)))) * m
         return r, recon
 
+    def view(self, interaction):
+        """The sequence HSD denoises, ``(item ids, item-level inputs or None for the item embeddings)``;
+        a subclass may augment it in training (SSDRec)."""
+        return interaction[self.ITEM_SEQ], None
+
     def signals(self, interaction, use_target):
-        item_seq = interaction[self.ITEM_SEQ]
+        item_seq, item_inputs = self.view(interaction)
         mask = (item_seq > 0).float()
         x = self.adapter.item_embedding(item_seq)
         if use_target:
             query = self.adapter.item_embedding(interaction[self.POS_ITEM_ID])
         else:
             query = self.user_embedding(interaction[self.USER_ID])
-        a = self.item_level(x, mask, query)
+        a = self.item_level(x if item_inputs is None else item_inputs, mask, query)
         r, recon = self.seq_level(x, mask)
         return item_seq, mask, x, a, r, recon
 

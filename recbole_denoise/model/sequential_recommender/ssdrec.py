@@ -1,0 +1,182 @@
+"""SSDRec (Zhang et al., "SSDRec: Self-Augmented Sequence Denoising for Sequential Recommendation", ICDE
+2024): HSD (``hsd.py``, which this class extends) on sequences first augmented with global relations.
+
+1. **Global relation encoder**: seven sparse graphs from the training rows (``model/relation_graphs.py``:
+   user-item, directed item transitions, "incompatible" items, similar and "incompatible" users) give
+   graph embeddings of every user and item. Each user graph is propagated as
+   ``Dropout(a A E_u + b E_u + c)``, the item transition graph in both directions with an attention
+   between them, ``Dropout(a' E_i + b' M + c')``; positive and negative views are concatenated with the
+   user-item view, projected, averaged, passed through a sigmoid and a last projection (the official
+   ``DNA.agg_layer``).
+2. **Self-augmentation** (training only): each position's noise is ``1 - c_item * c_seq``, where
+   ``c_item`` (agreement with the other items) and ``c_seq`` (agreement with a Bi-LSTM's left and right
+   context) are softmaxes over the sequence; a hard Gumbel-softmax picks one position ``p``, and two items
+   are inserted around ``x_p``, each a hard Gumbel-softmax over all items given the LSTM state before /
+   after ``p`` (straight-through: the item-level signal receives their graph embeddings). A second
+   Gumbel pick may then remove one item of the triple ``(inserted, x_p, inserted)``. Sequences longer than
+   ``MAX_ITEM_LIST_LENGTH - 2`` are not augmented.
+3. **Hierarchical denoising**: HSD on the augmented sequence; its item-level signal reads the graph
+   embeddings (plus the user's over the sequence length), its auto-encoder and the sub-model the
+   sub-model's item embeddings. The loss is HSD's.
+
+At evaluation (and for ``denoise_decisions``) there is no augmentation: HSD denoises the original
+history, its item-level signal reading the items' graph embeddings.
+
+Changes to the official code: the graphs are sparse and built from training rows only (see
+``relation_graphs.py``: the official dense ``U x U`` / ``I x I`` tensors take GBs and read the
+validation targets); the user-similarity graph keeps each user's ``ssdrec_user_neighbors`` most similar
+users; propagation is normalised; positions and inserted items are drawn among real positions and real
+items only (the official draw may pick padding); the HSD mask follows the augmented sequence (the official
+mask is the pre-augmentation one, which drops the two most recent items of an augmented sequence); two
+projection matrices the official code leaves uninitialised are initialised; evaluation is deterministic
+(``hsd_stochastic_eval``).
+"""
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from recbole_denoise.model.relation_graphs import relation_graphs
+from recbole_denoise.model.sequential_recommender.hsd import HSD, pack
+
+__all__ = ["SSDRec"]
+
+GRAPHS = ("user_item", "item_user", "trans_out", "trans_in", "item_neg", "user_pos", "user_neg")
+
+
+def masked_softmax(scores, mask):
+    return torch.softmax(scores.masked_fill(mask == 0, float("-inf")), dim=-1) * mask
+
+
+class SSDRec(HSD):
+    decision_keys = HSD.decision_keys + ("ssdrec_min_cooccurrence", "ssdrec_user_neighbors")
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        d = self.adapter.item_embedding.embedding_dim
+        graphs = relation_graphs(dataset, self.n_users, self.n_items, self.max_seq_length,
+                                 min_count=int(config["ssdrec_min_cooccurrence"]),
+                                 cold_ratio=float(config["ssdrec_cold_ratio"]),
+                                 user_neighbors=int(config["ssdrec_user_neighbors"]))
+        self.graph_sizes = {}
+        for name in GRAPHS:
+            coo = graphs[name].tocoo()
+            self.register_buffer(f"{name}_indices", torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64)),
+                                 persistent=False)
+            self.register_buffer(f"{name}_values", torch.tensor(coo.data, dtype=torch.float32), persistent=False)
+            self.graph_sizes[name] = coo.shape
+        self.user_mix = nn.Linear(2, 1)       # a A E + b E + c (the official 1x2 convolution)
+        self.item_mix = nn.Linear(2, 1)
+        self.att_in = nn.Linear(d, d, bias=False)
+        self.att_out = nn.Linear(d, d, bias=False)
+        self.user_cat = nn.Linear(2 * d, d, bias=False)
+        self.item_cat = nn.Linear(2 * d, d, bias=False)
+        self.user_proj = nn.Linear(d, d, bias=False)
+        self.item_proj = nn.Linear(d, d, bias=False)
+        self.user_final = nn.Linear(d, d, bias=False)
+        self.item_final = nn.Linear(d, d, bias=False)
+        self.graph_dropout = nn.Dropout(config["ssdrec_dropout"])
+        self.aug_lstm = nn.LSTM(d, d, batch_first=True, bidirectional=True, bias=False)
+        self.start = nn.Parameter(torch.randn(d) * 0.02)
+        self.end = nn.Parameter(torch.randn(d) * 0.02)
+        for layer in (self.att_in, self.att_out, self.user_cat, self.item_cat, self.user_proj, self.item_proj,
+                      self.user_final, self.item_final):
+            nn.init.xavier_normal_(layer.weight)
+        self.augmented = 0  # sequences augmented in the last training batch (logged by tests)
+
+    # -- 1. global relation encoder ---------------------------------------------------------------------
+    def propagate(self, name, x):
+        graph = torch.sparse_coo_tensor(getattr(self, f"{name}_indices"), getattr(self, f"{name}_values"),
+                                        self.graph_sizes[name], check_invariants=False)
+        return torch.sparse.mm(graph, x)
+
+    def user_view(self, name, users):
+        mixed = self.user_mix(torch.stack([self.propagate(name, users), users], -1)).squeeze(-1)
+        return self.graph_dropout(mixed)
+
+    def item_view(self, name_in, name_out, items):
+        m_in, m_out = self.propagate(name_in, items), self.propagate(name_out, items)
+        scale = items.size(1) ** 0.5
+        s_in = F.leaky_relu(self.att_in(items * m_in), 0.2).sum(-1) / scale
+        s_out = F.leaky_relu(self.att_out(items * m_out), 0.2).sum(-1) / scale
+        alpha = torch.softmax(torch.stack([s_in, s_out], -1), -1)
+        m = alpha[:, :1] * m_in + alpha[:, 1:] * m_out
+        return self.graph_dropout(self.item_mix(torch.stack([items, m], -1)).squeeze(-1))
+
+    def graph_embeddings(self):
+        """``(users (n_users, d), items (n_items, d))`` from the seven graphs."""
+        users = self.user_embedding.weight
+        items = self.adapter.item_embedding.weight[:self.n_items]
+        u_ui, i_ui = self.propagate("user_item", items), self.propagate("item_user", users)
+        u_pos = self.user_cat(torch.cat([u_ui, self.user_view("user_pos", users)], -1))
+        u_neg = self.user_cat(torch.cat([u_ui, self.user_view("user_neg", users)], -1))
+        i_pos = self.item_cat(torch.cat([i_ui, self.item_view("trans_in", "trans_out", items)], -1))
+        i_neg = self.item_cat(torch.cat([i_ui, self.item_view("item_neg", "item_neg", items)], -1))
+        g_users = self.user_final(torch.sigmoid(self.user_proj((u_pos + u_neg) / 2)))
+        g_items = self.item_final(torch.sigmoid(self.item_proj((i_pos + i_neg) / 2)))
+        return g_users, g_items
+
+    # -- 2. self-augmentation ---------------------------------------------------------------------------
+    def position_noise(self, emb, mask):
+        """``1 - c_item * c_seq`` per position (padding: -inf, never picked)."""
+        batch, length, d = emb.shape
+        lengths = mask.sum(1).long()
+        inputs = torch.cat([self.start.expand(batch, 1, d), emb * mask.unsqueeze(-1), emb.new_zeros(batch, 1, d)], 1)
+        inputs = inputs.index_put((torch.arange(batch, device=emb.device), lengths + 1), self.end.expand(batch, d))
+        out, _ = self.aug_lstm(inputs)
+        fwd, bwd = out[..., :d], out[..., d:]
+        c_seq = masked_softmax((emb * fwd[:, :-2] * bwd[:, 2:]).sum(-1), mask)
+        clipped = emb.clamp(-1, 1) * mask.unsqueeze(-1)
+        gram = clipped @ clipped.transpose(1, 2)
+        c_item = masked_softmax(gram.sum(-1) - gram.diagonal(dim1=1, dim2=2), mask)
+        return (1 - c_item * c_seq).masked_fill(mask == 0, float("-inf"))
+
+    def pick_items(self, query, g_items):
+        """A hard Gumbel-softmax over the real items: ``(ids, straight-through embeddings)``."""
+        onehot = F.gumbel_softmax(query @ g_items[1:].T, tau=self.tau, hard=True)
+        return onehot.argmax(-1) + 1, onehot @ g_items[1:]
+
+    def augment(self, item_seq, users):
+        """Insert two items around one Gumbel-picked position, then maybe remove one of the three."""
+        g_users, g_items = self.graph_embeddings()
+        batch, length = item_seq.shape
+        mask = (item_seq > 0).float()
+        n = mask.sum(1)
+        emb = g_items[item_seq] + (g_users[users] / n.clamp(min=1).unsqueeze(1)).unsqueeze(1) * mask.unsqueeze(-1)
+        pick = F.gumbel_softmax(self.position_noise(emb, mask), tau=self.tau, hard=True)
+        p = pick.argmax(-1)
+        out, _ = self.aug_lstm(emb * mask.unsqueeze(-1))
+        d = emb.size(-1)
+        rows = torch.arange(batch, device=item_seq.device)
+        before = torch.where((p > 0).unsqueeze(1), out[rows, (p - 1).clamp(min=0), :d], torch.zeros_like(emb[:, 0]))
+        after = torch.where((p + 1 < n).unsqueeze(1), out[rows, (p + 1).clamp(max=length - 1), d:],
+                            torch.zeros_like(emb[:, 0]))
+        id_before, emb_before = self.pick_items(before, g_items)
+        id_after, emb_after = self.pick_items(after, g_items)
+
+        grow = (n <= length - 2)
+        self.augmented = int(grow.sum())
+        j = torch.arange(length, device=item_seq.device).unsqueeze(0)
+        dest = torch.where(grow.unsqueeze(1), j + (j >= p.unsqueeze(1)).long() + (j > p.unsqueeze(1)).long(), j)
+        dest = dest.masked_fill(mask == 0, length + 2)  # padding to the spare columns
+        ids = item_seq.new_zeros(batch, length + 3).scatter(1, dest, item_seq)
+        aug = emb.new_zeros(batch, length + 3, d).scatter(1, dest.unsqueeze(-1).expand_as(emb), emb)
+        for offset, new_id, new_emb in ((0, id_before, emb_before), (2, id_after, emb_after)):
+            at = torch.where(grow, p + offset, torch.full_like(p, length + 2))
+            ids = ids.index_put((rows, at), torch.where(grow, new_id, torch.zeros_like(new_id)))
+            aug = aug.index_put((rows, at), new_emb * grow.unsqueeze(1))
+        ids, aug = ids[:, :length], aug[:, :length]
+
+        aug_mask = (ids > 0).float()
+        second = F.gumbel_softmax(self.position_noise(aug, aug_mask), tau=self.tau, hard=True)
+        in_triple = ((j >= p.unsqueeze(1)) & (j <= (p + 2).unsqueeze(1)) & grow.unsqueeze(1)).float()
+        keep = aug_mask * (1 - second * in_triple)
+        ids, aug, _ = pack(ids, aug, keep)
+        return ids, aug
+
+    def view(self, interaction):
+        item_seq = interaction[self.ITEM_SEQ]
+        if self.training:
+            return self.augment(item_seq, interaction[self.USER_ID])
+        _, g_items = self.graph_embeddings()
+        return item_seq, g_items[item_seq]
