@@ -1,14 +1,14 @@
 """Turn a trained model's own denoising decisions into a denoised atomic dataset (and a scores file).
 
-A model that denoises inside training (IADSR, HSD, STEAM) implements
-``denoise_decisions(dataset) -> {uid: (noise_score, dropped[, inserted])}`` over the history positions of
-each user's sequence (RecBole ids, :class:`~recbole_denoise.data.dataset.PositionalSequentialDataset` order).
-:func:`export_decisions` maps them back onto the atomic dataset the run loaded and writes, with the same
-writer as the denoising stage, ``<derived_data_path>/<dataset>-<Model>-<hash>/``: the ``.inter`` file
-without the dropped interactions and with the inserted ones, the ``.item`` file, and ``.denoise_scores`` (one row per training
-interaction: score, flagged, noise label when the data has one). The hash covers the model's weights and
-keys, so another backbone can train on exactly these decisions (``--dataset <that folder's name>
---data_path <derived_data_path>``) and every run of the same trained model reuses the folder.
+A model that denoises inside training (IADSR, HSD, STEAM, SSDRec) implements ``denoise_decisions(dataset) ->
+{uid: (noise_score, dropped[, inserted])}`` over the history positions of each user's sequence (RecBole
+ids, :class:`~recbole_denoise.data.dataset.PositionalSequentialDataset` order). :func:`export_decisions`
+maps them back onto the atomic dataset the run loaded and writes, with the same writer as the denoising
+stage, ``<derived_data_path>/<dataset>-<Model>-<hash>/``: the ``.inter`` file without the dropped
+interactions and with the inserted ones, the ``.item`` file, and ``.denoise_scores`` (one row per
+training interaction: score, flagged, noise label when the data has one). The hash covers the model's
+weights and keys, so another backbone can train on exactly these decisions (``--dataset <that folder's
+name> --data_path <derived_data_path>``) and every run of the same trained model reuses the folder.
 """
 import hashlib
 

@@ -61,8 +61,8 @@ class SSDRec(HSD):
         self.graph_sizes = {}
         for name in GRAPHS:
             coo = graphs[name].tocoo()
-            self.register_buffer(f"{name}_indices", torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64)),
-                                 persistent=False)
+            indices = np.vstack([coo.row, coo.col]).astype(np.int64)
+            self.register_buffer(f"{name}_indices", torch.from_numpy(indices), persistent=False)
             self.register_buffer(f"{name}_values", torch.tensor(coo.data, dtype=torch.float32), persistent=False)
             self.graph_sizes[name] = coo.shape
         self.user_mix = nn.Linear(2, 1)       # a A E + b E + c (the official 1x2 convolution)
