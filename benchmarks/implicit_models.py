@@ -63,8 +63,8 @@ def detection(args):
     lines = ["# Explicit denoisers: noise detection of their exported decisions on amazon-beauty", "",
              f"`python benchmarks/implicit_models.py detection --models {args.models} --users {args.users} "
              f"--epochs {args.epochs} --max_len {args.max_len}` on {machine()}.",
-             f"amazon-beauty, {args.users} sampled users, alpha = 0.1 (uniform replacement noise, base rate in "
-             f"the table's P of random flags), leave-one-out, at most {args.epochs} epochs with early stopping "
+             f"amazon-beauty, {args.users} sampled users, alpha = 0.1 (uniform replacement noise: about 10% of "
+             f"training interactions are noise, the precision of random flags), leave-one-out, at most {args.epochs} epochs with early stopping "
              "(patience 3) on valid NDCG@10, each model's yaml defaults otherwise. Flags = the trained model's "
              "delete decisions on every training interaction; F1 of random flags = the expected F1 of flags "
              "drawn at random at the same rate.", "",
