@@ -38,13 +38,13 @@ def bench_epochs(args):
              f"--batch_size {args.batch_size} --models {args.models} --tag {args.tag}` on {machine()}.",
              f"Natural noise (alpha = 0), leave-one-out, MAX_ITEM_LIST_LENGTH {args.max_len}, train_batch_size "
              f"{args.batch_size} for every model (so the number of steps is the same), each model's other yaml "
-             f"defaults. Mean training time per epoch over {args.epochs} epochs; test metrics after "
-             f"{args.epochs} epochs (not converged: this is a timing table).", "",
+             f"defaults. Mean training time per epoch over {args.epochs} epoch(s); test metrics after "
+             f"{args.epochs} epoch(s) (not converged: this is a timing table).", "",
              "| model | s/epoch | x SASRec | model build s | NDCG@10 | HR@10 |", "|---|---|---|---|---|---|"]
     lines += [f"| {m} | {e:.1f} | {e / sasrec:.2f} | {b:.1f} | {n:.4f} | {h:.4f} |" if sasrec else
               f"| {m} | {e:.1f} | - | {b:.1f} | {n:.4f} | {h:.4f} |" for m, e, b, n, h in rows]
     lines += ["", "LLM4DSR Table 11 (GPU, per-epoch seconds on its three datasets) reports CL4SRec at 2.7-2.9x, "
-              "FMLP at 1.3-1.9x, STEAM at 4.4-5.4x and HSD at 5.7-11.4x SASRec; DCRec and SSDRec are not in it."]
+              "FMLP at 1.3-1.9x, STEAM at 3.6-5.4x and HSD at 5.7-11.4x SASRec; DCRec and SSDRec are not in it."]
     write(f"{args.tag}_epoch_time_ml100k_len{args.max_len}.md", lines)
 
 
