@@ -120,7 +120,7 @@ def explicit_show(args):
              "`python run_recbole_denoise.py --model <model> --dataset ml-100k --noise_ratio=0.1 "
              "--MAX_ITEM_LIST_LENGTH=20 --epochs=1 --result_file=results/raw/explicit_show_ml100k_<model>.json` "
              "(HSD and SSDRec with `--hsd_sub_model=SASRec`), then SASRec for one epoch on the dataset STEAM "
-             f"exported (`--dataset <its name> --data_path saved/datasets`), on {machine()}. One epoch: the "
+             f"exported (`--dataset <its name> --data_path=saved/datasets`), on {machine()}. One epoch: the "
              "numbers show the pipeline works end to end, not converged quality. Noise base rate 0.1.", "",
              "| run | HR@10 | NDCG@10 | edited | noise P | noise R | noise F1 | AUC | inserted | train s/epoch |",
              "|---|---|---|---|---|---|---|---|---|---|"] + rows

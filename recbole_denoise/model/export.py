@@ -8,7 +8,7 @@ stage, ``<derived_data_path>/<dataset>-<Model>-<hash>/``: the ``.inter`` file wi
 interactions and with the inserted ones, the ``.item`` file, and ``.denoise_scores`` (one row per
 training interaction: score, flagged, noise label when the data has one). The hash covers the model's
 weights and keys, so another backbone can train on exactly these decisions (``--dataset <that folder's
-name> --data_path <derived_data_path>``) and every run of the same trained model reuses the folder.
+name> --data_path=<derived_data_path>``) and every run of the same trained model reuses the folder.
 """
 import hashlib
 
