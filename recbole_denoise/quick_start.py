@@ -15,6 +15,7 @@ from recbole_denoise.errors import ConfigError
 from recbole_denoise.data.atomic import read_atomic
 from recbole_denoise.data.dataset import WindowDataset
 from recbole_denoise.data.prepare import prepare_dataset
+from recbole_denoise.evaluator.beyond_accuracy import beyond_accuracy, item_categories
 from recbole_denoise.evaluator.cold_items import cold_item_analysis
 from recbole_denoise.log import init_logger
 from recbole_denoise.model.export import export_decisions
@@ -58,7 +59,8 @@ def run_recbole_denoise(model=None, dataset=None, denoiser=None, config_file_lis
     ``test_result``) plus ``denoise``, ``noise``, ``timings`` (seconds per stage) and ``dataset_path``.
     A model that denoises internally (``denoise_decisions``, e.g. IADSR) also writes its decisions as a
     dataset (``export_denoised``; ``model_denoise`` holds its path and noise P/R/F1, and ``denoise`` too
-    when no denoiser ran first); ``cold_item_buckets`` > 0 adds ``cold_items`` (IADSR Fig. 1 view).
+    when no denoiser ran first); ``cold_item_buckets`` > 0 adds ``cold_items`` (IADSR Fig. 1 view);
+    ``beyond_accuracy_k`` > 0 adds ``beyond_accuracy`` (ILD, novelty, warm / cold users: LLM4DSR §4).
     With the key ``result_file`` the same summary, with the resolved config, is written as JSON.
     """
     t0 = time.time()
@@ -69,6 +71,7 @@ def run_recbole_denoise(model=None, dataset=None, denoiser=None, config_file_lis
 
     data, info = prepare_dataset(config, logger)
     timings.update(info["timings"])
+    category_table = load_category_table(config, data)  # checked before training: bad keys fail fast
 
     t = time.time()
     recbole_dataset = build_dataset(config, data)
@@ -110,6 +113,15 @@ def run_recbole_denoise(model=None, dataset=None, denoiser=None, config_file_lis
         table = read_atomic(scores_file) if os.path.isfile(scores_file) else None
         cold_items = cold_item_analysis(net, test_data, train_data._dataset, table, int(config["cold_item_buckets"]))
         timings["cold_items"] = time.time() - t
+    extra = None
+    if config["beyond_accuracy_k"]:
+        t = time.time()
+        categories = None
+        if category_table is not None:
+            categories = item_categories(train_data._dataset, category_table, config["item_category_field"])
+        extra = beyond_accuracy(net, test_data, train_data._dataset, int(config["beyond_accuracy_k"]), categories,
+                                float(config["user_group_share"]))
+        timings["beyond_accuracy"] = time.time() - t
     timings["total"] = time.time() - t0
     denoise = info.get("denoise") or model_denoise or {"edited": 0, "edited_fraction": 0.0}
     result = {
@@ -130,9 +142,27 @@ def run_recbole_denoise(model=None, dataset=None, denoiser=None, config_file_lis
         result["model_denoise"] = model_denoise
     if cold_items is not None:
         result["cold_items"] = cold_items
+    if extra is not None:
+        result["beyond_accuracy"] = extra
     if config["result_file"]:
         write_result(config, result)
     return result
+
+
+def load_category_table(config, data):
+    """The ``.item`` table when ``beyond_accuracy_k`` > 0 and ``item_category_field`` names one of its
+    fields (ILD needs item categories); an error naming the key and file otherwise."""
+    field = config["item_category_field"]
+    if not config["beyond_accuracy_k"] or not field:
+        return None
+    path = data.file("item")
+    if not os.path.isfile(path):
+        raise ConfigError(f"item_category_field '{field}': dataset '{data.name}' has no .item file ({path})")
+    table = read_atomic(path)
+    if field not in table:
+        raise ConfigError(f"item_category_field '{field}': no such field in {path} "
+                          f"(fields: {', '.join(map(str, table.columns))})")
+    return table
 
 
 def write_result(config, result):

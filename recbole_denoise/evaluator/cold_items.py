@@ -33,12 +33,14 @@ def training_counts(train_dataset):
 
 
 @torch.no_grad()
-def target_ranks(model, eval_data, device=None):
-    """``(target item ids, 0-based ranks)`` of every row of a RecBole full-sort evaluation loader."""
+def target_ranks(model, eval_data, device=None, topk=0):
+    """``(target item ids, 0-based ranks)`` of every row of a RecBole full-sort evaluation loader; with
+    ``topk`` > 0 also ``(user ids, top-k item ids)`` of each row (RecBole's ranking: padding and, where
+    the loader has one, the history are excluded)."""
     was = model.training
     model.eval()
     device = device or next(model.parameters()).device
-    targets, ranks = [], []
+    targets, ranks, users, tops = [], [], [], []
     for interaction, history_index, _, _ in eval_data:
         interaction = interaction.to(device)
         scores = model.full_sort_predict(interaction).view(len(interaction), -1)
@@ -49,8 +51,12 @@ def target_ranks(model, eval_data, device=None):
         own = scores.gather(1, target.unsqueeze(1))
         ranks.append((scores > own).sum(1).cpu())
         targets.append(target.cpu())
+        if topk:
+            tops.append(scores.topk(topk, dim=1).indices.cpu())
+            users.append(interaction[model.USER_ID].cpu())
     torch.nn.Module.train(model, was)
-    return torch.cat(targets).numpy(), torch.cat(ranks).numpy()
+    out = torch.cat(targets).numpy(), torch.cat(ranks).numpy()
+    return out + (torch.cat(users).numpy(), torch.cat(tops).numpy()) if topk else out
 
 
 def cold_item_analysis(model, test_data, train_dataset, scores_table=None, n_buckets=5, k=5):
