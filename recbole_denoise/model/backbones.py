@@ -98,14 +98,20 @@ class GRU4RecStates(States):
         return h, _gather_last(h, interaction[bb.ITEM_SEQ_LEN])
 
 
+def transformer_states(model, x, item_seq, bidirectional=False):
+    """Every position's output of a SASRec-style ``model`` (``position_embedding``, ``LayerNorm``,
+    ``dropout``, ``trm_encoder``) for input item embeddings ``x`` of the histories ``item_seq``."""
+    positions = torch.arange(item_seq.size(1), device=item_seq.device)
+    emb = model.dropout(model.LayerNorm(x + model.position_embedding(positions).unsqueeze(0)))
+    mask = model.get_attention_mask(item_seq, bidirectional=bidirectional)
+    return model.trm_encoder(emb, mask, output_all_encoded_layers=True)[-1]
+
+
 @register_states(SASRec)
 class SASRecStates(States):
     def states(self, x, interaction):
         bb = self.backbone
-        item_seq = interaction[bb.ITEM_SEQ]
-        positions = torch.arange(item_seq.size(1), device=item_seq.device).unsqueeze(0).expand_as(item_seq)
-        emb = bb.dropout(bb.LayerNorm(x + bb.position_embedding(positions)))
-        h = bb.trm_encoder(emb, bb.get_attention_mask(item_seq), output_all_encoded_layers=True)[-1]
+        h = transformer_states(bb, x, interaction[bb.ITEM_SEQ])
         return h, _gather_last(h, interaction[bb.ITEM_SEQ_LEN])
 
 
@@ -115,10 +121,7 @@ class BERT4RecStates(States):
 
     def states(self, x, interaction):
         bb = self.backbone
-        item_seq = interaction[bb.ITEM_SEQ]
-        positions = torch.arange(item_seq.size(1), device=item_seq.device).unsqueeze(0).expand_as(item_seq)
-        emb = bb.dropout(bb.LayerNorm(x + bb.position_embedding(positions)))
-        h = bb.trm_encoder(emb, bb.get_attention_mask(item_seq, bidirectional=True), output_all_encoded_layers=True)[-1]
+        h = transformer_states(bb, x, interaction[bb.ITEM_SEQ], bidirectional=True)
         h = bb.output_ln(bb.output_gelu(bb.output_ffn(h)))
         return h, _gather_last(h, interaction[bb.ITEM_SEQ_LEN])
 

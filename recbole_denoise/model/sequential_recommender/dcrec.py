@@ -47,6 +47,7 @@ from recbole.model.sequential_recommender.sasrec import SASRec
 
 from recbole_denoise.errors import ConfigError
 from recbole_denoise.model import item_graphs
+from recbole_denoise.model.backbones import transformer_states
 
 __all__ = ["DCRec"]
 
@@ -99,11 +100,7 @@ class DCRec(SASRec):
     # -- views ------------------------------------------------------------------------------------------
     def forward(self, item_seq, item_seq_len):
         """Sequence view: the transformer state at the last history position."""
-        positions = torch.arange(item_seq.size(1), device=item_seq.device)
-        x = self.item_embedding(item_seq) + self.position_embedding(positions).unsqueeze(0)
-        x = self.dropout(self.LayerNorm(x))
-        mask = self.get_attention_mask(item_seq, bidirectional=self.bidirectional)
-        x = self.trm_encoder(x, mask, output_all_encoded_layers=True)[-1]
+        x = transformer_states(self, self.item_embedding(item_seq), item_seq, bidirectional=self.bidirectional)
         return self.gather_indexes(x, item_seq_len - 1)
 
     def graph_view(self, name, removed=None):

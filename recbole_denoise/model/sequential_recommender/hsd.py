@@ -169,10 +169,15 @@ class HSD(SequentialRecommender):
             packed[self.USER_ID] = interaction[self.USER_ID]
         return self.adapter.states(emb, packed)[1]
 
-    def scores(self, seq_output):
-        logits = seq_output @ self.adapter.item_embedding.weight[:self.n_items].T
+    def scores(self, seq_output, items=None):
+        """Scores of every item (``items`` None) or of ``items`` (one per row), with the sub-model's
+        output bias when it has one (BERT4Rec)."""
         bias = getattr(self.sub_model, "output_bias", None)
-        return logits + bias if bias is not None else logits
+        if items is None:
+            logits = seq_output @ self.adapter.item_embedding.weight[:self.n_items].T
+            return logits + bias if bias is not None else logits
+        logits = (seq_output * self.adapter.item_embedding(items)).sum(-1)
+        return logits + bias[items] if bias is not None else logits
 
     # -- RecBole contract -------------------------------------------------------------------------------
     def drop_rate(self):
@@ -222,10 +227,7 @@ class HSD(SequentialRecommender):
         return self.represent(interaction, item_seq, x, keep)
 
     def predict(self, interaction):
-        items = interaction[self.ITEM_ID]
-        score = (self.forward(interaction) * self.adapter.item_embedding(items)).sum(-1)
-        bias = getattr(self.sub_model, "output_bias", None)
-        return score + bias[items] if bias is not None else score
+        return self.scores(self.forward(interaction), interaction[self.ITEM_ID])
 
     def full_sort_predict(self, interaction):
         return self.scores(self.forward(interaction))
