@@ -3,10 +3,12 @@
     python run_recbole_denoise.py --model SASRec --dataset ml-100k --noise_ratio=0.1 --epochs=1
     python run_recbole_denoise.py --model SASRec --dataset amazon-beauty --denoiser None,LLM4DSR ...
 
+    python run_recbole_denoise.py --benchmark benchmarks/quick.yaml [--report-only] [--no-progress]
+
 Any other RecBole-style ``--key=value`` is passed through as a config override. A comma-separated
 ``--denoiser`` list runs each (``None`` = no denoiser) on the same data and prints a comparison table;
 with ``--result_file=F`` each run goes to ``F`` with ``.<denoiser>`` before the extension and ``F`` gets
-the table's rows.
+the table's rows. ``--benchmark spec.yaml`` runs a whole benchmark matrix instead (README "Benchmarks").
 """
 import argparse
 import json
@@ -25,7 +27,12 @@ def main(argv=None):
     parser.add_argument("--denoiser", default=None,
                         help="registered denoiser name or package.module.Class; a comma-separated list compares them")
     parser.add_argument("--config_files", default=None, help="space-separated yaml files")
+    parser.add_argument("--benchmark", default=None, help="run the benchmark spec (yaml) instead of one run")
+    parser.add_argument("--report-only", action="store_true", help="with --benchmark: only rewrite the report")
+    parser.add_argument("--no-progress", action="store_true", help="with --benchmark: no progress bar")
     args, overrides = parser.parse_known_args(argv)
+    if args.benchmark:
+        return benchmark(parser, args, overrides, argv)
     from recbole_denoise import run_recbole_denoise
     from recbole_denoise.errors import UserInputError
     from recbole_denoise.quick_start import comparison_rows, format_table
@@ -55,6 +62,29 @@ def main(argv=None):
         os.makedirs(os.path.dirname(os.path.abspath(summary[-1])), exist_ok=True)
         with open(summary[-1], "w") as f:
             json.dump({"rows": rows, "runs": [_result_path(summary[-1], n) for n in names]}, f, indent=2)
+
+
+def benchmark(parser, args, overrides, argv):
+    import sys
+
+    from recbole_denoise.benchmark import run_benchmark
+    from recbole_denoise.errors import UserInputError
+
+    if overrides:
+        parser.exit(2, f"error: --benchmark takes no config overrides ({' '.join(overrides)}); put keys in the "
+                       f"spec's 'config' (every run) or 'methods' / 'models' / 'datasets' entries\n")
+    command = "python run_recbole_denoise.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    try:
+        summary = run_benchmark(args.benchmark, command=command, progress=not args.no_progress,
+                                report_only=args.report_only)
+    except UserInputError as e:
+        parser.exit(2, f"error: {e}\n")
+    if args.report_only:
+        print(f"report: {summary['report']}")
+    else:
+        print(f"{summary['executed']} runs executed ({summary['failed']} failed), {summary['skipped']} skipped; "
+              f"results in {summary['output']}")
+    return summary
 
 
 if __name__ == "__main__":

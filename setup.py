@@ -16,6 +16,8 @@ setup(
         "numpy>=2,<3",
         "pandas<3",
         "scipy",
+        "matplotlib",
+        "tqdm",
         "pyyaml",
         "setuptools<81",
         "gguf",

@@ -184,6 +184,13 @@ def _fix_ray_import_warning():
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 
 
+# 7. RecBole's Trainer builds `torch.cuda.amp.GradScaler(...)`, deprecated since torch 2.4: a FutureWarning
+#    on every run (a benchmark prints it hundreds of times). The scaler is disabled on CPU; silence it only.
+def _fix_grad_scaler_warning():
+    warnings.filterwarnings("ignore", message=r".*torch\.cuda\.amp\.GradScaler\(args\.\.\.\)` is deprecated",
+                            category=FutureWarning)
+
+
 FIXES = {
     "numpy_aliases": _fix_numpy_aliases,
     "ray_import": _fix_ray_import_warning,
@@ -191,6 +198,7 @@ FIXES = {
     "pandas": _fix_pandas,
     "anomaly_detection": _fix_anomaly_detection,
     "tensorboard_dir": _fix_tensorboard_dir,
+    "grad_scaler_warning": _fix_grad_scaler_warning,
 }
 
 

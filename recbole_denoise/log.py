@@ -6,7 +6,7 @@ from recbole.utils.utils import get_local_time
 
 
 def init_logger(config):
-    """Root logger with a file in ``config['log_dir']`` and the console, at ``config['state']`` level."""
+    """Root logger with a file in ``config['log_dir']`` and (``log_console``) the console, at ``config['state']`` level."""
     level = getattr(logging, str(config["state"] or "INFO").upper(), logging.INFO)
     log_dir = config["log_dir"] or "log"
     os.makedirs(log_dir, exist_ok=True)
@@ -17,7 +17,10 @@ def init_logger(config):
             logger.removeHandler(handler)
             handler.close()
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%a %d %b %Y %H:%M:%S")
-    for handler in (logging.FileHandler(path), logging.StreamHandler()):
+    handlers = [logging.FileHandler(path)]
+    if config["log_console"] is None or config["log_console"]:
+        handlers.append(logging.StreamHandler())
+    for handler in handlers:
         handler.setFormatter(fmt)
         handler.setLevel(level)
         handler._recbole_denoise = True

@@ -130,6 +130,7 @@ def run_recbole_denoise(model=None, dataset=None, denoiser=None, config_file_lis
         "denoiser": config["denoiser"],
         "protocol": config["protocol"],
         "dataset_path": data.path,
+        "valid_metric": config["valid_metric"],
         "best_valid_score": float(best_valid_score),
         "valid_score_bigger": config["valid_metric_bigger"],
         "best_valid_result": _to_plain(best_valid_result),
@@ -137,6 +138,7 @@ def run_recbole_denoise(model=None, dataset=None, denoiser=None, config_file_lis
         "noise": info.get("noise", {"noisy_fraction": 0.0}),
         "denoise": denoise,
         "timings": timings,
+        "reused": info.get("reused", []),
     }
     if model_denoise is not None:
         result["model_denoise"] = model_denoise

@@ -11,7 +11,9 @@ from recbole_denoise.data.sample import check_sample_users, sample_stage
 from recbole_denoise.data.protocol import check_protocol_keys, window_stage
 from recbole_denoise.data.source import BENCHMARK_SPLITS, DatasetError, derive, open_dataset
 from recbole_denoise.data.text import check_text_field
-from recbole_denoise.denoisers.base import check_decision_keys, denoise_stage, get_denoiser
+from recbole.utils import init_seed
+
+from recbole_denoise.denoisers.base import check_decision_keys, denoise_seed, denoise_stage, get_denoiser
 
 
 def check_config(config):
@@ -30,10 +32,11 @@ def prepare_dataset(config, logger=None):
     """Build (or reuse) every derived dataset this run needs; returns ``(dataset, info)``.
 
     ``info`` has per-stage timings (seconds), the noise statistics and, with a denoiser, the denoising
-    statistics (edited fraction and, with labels, precision / recall / F1 / AUC).
+    statistics (edited fraction and, with labels, precision / recall / F1 / AUC); ``reused`` lists the
+    stages whose dataset came from the cache.
     """
     check_config(config)
-    timings, info = {}, {}
+    timings, info, stages = {}, {}, []
     root = os.path.abspath(config["derived_data_path"])
     data = open_dataset(config["dataset"], config["data_path"])
     if config["item_text_field"]:
@@ -47,6 +50,7 @@ def prepare_dataset(config, logger=None):
                                       lambda p, d, n: sample_stage(p, d, n, n_users, config["sample_seed"]),
                                       root, logger)
         timings["sample"] = time.time() - t
+        stages.append(("sample", data.reused))
 
     ratio = float(config["noise_ratio"])
     if ratio > 0:
@@ -61,6 +65,7 @@ def prepare_dataset(config, logger=None):
                                      lambda p, d, n: noise_stage(p, d, n, ratio, config["noise_seed"], restore_last),
                                      root, logger)
         timings["noise"] = time.time() - t
+        stages.append(("noise", data.reused))
 
     if config["protocol"] == "window" and data.kind == "inter":
         t = time.time()
@@ -71,6 +76,7 @@ def prepare_dataset(config, logger=None):
             lambda p, d, n: window_stage(p, d, n, params["window_size"], params["split_ratio"], params["restore"]),
             root, logger)
         timings["protocol"] = time.time() - t
+        stages.append(("protocol", data.reused))
     elif config["protocol"] == "loo" and data.kind == "windows":
         raise DatasetError(f"dataset '{data.name}' comes as windows (benchmark files): use protocol: window")
 
@@ -78,10 +84,14 @@ def prepare_dataset(config, logger=None):
         t = time.time()
         cls = getattr(config, "denoiser_class", None) or get_denoiser(config["denoiser"])
         params = cls.hash_params(config, getattr(config, "denoiser_keys", ()))
+        init_seed(denoise_seed(config), config["reproducibility"])  # the stage's output depends on denoise_seed only
         data, info["denoise"] = derive(data, f"{cls.name or cls.__name__}", params,
                                        lambda p, d, n: denoise_stage(p, d, n, cls, config, logger), root, logger)
+        init_seed(config["seed"], config["reproducibility"])
         timings["denoise"] = time.time() - t
+        stages.append(("denoise", data.reused))
 
+    info["reused"] = [stage for stage, reused in stages if reused]
     t = time.time()
     validate_files(data)
     timings["validate"] = time.time() - t

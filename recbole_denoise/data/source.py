@@ -27,6 +27,7 @@ class AtomicDataset:
     name: str
     path: str
     kind: str  # "inter" | "windows"
+    reused: bool = False  # True when derive() found it in its cache
 
     def file(self, suffix):
         return os.path.join(self.path, f"{self.name}.{suffix}")
@@ -85,7 +86,7 @@ def derive(parent, stage, params, build, root, logger=None):
             meta = json.load(f)
         if logger:
             logger.info(f"reusing cached {stage} dataset {out_dir}")
-        return AtomicDataset(name, out_dir, meta["kind"]), meta.get("info", {})
+        return AtomicDataset(name, out_dir, meta["kind"], reused=True), meta.get("info", {})
     os.makedirs(root, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=root, prefix=f".{name}.")
     try:

@@ -33,9 +33,16 @@ from recbole_denoise.evaluator.noise_detection import noise_detection_metrics
 
 DENOISERS = {}
 BASE_KEYS = ("threshold_quantile", "threshold_quantile_test", "max_edits", "denoise_action", "denoise_split",
-             "seed")
+             "denoise_seed")
 ACTIONS = ("delete", "replace", "popularity")
 DENOISE_SPLITS = ("train", "test", "all")
+
+
+def denoise_seed(config):
+    """The seed of the denoising stage: ``denoise_seed``, or the run's ``seed`` when it is unset. A benchmark
+    fixes it, so runs that differ only in their training seed share one denoised dataset."""
+    value = config["denoise_seed"] if "denoise_seed" in config else None
+    return int(config["seed"] if value is None else value)
 
 
 def register_denoiser(name):
@@ -141,8 +148,9 @@ class Denoiser(abc.ABC):
     @classmethod
     def hash_params(cls, config, extra_keys=()):
         keys = sorted(set(BASE_KEYS) | set(cls.config_keys) | set(extra_keys))
-        return {"denoiser": f"{cls.__module__}.{cls.__qualname__}",
-                "keys": {k: config[k] if k in config else None for k in keys}}
+        values = {k: config[k] if k in config else None for k in keys}
+        values["denoise_seed"] = denoise_seed(config)
+        return {"denoiser": f"{cls.__module__}.{cls.__qualname__}", "keys": values}
 
 
 # -- reading sequences --------------------------------------------------------------------------------
@@ -399,7 +407,7 @@ def denoise_stage(parent, out_dir, out_name, denoiser_cls, config, logger=None):
         replacements = dict(zip(edits, suggested))
         kinds = dict(zip(edits, getattr(denoiser, "suggestion_kinds", None) or ["suggested"] * len(edits)))
     elif action == "popularity" and edits:
-        replacements = dict(zip(edits, popularity_replacements(train, seqs, edits, config["seed"])))
+        replacements = dict(zip(edits, popularity_replacements(train, seqs, edits, denoise_seed(config))))
         kinds = {e: "popularity" for e in edits}
     timings["suggest"] = time.time() - t
     info = write_denoised(parent, tables, seqs, scores, flags, out_dir, out_name, replacements, kinds)

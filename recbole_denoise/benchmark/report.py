@@ -1,0 +1,272 @@
+"""Markdown tables of a benchmark's ``results.csv``, laid out as the papers' tables.
+
+Rows are backbone x method (models that wrap no backbone form their own block, ``-``), columns are
+dataset x metric; a cell is the mean ± sample standard deviation over seeds; within each backbone block
+the best mean of a column is **bold** and the runner-up <u>underlined</u>. A second table gives the
+paired t-test p-value (over the seeds both runs share) of each method against the baseline (``None``) of
+the same backbone. A method swept over a key is represented by the variant with the best mean
+validation score (``valid_score``): the test split never selects anything.
+"""
+import json
+import math
+import os
+
+import numpy as np
+import pandas as pd
+
+from recbole_denoise.benchmark.spec import STANDALONE
+
+DEFAULT_METRICS = ("hit@10", "ndcg@10")
+DETECTION_METRICS = ("edited_fraction", "precision", "recall", "f1", "auc")
+BEYOND_METRICS = ("ild@10", "novelty@10", "warm_hit@10", "cold_hit@10")
+TIMING_COLUMNS = ("t_denoise", "t_model", "t_train", "t_test", "t_total", "epochs")
+UNMARKED = {"edited_fraction"}  # columns where neither direction is "better"
+ROW_KEYS = ("backbone", "method_base")
+
+
+def numeric(df, columns):
+    out = df.copy()
+    for c in columns:
+        if c in out:
+            out[c] = pd.to_numeric(out[c], errors="coerce")
+    return out
+
+
+def select_variants(df):
+    """Keep, per (dataset, protocol, alpha, backbone, method), the variant with the best mean validation
+    score; returns ``(rows, choices)`` where ``choices`` lists the picks of swept methods."""
+    if df.empty:
+        return df, []
+    df = numeric(df, ["valid_score"])
+    keys = ["dataset", "protocol", "noise_ratio", "backbone", "method_base"]
+    keep, choices = [], []
+    for key, group in df.groupby(keys, sort=False):
+        means = group.groupby("method", sort=False)["valid_score"].mean()
+        bigger = str(group["valid_bigger"].iloc[0]).lower() not in ("false", "0", "0.0")
+        best = means.idxmax() if bigger else means.idxmin()
+        keep.append(group[group["method"] == best])
+        if len(means) > 1:
+            choices.append(dict(zip(keys, key), method=best, valid_score=float(means[best]),
+                                candidates=len(means)))
+    return pd.concat(keep), choices
+
+
+def block_order(df, backbones, methods):
+    """Row keys (backbone, method) in spec order, standalone models last."""
+    order = []
+    for b in list(backbones) + [STANDALONE]:
+        for m in methods:
+            if ((df["backbone"] == b) & (df["method_base"] == m)).any():
+                order.append((b, m))
+    return order
+
+
+def fmt(mean, std, n, digits=4):
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "-"
+    text = f"{mean:.{digits}f}"
+    if n > 1 and std is not None and not math.isnan(std):
+        text += f"±{std:.{digits}f}"
+    return text
+
+
+def marks(values):
+    """``{index: "best" | "second"}`` of the largest and second-largest distinct values (NaN ignored)."""
+    finite = sorted({v for v in values.values() if v is not None and not math.isnan(v)}, reverse=True)
+    out = {}
+    for i, v in values.items():
+        if v is None or math.isnan(v):
+            continue
+        if v == finite[0]:
+            out[i] = "best"
+        elif len(finite) > 1 and v == finite[1]:
+            out[i] = "second"
+    return out
+
+
+def decorate(text, mark):
+    return {"best": f"**{text}**", "second": f"<u>{text}</u>"}.get(mark, text)
+
+
+def paired_p(a, b):
+    """Two-sided paired t-test p-value of ``a`` vs ``b`` (dicts seed -> value) over their common seeds;
+    None with fewer than two. Identical differences on every seed give 1.0 (all zero) or 0.0."""
+    from scipy.stats import ttest_rel
+
+    seeds = sorted(set(a) & set(b))
+    x = np.array([a[s] for s in seeds], dtype=float)
+    y = np.array([b[s] for s in seeds], dtype=float)
+    ok = ~(np.isnan(x) | np.isnan(y))
+    x, y = x[ok], y[ok]
+    if len(x) < 2:
+        return None
+    d = x - y
+    if np.allclose(d, d[0]):
+        return 1.0 if d[0] == 0 else 0.0
+    return float(ttest_rel(x, y).pvalue)
+
+
+def metric_table(df, datasets, metrics, backbones, methods, baseline=None, mark=True):
+    """``(table, p_table)``: Markdown of the mean±std table and (with ``baseline``) of the p-values."""
+    df = numeric(df, list(metrics))
+    columns = [(d, m) for d in datasets for m in metrics if m in df and df.loc[df["dataset"] == d, m].notna().any()]
+    if not columns:
+        return "", ""
+    order = block_order(df, backbones, methods)
+    stats, per_seed = {}, {}
+    for (b, m) in order:
+        for (d, metric) in columns:
+            sel = df[(df["backbone"] == b) & (df["method_base"] == m) & (df["dataset"] == d)]
+            vals = sel[metric].dropna()
+            stats[(b, m, d, metric)] = (float(vals.mean()) if len(vals) else float("nan"),
+                                        float(vals.std(ddof=1)) if len(vals) > 1 else float("nan"), len(vals),
+                                        sel["method"].iloc[0] if len(sel) else m)
+            per_seed[(b, m, d, metric)] = dict(zip(sel["seed"].astype(int), sel[metric].astype(float)))
+    cell_marks = {}
+    if mark:
+        for b in dict.fromkeys(b for b, _ in order):
+            for (d, metric) in columns:
+                if metric in UNMARKED:
+                    continue
+                values = {(b, m): stats[(b, m, d, metric)][0] for bb, m in order if bb == b}
+                for (bb, m), kind in marks(values).items():
+                    cell_marks[(bb, m, d, metric)] = kind
+    any_p = False
+    header = "| backbone | method | " + " | ".join(f"{d} {metric}" for d, metric in columns) + " |"
+    rule = "|---|---|" + "---|" * len(columns)
+    lines, p_lines = [header, rule], [header, rule]
+    for (b, m) in order:
+        cells, p_cells = [], []
+        for (d, metric) in columns:
+            mean, std, n, _ = stats[(b, m, d, metric)]
+            cells.append(decorate(fmt(mean, std, n), cell_marks.get((b, m, d, metric))))
+            p = None
+            if baseline and m != baseline and (b, baseline, d, metric) in per_seed:
+                p = paired_p(per_seed[(b, m, d, metric)], per_seed[(b, baseline, d, metric)])
+            p_cells.append("-" if p is None else f"{p:.3f}")
+            any_p = any_p or p is not None
+        name = m
+        variants = {stats[(b, m, d, metric)][3] for d, metric in columns} - {m}
+        if variants:
+            name += " (" + ", ".join(sorted(v[len(m):] for v in variants)) + ")"
+        lines.append(f"| {b} | {name} | " + " | ".join(cells) + " |")
+        p_lines.append(f"| {b} | {name} | " + " | ".join(p_cells) + " |")
+    return "\n".join(lines), "\n".join(p_lines) if any_p else ""
+
+
+def timing_table(df, backbones, methods):
+    df = numeric(df, list(TIMING_COLUMNS) + ["wall_s"])
+    cols = [c for c in TIMING_COLUMNS if c in df]
+    lines = ["| dataset | backbone | method | runs | " + " | ".join(cols) + " | denoised data reused |",
+             "|---|---|---|---|" + "---|" * len(cols) + "---|"]
+    for d in dict.fromkeys(df["dataset"]):
+        sub = df[df["dataset"] == d]
+        for (b, m) in block_order(sub, backbones, methods):
+            sel = sub[(sub["backbone"] == b) & (sub["method_base"] == m)]
+            reused = sel["reused"].fillna("").astype(str).str.contains("denoise").sum() if "reused" in sel else 0
+            has_denoiser = (sel["denoiser"].astype(str) != "None").any()
+            cells = [f"{sel[c].mean():.2f}" if sel[c].notna().any() else "-" for c in cols]
+            lines.append(f"| {d} | {b} | {m} | {len(sel)} | " + " | ".join(cells)
+                         + f" | {f'{reused}/{len(sel)}' if has_denoiser else '-'} |")
+    return "\n".join(lines)
+
+
+def bucket_table(df, backbones, methods):
+    cols = sorted((c for c in df if c.startswith("bucket") and "_ndcg@" in c), key=lambda c: int(c[6:c.index("_")]))
+    if not cols:
+        return ""
+    df = numeric(df, cols)
+    lines = ["| dataset | backbone | method | " + " | ".join("b" + c[6:].replace("_", " ") for c in cols) + " |",
+             "|---|---|---|" + "---|" * len(cols)]
+    for d in dict.fromkeys(df["dataset"]):
+        sub = df[df["dataset"] == d]
+        for (b, m) in block_order(sub, backbones, methods):
+            sel = sub[(sub["backbone"] == b) & (sub["method_base"] == m)]
+            lines.append(f"| {d} | {b} | {m} | " + " | ".join(
+                fmt(sel[c].mean(), sel[c].std(ddof=1), sel[c].notna().sum()) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def load_results(spec, out):
+    """The rows of ``out/results.csv`` that belong to ``spec``'s runs, typed by pandas."""
+    path = os.path.join(out, "results.csv")
+    df = pd.read_csv(path, dtype={"run_id": str, "variant": str, "method": str, "method_base": str, "denoiser": str},
+                     keep_default_na=False, na_values=[""])  # a method may be called "None"
+    return df[df["run_id"].isin({r.run_id for r in spec.runs})].reset_index(drop=True)
+
+
+def write_report(spec, out, meta=None):
+    """``report.md`` (and ``plots/``) under ``out`` from its ``results.csv`` (the rows of ``spec``)."""
+    from recbole_denoise.benchmark.plots import write_plots
+
+    df = load_results(spec, out)
+    ok = df[df["status"] == "ok"] if len(df) else df
+    failed = df[df["status"] != "ok"] if len(df) else df
+    metrics = list(spec.report.get("metrics") or DEFAULT_METRICS)
+    detection = list(spec.report.get("detection_metrics") or DETECTION_METRICS)
+    beyond = list(spec.report.get("beyond_metrics") or BEYOND_METRICS)
+    datasets, backbones, methods = list(spec.datasets), spec.backbones, list(spec.methods)
+    lines = [f"# Benchmark `{spec.name}` (preset `{spec.preset}`)", ""]
+    if meta and meta.get("invocations"):
+        last = meta["invocations"][-1]
+        total = sum(i["wall_s"] for i in meta["invocations"])
+        lines += [f"- Command: `{last['command']}`", f"- Commit: `{last['commit']}`",
+                  f"- Hardware: {last['hardware']}",
+                  f"- Wall time: {total:.0f} s over {len(meta['invocations'])} invocation(s) "
+                  f"(last: {last['wall_s']:.0f} s, {last['runs_executed']} runs executed); "
+                  f"sum of run times {pd.to_numeric(df.get('wall_s'), errors='coerce').sum():.0f} s",
+                  f"- Finished: {last['finished_at']}"]
+    lines += [f"- Runs: {len(ok)} ok, {len(failed)} failed, of {len(spec.runs)} in the spec "
+              f"(datasets {', '.join(datasets)}; alpha {', '.join(f'{a:g}' for a in spec.noise_ratios)}; "
+              f"seeds {', '.join(map(str, spec.seeds))})", "- Raw rows: `results.csv`; one JSON per run in `runs/`.",
+              "", "Cells are mean±std over seeds; in each backbone block the best mean is **bold** and the "
+              "runner-up <u>underlined</u>. p-values: paired t-test over seeds against "
+              f"`{spec.baseline}` with the same backbone. Swept methods show the variant picked on validation.", ""]
+    chosen, choices = select_variants(ok) if len(ok) else (ok, [])
+    for protocol in spec.protocols:
+        for alpha in spec.noise_ratios:
+            sub = chosen[(chosen["protocol"] == protocol) & (chosen["noise_ratio"].astype(float) == alpha)] \
+                if len(chosen) else chosen
+            if sub.empty:
+                continue
+            where = f"protocol `{protocol}`, alpha = {alpha:g}"
+            table, p_table = metric_table(sub, datasets, metrics, backbones, methods, spec.baseline)
+            lines += [f"## Test metrics: {where}", "", table, ""]
+            if p_table:
+                lines += [f"### p-values vs `{spec.baseline}`: {where}", "", p_table, ""]
+            has_labels = sub["precision"].notna().any() if "precision" in sub else False
+            if alpha > 0 and has_labels:
+                det = sub[pd.to_numeric(sub["precision"], errors="coerce").notna()]
+                table, _ = metric_table(det, datasets, detection, backbones, methods)
+                lines += [f"### Noise detection (flags vs injected labels): {where}", "", table, ""]
+            table, _ = metric_table(sub, datasets, beyond, backbones, methods)
+            if table:
+                lines += [f"### Beyond accuracy (top-10 lists): {where}", "", table, ""]
+            table = bucket_table(sub, backbones, methods)
+            if table:
+                lines += [f"### NDCG per item-popularity bucket (1 = least popular): {where}", "", table, ""]
+    if choices:
+        lines += ["## Variants picked on validation", "", "| dataset | protocol | alpha | backbone | method | "
+                  "picked | mean valid score | candidates |", "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {c['dataset']} | {c['protocol']} | {float(c['noise_ratio']):g} | {c['backbone']} | "
+                  f"{c['method_base']} | {c['method']} | {c['valid_score']:.4f} | {c['candidates']} |" for c in choices]
+        lines.append("")
+    if len(ok):
+        lines += ["## Seconds per stage (mean over runs)", "", timing_table(ok, backbones, methods), ""]
+    plots = write_plots(spec, ok, os.path.join(out, "plots"))
+    if plots:
+        lines += ["## Plots", ""] + [f"![{os.path.splitext(os.path.basename(p))[0]}](plots/{os.path.basename(p)})"
+                                      for p in plots] + [""]
+    if len(failed):
+        lines += ["## Failed runs", "", "| run_id | run | error |", "|---|---|---|"]
+        for _, r in failed.iterrows():
+            who = r["method"] if r["backbone"] == STANDALONE else f"{r['backbone']}+{r['method']}"
+            lines.append(f"| {r['run_id']} | {r['dataset']} alpha={float(r['noise_ratio']):g} {who} seed {r['seed']} "
+                         f"| {str(r['error']).replace('|', '/')} |")
+        lines.append("")
+    path = os.path.join(out, "report.md")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+    with open(os.path.join(out, "choices.json"), "w", encoding="utf-8") as f:
+        json.dump(choices, f, indent=1, default=str)
+    return path

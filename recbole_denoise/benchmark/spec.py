@@ -1,0 +1,375 @@
+"""The benchmark spec: one yaml that names the whole matrix, validated before anything runs.
+
+A spec (see ``benchmarks/quick.yaml``)::
+
+    name: quick
+    preset: quick                # smoke | quick | paper: budget keys from properties/benchmark/<preset>.yaml
+    output: results/quick        # results.csv, runs/, report.md and plots/ go here
+    datasets:                    # name -> keys for that dataset only
+      ml-100k: {sample_users: 100, item_category_field: class}
+    noise_ratios: [0.0, 0.1]     # alpha; 0 = the natural data
+    protocols: [loo]             # loo | window
+    backbones: [SASRec, GRU4Rec]
+    seeds: [2020, 2021]
+    methods:                     # display name -> keys
+      None: {}                   # the backbone alone (the baseline of the p-values)
+      LLM4DSR: {denoiser: LLM4DSR, sweep: {threshold_quantile: [0.8, 0.9]}}
+      IADSR: {model: IADSR}      # a model with a backbone_key wraps each backbone
+      FMLPRec: {model: FMLPRec}  # any other model runs once, as its own row ("standalone")
+    models: {Caser: {MAX_ITEM_LIST_LENGTH: 5}}   # keys for runs whose model or backbone is this one
+    config: {epochs: 2}          # keys for every run
+
+A method's keys may also restrict it to some ``backbones``, ``datasets``, ``noise_ratios`` or
+``protocols`` of the spec, and ``sweep`` a key over values: each value is a variant of the method, and
+the tables keep the variant with the best validation score (model selection on validation only).
+
+Priority of the keys of one run, lowest first: RecBole's and our property files, the preset, ``config``,
+``config_files``, ``datasets.<d>``, ``models.<backbone>``, ``models.<model>``, the method's keys, the
+sweep value, then the harness's own (``seed``, ``noise_ratio``, ``protocol``, ``denoise_seed``, output
+folders). Each run is keyed by a hash of its resolved config (``run_id``).
+"""
+import copy
+import difflib
+import glob
+import hashlib
+import itertools
+import json
+import os
+from dataclasses import dataclass, field
+
+import yaml
+
+from recbole_denoise.config import PROPERTIES_DIR, Config
+from recbole_denoise.errors import UserInputError
+
+SPEC_KEYS = ("name", "preset", "output", "datasets", "noise_ratios", "protocols", "backbones", "seeds",
+             "denoise_seed", "methods", "baseline", "models", "config", "config_files", "extra_keys", "report")
+METHOD_KEYS = ("sweep", "backbones", "datasets", "noise_ratios", "protocols")  # besides config keys
+REPORT_KEYS = ("metrics", "plot_metric", "detection_metrics", "beyond_metrics")
+PROTOCOLS = ("loo", "window")
+STANDALONE = "-"  # the backbone column of a model that does not wrap one
+# keys that never change a result (paths, logging, devices): left out of the run hash
+VOLATILE_KEYS = {"data_path", "checkpoint_dir", "log_dir", "result_file", "derived_data_path", "device", "gpu_id",
+                 "use_gpu", "show_progress", "state", "log_console", "worker", "nproc", "world_size", "offset",
+                 "ip", "port", "local_rank", "single_spec", "log_wandb", "wandb_project", "save_dataset",
+                 "save_dataloaders", "dataset_save_path", "dataloaders_save_path", "semantic_cache_dir",
+                 "llm_cache_dir", "llm_device", "config_files"}
+# keys RecBole reads that no property file declares
+RUNTIME_KEYS = {"nproc", "world_size", "offset", "ip", "port", "local_rank", "device", "denoiser", "model", "dataset"}
+
+
+class SpecError(UserInputError):
+    """A benchmark spec mistake; the message lists every problem found, each naming its key."""
+
+
+def presets():
+    return sorted(os.path.splitext(os.path.basename(p))[0]
+                  for p in glob.glob(os.path.join(PROPERTIES_DIR, "benchmark", "*.yaml")))
+
+
+def load_preset(name):
+    with open(os.path.join(PROPERTIES_DIR, "benchmark", f"{name}.yaml"), encoding="utf-8") as f:
+        return yaml.safe_load(f) or {}
+
+
+def known_config_keys(config_files=()):
+    """Every key a property file of RecBole or of ours declares, plus the keys of ``config_files`` and of
+    every registered denoiser: what a spec may set."""
+    import recbole
+
+    from recbole_denoise.denoisers import DENOISERS
+
+    roots = [os.path.join(os.path.dirname(recbole.__file__), "properties"), PROPERTIES_DIR]
+    keys = set(RUNTIME_KEYS)
+    paths = [p for r in roots for p in glob.glob(os.path.join(r, "**", "*.yaml"), recursive=True)]
+    for path in paths + list(config_files):
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                keys |= set(yaml.safe_load(f) or {})
+    for cls in DENOISERS.values():
+        keys |= set(getattr(cls, "config_keys", ()))
+    return keys
+
+
+@dataclass
+class Run:
+    """One cell of the matrix: a training run and the row it becomes in ``results.csv``."""
+    dataset: str
+    protocol: str
+    noise_ratio: float
+    method: str          # display name, with the variant: ``LLM4DSR[threshold_quantile=0.8]``
+    method_base: str     # the spec's method name
+    variant: dict        # the sweep values of this variant ({} without a sweep)
+    backbone: str        # STANDALONE for a model that wraps no backbone
+    model: str
+    denoiser: object
+    seed: int
+    config_dict: dict = field(default_factory=dict)
+    config_files: list = field(default_factory=list)
+    run_id: str = ""
+
+    def label(self):
+        where = f"{self.dataset} a={self.noise_ratio:g} {self.protocol}"
+        who = self.method if self.backbone == STANDALONE else f"{self.backbone}+{self.method}"
+        return f"{where} {who} seed {self.seed}"
+
+    def group(self):
+        """Runs of one group share their (cached) noised and denoised data."""
+        return self.dataset, self.protocol, self.noise_ratio, self.method
+
+
+@dataclass
+class Spec:
+    path: str
+    name: str
+    preset: str
+    output: str
+    datasets: dict
+    noise_ratios: list
+    protocols: list
+    backbones: list
+    seeds: list
+    denoise_seed: int
+    methods: dict
+    baseline: str
+    models: dict
+    config: dict
+    config_files: list
+    report: dict
+    runs: list = field(default_factory=list)
+
+
+def _as_list(value):
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _mapping(problems, where, value):
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        problems.append(f"{where}: expected a mapping (name: keys), got {type(value).__name__}")
+        return {}
+    out = {}
+    for k, v in value.items():
+        if v is not None and not isinstance(v, dict):
+            problems.append(f"{where}.{k}: expected a mapping of keys, got {v!r}")
+            continue
+        out[str(k)] = dict(v or {})
+    return out
+
+
+def _check_keys(problems, where, keys, known):
+    for key in keys:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            problems.append(f"{where}: unknown key '{key}'{hint}")
+
+
+def load_spec(path, overrides=None):
+    """Read and validate the spec at ``path`` (``overrides``: top-level keys that replace the file's);
+    returns a :class:`Spec` with every run resolved and hashed, or raises :class:`SpecError`."""
+    if not os.path.isfile(path):
+        raise SpecError(f"benchmark spec '{path}' does not exist")
+    with open(path, encoding="utf-8") as f:
+        try:
+            raw = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise SpecError(f"benchmark spec '{path}': not valid yaml ({e})") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"benchmark spec '{path}': expected a mapping of keys at the top")
+    raw.update(overrides or {})
+    problems = []
+    spec = _parse(path, raw, problems)
+    if not problems:
+        spec.runs = expand(spec, problems)
+    if not problems:
+        resolve(spec, problems)
+    if problems:
+        raise SpecError(f"benchmark spec '{path}': {len(problems)} problem(s), nothing was run:\n  "
+                        + "\n  ".join(problems))
+    return spec
+
+
+def _parse(path, raw, problems):
+    unknown = [k for k in raw if k not in SPEC_KEYS]
+    if unknown:
+        problems.append(f"unknown top-level key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(SPEC_KEYS)}")
+    preset = raw.get("preset", "quick")
+    if preset not in presets():
+        problems.append(f"preset: '{preset}' is not one of {', '.join(presets())}")
+    base = os.path.dirname(os.path.abspath(path))
+    config_files = [p if os.path.isabs(p) else os.path.join(base, p) for p in _as_list(raw.get("config_files") or [])]
+    for p in config_files:
+        if not os.path.isfile(p):
+            problems.append(f"config_files: '{p}' does not exist")
+    datasets = _mapping(problems, "datasets", raw.get("datasets"))
+    if not datasets:
+        problems.append("datasets: name at least one dataset")
+    methods = _mapping(problems, "methods", raw.get("methods"))
+    if not methods:
+        problems.append("methods: name at least one method (e.g. None: {} for the backbone alone)")
+    ratios = _as_list(raw.get("noise_ratios", [0.0]))
+    for r in ratios:
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 <= r <= 1.0:
+            problems.append(f"noise_ratios: {r!r} is not a number in [0, 1]")
+    protocols = _as_list(raw.get("protocols", ["loo"]))
+    for p in protocols:
+        if p not in PROTOCOLS:
+            problems.append(f"protocols: '{p}' is not one of {', '.join(PROTOCOLS)}")
+    seeds = _as_list(raw.get("seeds", [2020]))
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, int):
+            problems.append(f"seeds: {s!r} is not an integer")
+    report = dict(raw.get("report") or {})
+    _check_keys(problems, "report", report, REPORT_KEYS)
+    extra = set(_as_list(raw.get("extra_keys") or []))
+    known = known_config_keys(config_files) | extra
+    config = dict(raw.get("config") or {})
+    models = _mapping(problems, "models", raw.get("models"))
+    _check_keys(problems, "config", config, known)
+    for name, keys in datasets.items():
+        _check_keys(problems, f"datasets.{name}", keys, known)
+    for name, keys in models.items():
+        _check_keys(problems, f"models.{name}", keys, known)
+    for name, keys in methods.items():
+        _check_keys(problems, f"methods.{name}", [k for k in keys if k not in METHOD_KEYS], known)
+        _check_keys(problems, f"methods.{name}.sweep", dict(keys.get("sweep") or {}), known)
+    output = raw.get("output") or os.path.join("results", str(raw.get("name") or "benchmark"))
+    return Spec(path=os.path.abspath(path), name=str(raw.get("name") or os.path.splitext(os.path.basename(path))[0]),
+                preset=preset, output=output, datasets=datasets, noise_ratios=[float(r) for r in ratios if
+                                                                              isinstance(r, (int, float))],
+                protocols=protocols, backbones=[str(b) for b in _as_list(raw.get("backbones") or [])],
+                seeds=seeds, denoise_seed=raw.get("denoise_seed", seeds[0] if seeds else 2020), methods=methods,
+                baseline=str(raw.get("baseline", "None")), models=models, config=config, config_files=config_files,
+                report=report)
+
+
+def _method_kind(name, keys, problems):
+    """``(model class or None, denoiser name or None)`` of a method, or problems naming its keys."""
+    from recbole_denoise.denoisers import get_denoiser
+    from recbole_denoise.model import get_model
+
+    model_cls = denoiser = None
+    if keys.get("model") is not None:
+        try:
+            model_cls = get_model(keys["model"])
+        except UserInputError as e:
+            problems.append(f"methods.{name}.model: {e}")
+    if keys.get("denoiser") not in (None, "None"):
+        try:
+            get_denoiser(keys["denoiser"])
+            denoiser = keys["denoiser"]
+        except UserInputError as e:
+            problems.append(f"methods.{name}.denoiser: {e}")
+    return model_cls, denoiser
+
+
+def _restricted(problems, name, keys, key, values):
+    if key not in keys:
+        return list(values)
+    wanted = _as_list(keys[key])
+    if key == "noise_ratios":
+        wanted = [float(v) for v in wanted if isinstance(v, (int, float))]
+    bad = [v for v in wanted if v not in values]
+    if bad:
+        problems.append(f"methods.{name}.{key}: {bad} not among the spec's {key} {list(values)}")
+    return [v for v in values if v in wanted]
+
+
+def _variants(problems, name, sweep):
+    if not sweep:
+        return [{}]
+    if not isinstance(sweep, dict) or any(not isinstance(v, list) or not v for v in sweep.values()):
+        problems.append(f"methods.{name}.sweep: expected key: [values, ...]")
+        return [{}]
+    keys = list(sweep)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(sweep[k] for k in keys))]
+
+
+def expand(spec, problems):
+    """Every run of the matrix, in an order where runs that share denoised data are adjacent."""
+    from recbole_denoise.model import get_model
+
+    for b in spec.backbones:
+        try:
+            get_model(b)
+        except UserInputError as e:
+            problems.append(f"backbones: {e}")
+    if spec.baseline not in spec.methods:
+        problems.append(f"baseline: '{spec.baseline}' is not one of the methods ({', '.join(spec.methods)})")
+    if problems:
+        return []
+    preset = load_preset(spec.preset)
+    runs = []
+    for name, keys in spec.methods.items():
+        model_cls, denoiser = _method_kind(name, keys, problems)
+        wrap_key = getattr(model_cls, "backbone_key", None) if model_cls is not None else None
+        if model_cls is not None and not wrap_key:
+            if "backbones" in keys:
+                problems.append(f"methods.{name}.backbones: model '{keys['model']}' wraps no backbone")
+            backbones = [STANDALONE]
+        else:
+            if not spec.backbones:
+                problems.append(f"methods.{name}: needs the spec's backbones (it trains a backbone)")
+            backbones = _restricted(problems, name, keys, "backbones", spec.backbones)
+        datasets = _restricted(problems, name, keys, "datasets", list(spec.datasets))
+        ratios = _restricted(problems, name, keys, "noise_ratios", spec.noise_ratios)
+        protocols = _restricted(problems, name, keys, "protocols", spec.protocols)
+        own = {k: v for k, v in keys.items() if k not in METHOD_KEYS and k not in ("model", "denoiser")}
+        for variant in _variants(problems, name, keys.get("sweep")):
+            label = name + ("[" + ",".join(f"{k}={v}" for k, v in variant.items()) + "]" if variant else "")
+            for dataset, protocol, ratio, backbone, seed in itertools.product(
+                    datasets, protocols, ratios, backbones, spec.seeds):
+                model = model_cls.__name__ if model_cls is not None else backbone
+                cfg = copy.deepcopy(preset)
+                cfg.update(spec.config)
+                for layer in (spec.datasets[dataset], spec.models.get(backbone, {}),
+                              spec.models.get(model, {}) if model != backbone else {}, own, variant):
+                    cfg.update(copy.deepcopy(layer))
+                if wrap_key:
+                    cfg[wrap_key] = backbone
+                cfg.update({"seed": seed, "noise_ratio": ratio, "protocol": protocol,
+                            "denoise_seed": spec.denoise_seed, "show_progress": False, "log_console": False})
+                runs.append(Run(dataset, protocol, ratio, label, name, variant, backbone, model, denoiser, seed,
+                                cfg, list(spec.config_files)))
+    order = {m: i for i, m in enumerate(spec.methods)}
+    dataset_order = {d: i for i, d in enumerate(spec.datasets)}
+    runs.sort(key=lambda r: (dataset_order[r.dataset], r.protocol, r.noise_ratio, order[r.method_base]))
+    return runs
+
+
+def run_hash(resolved):
+    """The run id: a hash of the resolved config without paths, devices and logging keys."""
+    kept = {k: v for k, v in resolved.items() if k not in VOLATILE_KEYS}
+    blob = json.dumps(kept, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def resolve(spec, problems):
+    """Build each run's RecBole config (nothing is loaded or trained) and key it by its hash; config
+    errors and unknown datasets become problems naming the run."""
+    from recbole_denoise.data.source import open_dataset
+
+    checked = {}
+    for run in spec.runs:
+        try:
+            config = Config(run.model, run.dataset, run.config_files or None, dict(run.config_dict),
+                            denoiser=run.denoiser)
+        except UserInputError as e:
+            problems.append(f"{run.label()}: {e}")
+            continue
+        if run.dataset not in checked:
+            try:
+                open_dataset(config["dataset"], config["data_path"])
+                checked[run.dataset] = None
+            except UserInputError as e:
+                checked[run.dataset] = f"datasets.{run.dataset}: {e}"
+        if checked[run.dataset] and checked[run.dataset] not in problems:
+            problems.append(checked[run.dataset])
+        run.run_id = run_hash(config.resolved())
+    ids = {}
+    for run in spec.runs:
+        if run.run_id and run.run_id in ids:
+            problems.append(f"{run.label()} and {ids[run.run_id]} resolve to the same config: make the methods differ")
+        ids.setdefault(run.run_id, run.label())
