@@ -181,8 +181,8 @@ def load_spec(path, overrides=None):
     raw.update(overrides or {})
     problems = []
     spec = _parse(path, raw, problems)
-    if not problems:
-        spec.runs = expand(spec, problems)
+    spec.runs = expand(spec, problems)  # names, kinds and restrictions of every method, problems included
+    check_datasets(spec, problems)
     if not problems:
         resolve(spec, problems)
     if problems:
@@ -296,11 +296,9 @@ def expand(spec, problems):
             get_model(b)
         except UserInputError as e:
             problems.append(f"backbones: {e}")
-    if spec.baseline not in spec.methods:
+    if spec.methods and spec.baseline not in spec.methods:
         problems.append(f"baseline: '{spec.baseline}' is not one of the methods ({', '.join(spec.methods)})")
-    if problems:
-        return []
-    preset = load_preset(spec.preset)
+    preset = load_preset(spec.preset) if spec.preset in presets() else {}
     runs = []
     for name, keys in spec.methods.items():
         model_cls, denoiser = _method_kind(name, keys, problems)
@@ -346,12 +344,21 @@ def run_hash(resolved):
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
-def resolve(spec, problems):
-    """Build each run's RecBole config (nothing is loaded or trained) and key it by its hash; config
-    errors and unknown datasets become problems naming the run."""
+def check_datasets(spec, problems):
+    """Each dataset must exist where its runs will look for it (``data_path`` as RecBole resolves it)."""
     from recbole_denoise.data.source import open_dataset
 
-    checked = {}
+    for name, keys in spec.datasets.items():
+        try:
+            config = Config("SASRec", name, spec.config_files or None, {**spec.config, **keys})
+            open_dataset(config["dataset"], config["data_path"])
+        except UserInputError as e:
+            problems.append(f"datasets.{name}: {e}")
+
+
+def resolve(spec, problems):
+    """Build each run's RecBole config (nothing is loaded or trained) and key it by its hash; config
+    errors become problems naming the run."""
     for run in spec.runs:
         try:
             config = Config(run.model, run.dataset, run.config_files or None, dict(run.config_dict),
@@ -359,14 +366,6 @@ def resolve(spec, problems):
         except UserInputError as e:
             problems.append(f"{run.label()}: {e}")
             continue
-        if run.dataset not in checked:
-            try:
-                open_dataset(config["dataset"], config["data_path"])
-                checked[run.dataset] = None
-            except UserInputError as e:
-                checked[run.dataset] = f"datasets.{run.dataset}: {e}"
-        if checked[run.dataset] and checked[run.dataset] not in problems:
-            problems.append(checked[run.dataset])
         run.run_id = run_hash(config.resolved())
     ids = {}
     for run in spec.runs:

@@ -1,0 +1,180 @@
+"""The benchmark harness: spec validation, the smoke preset end to end, resume, failure rows, tables."""
+import csv
+import json
+import math
+import os
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import FIXTURES
+from recbole_denoise.benchmark import SpecError, load_spec, run_benchmark
+from recbole_denoise.benchmark.report import marks, metric_table, paired_p, select_variants
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write_spec(tmp_path, **changes):
+    spec = {
+        "name": "smoke-test",
+        "preset": "smoke",
+        "output": str(tmp_path / "out"),
+        "datasets": {"tiny": {"data_path": FIXTURES, "item_category_field": "genre"}},
+        "noise_ratios": [0.2],
+        "backbones": ["SASRec", "GRU4Rec"],
+        "seeds": [1, 2],
+        "methods": {"None": {}, "CoocOutlier": {"denoiser": "CoocOutlier"}},
+        "config": {"derived_data_path": str(tmp_path / "derived")},
+    }
+    spec.update(changes)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return str(path)
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_smoke_preset_end_to_end_then_resume(tmp_path):
+    path = write_spec(tmp_path)
+    summary = run_benchmark(path, progress=False, log=lambda *a: None)
+    out = tmp_path / "out"
+    assert (summary["executed"], summary["skipped"], summary["failed"]) == (8, 0, 0)
+    rows = read_csv(out / "results.csv")
+    assert len(rows) == 8 and {r["status"] for r in rows} == {"ok"}
+    assert len({r["run_id"] for r in rows}) == 8
+    assert {(r["backbone"], r["method"]) for r in rows} == {(b, m) for b in ("SASRec", "GRU4Rec")
+                                                           for m in ("None", "CoocOutlier")}
+    for r in rows:  # metrics of every kind landed in the row
+        assert 0 <= float(r["ndcg@10"]) <= float(r["hit@10"]) <= 1
+        assert 0 < float(r["novelty@10"]) <= 1 and 0 <= float(r["ild@10"]) <= 1
+        assert r["warm_hit@10"] != "" and r["bucket1_ndcg@5"] != "" and float(r["t_total"]) > 0
+        assert float(r["noisy_fraction"]) > 0
+        assert os.path.isfile(out / "runs" / f"{r['run_id']}.json")
+    cooc = [r for r in rows if r["method"] == "CoocOutlier"]
+    assert all(r["f1"] != "" and float(r["edited_fraction"]) > 0 for r in cooc)
+    assert all(r["f1"] == "" and float(r["edited_fraction"]) == 0 for r in rows if r["method"] == "None")
+    # denoised once: the first CoocOutlier run builds the dataset, the three others (backbones x seeds) reuse it
+    assert sorted("denoise" in r["reused"].split(";") for r in cooc) == [False, True, True, True]
+    assert len({json.load(open(out / "runs" / f"{r['run_id']}.json"))["dataset_path"] for r in cooc}) == 1
+    report = (out / "report.md").read_text()
+    assert "## Test metrics: protocol `loo`, alpha = 0.2" in report and "| SASRec | CoocOutlier |" in report
+    assert "### p-values vs `None`" in report and "### Noise detection" in report and "Commit: `" in report
+    assert {p.name for p in (out / "plots").iterdir()} >= {"f1_tiny_loo.png", "buckets_tiny_loo_a0.2.png"}
+    assert not [p for p in out.iterdir() if p.name.startswith(".ckpt")]  # checkpoints removed
+
+    again = run_benchmark(path, progress=False, log=lambda *a: None)
+    assert (again["executed"], again["skipped"]) == (0, 8)
+    assert read_csv(out / "results.csv") == rows
+
+    # a third seed: only its four runs execute; the finished rows stay as they were
+    more = run_benchmark(write_spec(tmp_path, seeds=[1, 2, 3]), progress=False, log=lambda *a: None)
+    assert (more["executed"], more["skipped"]) == (4, 8)
+    after = {r["run_id"]: r for r in read_csv(out / "results.csv")}
+    assert all(after[r["run_id"]] == r for r in rows) and len(after) == 12
+    assert len(json.load(open(out / "benchmark.json"))["invocations"]) == 3
+
+
+def test_failed_run_is_recorded_and_others_continue(tmp_path):
+    path = write_spec(tmp_path, backbones=["SASRec"], seeds=[1],
+                      methods={"Broken": {"item_category_field": "no_such_field"}, "None": {}})
+    summary = run_benchmark(path, progress=False, log=lambda *a: None)
+    assert (summary["executed"], summary["failed"]) == (2, 1)
+    rows = {r["method"]: r for r in read_csv(tmp_path / "out" / "results.csv")}
+    assert rows["None"]["status"] == "ok"
+    assert rows["Broken"]["status"] == "failed" and "no_such_field" in rows["Broken"]["error"]
+    trace = (tmp_path / "out" / "runs" / f"{rows['Broken']['run_id']}.error.txt").read_text()
+    assert "Traceback" in trace and "ConfigError" in trace
+    assert "## Failed runs" in (tmp_path / "out" / "report.md").read_text()
+    retry = run_benchmark(path, progress=False, log=lambda *a: None)  # failed rows are retried, ok rows are not
+    assert (retry["executed"], retry["skipped"], retry["failed"]) == (1, 1, 1)
+
+
+def test_spec_problems_are_listed_together_before_anything_runs(tmp_path):
+    path = write_spec(tmp_path, preset="huge", protocols=["loo", "slide"], colour="red",
+                      methods={"None": {"epoch": 3}, "X": {"denoiser": "NoSuchDenoiser"},
+                               "Y": {"model": "NoSuchModel"}, "Z": {"denoiser": "CoocOutlier", "backbones": ["Caser"]}})
+    with pytest.raises(SpecError) as e:
+        load_spec(path)
+    message = str(e.value)
+    for part in ("unknown top-level key(s) 'colour'", "valid keys: name, preset", "preset: 'huge' is not one of",
+                 "paper", "protocols: 'slide'", "methods.None: unknown key 'epoch' (did you mean epochs",
+                 "NoSuchDenoiser", "Registered:", "NoSuchModel"):
+        assert part in message, part
+    assert not (tmp_path / "out").exists()
+
+    path = write_spec(tmp_path, datasets={"nope": {"data_path": FIXTURES}},
+                      methods={"None": {}, "Z": {"denoiser": "CoocOutlier", "backbones": ["Caser"]}})
+    message = str(pytest.raises(SpecError, load_spec, path).value)
+    assert "methods.Z.backbones: ['Caser'] not among" in message and "datasets.nope: Unknown dataset 'nope'" in message
+
+    from run_recbole_denoise import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--benchmark", write_spec(tmp_path), "--epochs=1"])
+    assert exit_.value.code == 2
+
+
+def test_run_ids_follow_the_resolved_config(tmp_path):
+    runs = load_spec(write_spec(tmp_path)).runs
+    same = load_spec(write_spec(tmp_path, output=str(tmp_path / "elsewhere"))).runs
+    assert [r.run_id for r in runs] == [r.run_id for r in same]  # paths do not change a result
+    changed = load_spec(write_spec(tmp_path, config={"derived_data_path": str(tmp_path / "d"), "epochs": 2})).runs
+    assert not {r.run_id for r in runs} & {r.run_id for r in changed}
+    wrapped = load_spec(write_spec(tmp_path, methods={"None": {}, "HSD": {"model": "HSD"},
+                                                      "FMLPRec": {"model": "FMLPRec"}})).runs
+    hsd = [r for r in wrapped if r.method == "HSD"]
+    assert {r.config_dict["hsd_sub_model"] for r in hsd} == {"SASRec", "GRU4Rec"} and len(hsd) == 4
+    assert {r.backbone for r in wrapped if r.method == "FMLPRec"} == {"-"} and len(wrapped) == 10
+
+
+def results_frame():
+    """Hand-made rows: one dataset, SASRec with None / A / B over three seeds, and B swept twice."""
+    rows = []
+
+    def add(method, base, seed, ndcg, valid):
+        rows.append({"status": "ok", "dataset": "d", "protocol": "loo", "noise_ratio": 0.1, "method": method,
+                     "method_base": base, "backbone": "SASRec", "seed": seed, "ndcg@10": ndcg,
+                     "valid_score": valid, "valid_bigger": True})
+
+    for seed, (none, a, b_lo, b_hi) in enumerate([(0.10, 0.20, 0.15, 0.30), (0.12, 0.24, 0.17, 0.31),
+                                                  (0.11, 0.19, 0.16, 0.29)]):
+        add("None", "None", seed, none, 0.1)
+        add("A", "A", seed, a, 0.2)
+        add("B[k=1]", "B", seed, b_lo, 0.5)   # picked: better on validation
+        add("B[k=2]", "B", seed, b_hi, 0.4)   # better on test, never picked
+    return pd.DataFrame(rows)
+
+
+def test_table_layout_bold_underline_std_and_p_values():
+    chosen, choices = select_variants(results_frame())
+    assert set(chosen["method"]) == {"None", "A", "B[k=1]"}
+    assert choices[0]["method"] == "B[k=1]" and choices[0]["candidates"] == 2
+    table, p_table = metric_table(chosen, ["d"], ["ndcg@10"], ["SASRec"], ["None", "A", "B"], baseline="None")
+    lines = table.splitlines()
+    assert lines[0] == "| backbone | method | d ndcg@10 |"
+    assert lines[2] == "| SASRec | None | 0.1100±0.0100 |"
+    assert lines[3] == "| SASRec | A | **0.2100±0.0265** |"
+    assert lines[4] == "| SASRec | B ([k=1]) | <u>0.1600±0.0100</u> |"
+    # A - None = (0.10, 0.12, 0.08): t = 0.1 / (0.02 / sqrt 3), 2 degrees of freedom
+    from scipy.stats import t as student
+
+    expected = 2 * student.sf(0.1 / (0.02 / math.sqrt(3)), 2)
+    p_lines = p_table.splitlines()
+    assert p_lines[2] == "| SASRec | None | - |"
+    assert p_lines[3] == f"| SASRec | A | {expected:.3f} |"
+    assert p_lines[4] == "| SASRec | B ([k=1]) | 0.000 |"  # B - None is 0.05 on every seed
+
+
+def test_marks_and_paired_p_edge_cases():
+    assert marks({"a": 1.0, "b": 1.0, "c": 0.5, "d": float("nan")}) == {"a": "best", "b": "best", "c": "second"}
+    assert marks({"a": 0.3}) == {"a": "best"}
+    assert paired_p({1: 0.1}, {1: 0.2}) is None                       # one common seed
+    assert paired_p({1: 0.1, 2: 0.2}, {1: 0.1, 2: 0.2}) == 1.0        # no difference at all
+    from scipy.stats import t as student
+
+    # common seeds 2 and 3 only: differences 0.1 and 0.2, t = 0.15 / (0.0707 / sqrt 2) = 3, 1 degree of freedom
+    assert paired_p({1: 0.1, 2: 0.2, 3: 0.4}, {2: 0.1, 3: 0.2, 4: 0.0}) == pytest.approx(2 * student.sf(3.0, 1))
