@@ -44,7 +44,8 @@ def main(argv=None):
             result = run_recbole_denoise(args.model, args.dataset, names[0], files, cmd_args=overrides)
         except UserInputError as e:
             parser.exit(2, f"error: {e}\n")
-        print({k: result[k] for k in ("model", "dataset", "denoiser", "best_valid_result", "test_result")})
+        if result is not None:  # None on the other ranks of a distributed run
+            print({k: result[k] for k in ("model", "dataset", "denoiser", "best_valid_result", "test_result")})
         return
     summary = [o.split("=", 1)[1] for o in overrides if o.startswith("--result_file=")]
     others = [o for o in overrides if not o.startswith("--result_file=")]

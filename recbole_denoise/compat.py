@@ -191,6 +191,27 @@ def _fix_grad_scaler_warning():
                             category=FutureWarning)
 
 
+# 8. RecBole's trainer wraps the model for DDP with `device_ids=[local_rank]` and SyncBatchNorm, both
+#    CUDA-only: a CPU (gloo) run fails at construction. On CPU we wrap without device ids and keep plain
+#    BatchNorm (statistics stay per rank; RecBole's own models have none, HSD/SSDRec do).
+def _fix_ddp_on_cpu():
+    import recbole.trainer.trainer as trainer_module
+    from torch.nn.parallel import DistributedDataParallel
+
+    original = trainer_module.AbstractTrainer.__init__
+    if getattr(original, "_recbole_denoise", False):
+        return
+
+    def init(self, config, model):
+        if config["single_spec"] or config["device"].type == "cuda":
+            return original(self, config, model)
+        self.config, self.model = config, model
+        self.distributed_model = DistributedDataParallel(model)
+
+    init._recbole_denoise = True
+    trainer_module.AbstractTrainer.__init__ = init
+
+
 FIXES = {
     "numpy_aliases": _fix_numpy_aliases,
     "ray_import": _fix_ray_import_warning,
@@ -199,6 +220,7 @@ FIXES = {
     "anomaly_detection": _fix_anomaly_detection,
     "tensorboard_dir": _fix_tensorboard_dir,
     "grad_scaler_warning": _fix_grad_scaler_warning,
+    "ddp_on_cpu": _fix_ddp_on_cpu,
 }
 
 

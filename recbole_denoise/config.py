@@ -81,6 +81,34 @@ class Config(RecBoleConfig):
             return name.__name__
         return name or None
 
+    # -- devices --------------------------------------------------------------------------------------
+    def _init_device(self):
+        """RecBole's device setup, plus distributed runs on CPUs (gloo; RecBole hard-codes NCCL and cuda)
+        and under ``torchrun``: a worker spawned by ``run_recbole_denoise`` has ``local_rank`` in its
+        config (rank = ``local_rank + offset`` in a group of ``world_size`` at ``tcp://ip:port``); under
+        ``torchrun`` the environment gives the ranks. See ``recbole_denoise/distributed.py``."""
+        from recbole_denoise import distributed
+
+        cfg = self.final_config_dict
+        torchrun = distributed.launched_by_torchrun()
+        if not torchrun and "local_rank" not in cfg:
+            return super()._init_device()
+        import torch
+
+        cfg["gpu_id"] = ",".join(map(str, cfg["gpu_id"])) if isinstance(cfg["gpu_id"], tuple) else str(cfg["gpu_id"])
+        use_cuda = bool(cfg["gpu_id"]) and torch.cuda.is_available()
+        if torchrun:
+            rank, world, local = (int(os.environ[k]) for k in distributed.TORCHRUN_KEYS)
+            init_method = "env://"
+        else:
+            local, world = int(cfg["local_rank"]), int(cfg["world_size"])
+            rank = local + int(cfg["offset"] or 0)
+            init_method = f"tcp://{cfg['ip']}:{cfg['port']}"
+        cfg.update(local_rank=local, world_size=world, nproc=cfg.get("nproc") or 1, single_spec=False,
+                   device=distributed.init(rank, world, local, use_cuda, init_method))
+        if rank != 0:  # one console, one progress bar
+            cfg.update(state="error", show_progress=False, verbose=False)
+
     # -- layers -------------------------------------------------------------------------------------
     def _load_yaml(self, path):
         with open(path, encoding="utf-8") as f:

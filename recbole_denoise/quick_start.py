@@ -10,6 +10,7 @@ import time
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import get_trainer, init_seed, set_color
 
+from recbole_denoise import distributed
 from recbole_denoise.config import Config
 from recbole_denoise.errors import ConfigError
 from recbole_denoise.data.atomic import read_atomic
@@ -65,6 +66,8 @@ def run_recbole_denoise(model=None, dataset=None, denoiser=None, config_file_lis
     """
     t0 = time.time()
     config = Config(model, dataset, config_file_list, config_dict, cmd_args=cmd_args, denoiser=denoiser)
+    if int(config["nproc"] or 1) > 1 and config["single_spec"]:
+        return spawn_workers(config, (model, dataset, denoiser, config_file_list, config_dict, cmd_args, saved))
     init_seed(config["seed"], config["reproducibility"])
     logger = init_logger(config)
     timings = {"config": time.time() - t0}
@@ -84,7 +87,9 @@ def run_recbole_denoise(model=None, dataset=None, denoiser=None, config_file_lis
     net = config.model_class(config, train_data._dataset).to(config["device"])
     timings["model"] = time.time() - t  # IADSR: includes encoding its texts (cached after the first run)
     logger.info(net)
+    os.makedirs(config["checkpoint_dir"], exist_ok=True)  # RecBole's exists-then-makedirs races between ranks
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
+    trainer.saved_model_file = distributed.broadcast(trainer.saved_model_file)  # RecBole names it by each rank's clock
     epoch_times = []
     _time_epochs(trainer, epoch_times)
 
@@ -92,6 +97,7 @@ def run_recbole_denoise(model=None, dataset=None, denoiser=None, config_file_lis
     best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, saved=saved,
                                                       show_progress=config["show_progress"])
     timings["train"] = time.time() - t
+    distributed.barrier()  # rank 0 has written the best checkpoint every rank loads
     t = time.time()
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
     timings["test"] = time.time() - t
@@ -100,6 +106,10 @@ def run_recbole_denoise(model=None, dataset=None, denoiser=None, config_file_lis
 
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
     logger.info(set_color("test result", "yellow") + f": {test_result}")
+    if not config["single_spec"]:  # the rest reads whole splits: rank 0 alone, on unsharded loaders
+        if not distributed.is_main():
+            return None
+        test_data = unsharded_loader(config, test_data)
     model_denoise, scores_file = None, data.file("denoise_scores")
     if config["export_denoised"] and hasattr(net, "denoise_decisions") and data.kind == "inter":
         t = time.time()
@@ -139,6 +149,7 @@ def run_recbole_denoise(model=None, dataset=None, denoiser=None, config_file_lis
         "denoise": denoise,
         "timings": timings,
         "reused": info.get("reused", []),
+        "processes": 1 if config["single_spec"] else int(config["world_size"]),
     }
     if model_denoise is not None:
         result["model_denoise"] = model_denoise
@@ -149,6 +160,47 @@ def run_recbole_denoise(model=None, dataset=None, denoiser=None, config_file_lis
     if config["result_file"]:
         write_result(config, result)
     return result
+
+
+def unsharded_loader(config, loader):
+    """A copy of RecBole's test ``loader`` over the whole split (a distributed run's is sharded by rank)."""
+    from recbole.data.utils import get_dataloader
+
+    config["single_spec"] = True
+    try:
+        return get_dataloader(config, "test")(config, loader._dataset, loader._sampler, shuffle=False)
+    finally:
+        config["single_spec"] = False
+
+
+def spawn_workers(config, args):
+    """RecBole-style multi-process run: ``nproc`` workers on this machine with global ranks
+    ``offset``..``offset + nproc - 1`` of ``world_size`` (default ``nproc``), joined at ``tcp://ip:port``;
+    returns the result of this machine's first worker."""
+    import torch.multiprocessing as mp
+
+    nproc = int(config["nproc"])
+    world = int(config["world_size"]) if config["world_size"] and int(config["world_size"]) > 0 else nproc
+    if world < nproc + int(config["offset"] or 0):
+        raise ConfigError(f"world_size {world} < offset {config['offset']} + nproc {nproc} (keys 'world_size', "
+                          f"'offset', 'nproc')")
+    queue = mp.get_context("spawn").SimpleQueue()
+    mp.spawn(_worker, args=(args, world, queue), nprocs=nproc, join=True)
+    return queue.get() if not queue.empty() else None
+
+
+def _worker(local_rank, args, world, queue):
+    import torch.distributed as dist
+
+    model, dataset, denoiser, files, config_dict, cmd_args, saved = args
+    config_dict = dict(config_dict or {}, local_rank=local_rank, world_size=world)
+    try:
+        result = run_recbole_denoise(model, dataset, denoiser, files, config_dict, cmd_args, saved)
+        if local_rank == 0:
+            queue.put(result)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def load_category_table(config, data):

@@ -4,12 +4,14 @@ import json
 import math
 import os
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
 from tests.conftest import FIXTURES
 from recbole_denoise.benchmark import SpecError, load_spec, run_benchmark
+from recbole_denoise.denoisers import Denoiser
 from recbole_denoise.benchmark.report import marks, metric_table, paired_p, select_variants
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -118,6 +120,26 @@ def test_spec_problems_are_listed_together_before_anything_runs(tmp_path):
     assert exit_.value.code == 2
 
 
+class HalfNoise(Denoiser):
+    """A denoiser known only by its import path: its config_keys become valid spec keys."""
+    config_keys = ("half_weight",)
+
+    def fit(self, train):
+        pass
+
+    def score(self, seqs):
+        return [self.config["half_weight"] * np.ones(len(items)) for items in seqs.items]
+
+
+def test_a_denoiser_by_import_path_brings_its_keys(tmp_path):
+    methods = {"None": {}, "Half": {"denoiser": "tests.test_benchmark.HalfNoise", "half_weight": 2.0}}
+    runs = load_spec(write_spec(tmp_path, methods=methods)).runs
+    assert {r.denoiser for r in runs} == {None, "tests.test_benchmark.HalfNoise"}
+    methods["Half"]["half_wieght"] = 1.0
+    message = str(pytest.raises(SpecError, load_spec, write_spec(tmp_path, methods=methods)).value)
+    assert "methods.Half: unknown key 'half_wieght' (did you mean half_weight" in message
+
+
 def test_run_ids_follow_the_resolved_config(tmp_path):
     runs = load_spec(write_spec(tmp_path)).runs
     same = load_spec(write_spec(tmp_path, output=str(tmp_path / "elsewhere"))).runs
@@ -158,7 +180,7 @@ def test_table_layout_bold_underline_std_and_p_values():
     assert lines[0] == "| backbone | method | d ndcg@10 |"
     assert lines[2] == "| SASRec | None | 0.1100±0.0100 |"
     assert lines[3] == "| SASRec | A | **0.2100±0.0265** |"
-    assert lines[4] == "| SASRec | B ([k=1]) | <u>0.1600±0.0100</u> |"
+    assert lines[4] == "| SASRec | B † | <u>0.1600±0.0100</u> |"
     # A - None = (0.10, 0.12, 0.08): t = 0.1 / (0.02 / sqrt 3), 2 degrees of freedom
     from scipy.stats import t as student
 
@@ -166,15 +188,36 @@ def test_table_layout_bold_underline_std_and_p_values():
     p_lines = p_table.splitlines()
     assert p_lines[2] == "| SASRec | None | - |"
     assert p_lines[3] == f"| SASRec | A | {expected:.3f} |"
-    assert p_lines[4] == "| SASRec | B ([k=1]) | 0.000 |"  # B - None is 0.05 on every seed
+    assert p_lines[4] == "| SASRec | B † | n/a |"  # B - None is 0.05 on every seed: zero variance
 
 
 def test_marks_and_paired_p_edge_cases():
     assert marks({"a": 1.0, "b": 1.0, "c": 0.5, "d": float("nan")}) == {"a": "best", "b": "best", "c": "second"}
-    assert marks({"a": 0.3}) == {"a": "best"}
+    assert marks({"a": 0.3}) == {} and marks({"a": 0.0, "b": 0.0}) == {}  # nothing to tell apart
     assert paired_p({1: 0.1}, {1: 0.2}) is None                       # one common seed
     assert paired_p({1: 0.1, 2: 0.2}, {1: 0.1, 2: 0.2}) == 1.0        # no difference at all
     from scipy.stats import t as student
 
     # common seeds 2 and 3 only: differences 0.1 and 0.2, t = 0.15 / (0.0707 / sqrt 2) = 3, 1 degree of freedom
     assert paired_p({1: 0.1, 2: 0.2, 3: 0.4}, {2: 0.1, 3: 0.2, 4: 0.0}) == pytest.approx(2 * student.sf(3.0, 1))
+
+
+def test_eta_sweep_scores_once(tiny_cfg):
+    """Denoised datasets differ per eta, but the denoiser's scores are computed once and reused."""
+    from recbole_denoise.data.atomic import read_atomic
+    from recbole_denoise.quick_start import run_recbole_denoise
+
+    results = [run_recbole_denoise("GRU4Rec", "tiny", "CoocOutlier", config_dict=tiny_cfg(
+        noise_ratio=0.2, threshold_quantile=q, seed=seed)) for q, seed in ((0.5, 1), (0.9, 1), (0.9, 2))]
+    assert "scores_reused" not in results[0]["denoise"]
+    assert results[1]["denoise"]["scores_reused"] is True
+    assert results[1]["dataset_path"] != results[0]["dataset_path"]
+    assert results[0]["denoise"]["edited"] > results[1]["denoise"]["edited"] > 0
+    tables = [read_atomic(os.path.join(r["dataset_path"], os.path.basename(r["dataset_path"]) + ".denoise_scores"))
+              for r in results[:2]]
+    assert tables[0]["score"].tolist() == tables[1]["score"].tolist()
+    # by default denoise_seed is the run's seed, so another seed denoises again; a fixed denoise_seed shares it
+    assert results[2]["dataset_path"] != results[1]["dataset_path"]
+    fixed = [run_recbole_denoise("GRU4Rec", "tiny", "CoocOutlier", config_dict=tiny_cfg(
+        noise_ratio=0.2, seed=seed, denoise_seed=7)) for seed in (1, 2)]
+    assert fixed[0]["dataset_path"] == fixed[1]["dataset_path"] and fixed[1]["reused"] == ["noise", "denoise"]

@@ -1,6 +1,6 @@
 """The benchmarking harness: a yaml spec (``spec``), its execution with reuse, resume and failure rows
 (``executor``), and the Markdown tables (``report``) and PNG figures (``plots``) of its ``results.csv``."""
-from recbole_denoise.benchmark.spec import Spec, SpecError, load_spec  # noqa: F401
+from recbole_denoise.benchmark.spec import Spec, SpecError, load_spec  # noqa: F401 (re-exported)
 
 
 def run_benchmark(path, command=None, progress=True, report_only=False, log=print):

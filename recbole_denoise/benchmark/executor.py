@@ -154,7 +154,9 @@ def run_benchmark(spec, command=None, progress=True, report=True, log=print):
     ``benchmark.json`` and, with ``report``, ``report.md`` and ``plots/`` under ``spec.output``."""
     from recbole_denoise.quick_start import run_recbole_denoise
 
-    started = time.time()
+    from recbole_denoise.config import PROJECT_DIR
+
+    started, commit = time.time(), git_commit(PROJECT_DIR)  # the code the runs start from
     out = os.path.abspath(spec.output)
     os.makedirs(os.path.join(out, "runs"), exist_ok=True)
     csv_path = os.path.join(out, "results.csv")
@@ -195,7 +197,7 @@ def run_benchmark(spec, command=None, progress=True, report=True, log=print):
             bar.done(run, row["wall_s"])
     finally:
         bar.close()
-        meta = write_meta(spec, out, command, time.time() - started, executed)
+        meta = write_meta(spec, out, command, commit, time.time() - started, executed)
     final = [rows[r.run_id] for r in spec.runs if r.run_id in rows]
     if report:
         from recbole_denoise.benchmark.report import write_report
@@ -204,10 +206,8 @@ def run_benchmark(spec, command=None, progress=True, report=True, log=print):
     return {"executed": executed, "skipped": skipped, "failed": failed, "rows": final, "output": out}
 
 
-def write_meta(spec, out, command, seconds, executed):
-    """``benchmark.json``: command, commit, hardware and wall time of every invocation, newest last."""
-    from recbole_denoise.config import PROJECT_DIR
-
+def write_meta(spec, out, command, commit, seconds, executed):
+    """``benchmark.json``: command, commit (at the start), hardware and wall time of every invocation."""
     path = os.path.join(out, "benchmark.json")
     meta = {"spec": spec.path, "name": spec.name, "preset": spec.preset, "invocations": []}
     if os.path.isfile(path):
@@ -215,7 +215,7 @@ def write_meta(spec, out, command, seconds, executed):
             meta["invocations"] = json.load(f).get("invocations", [])
     meta["invocations"].append({
         "command": command or f"python run_recbole_denoise.py --benchmark {os.path.relpath(spec.path)}",
-        "commit": git_commit(PROJECT_DIR), "hardware": machine(), "wall_s": round(seconds, 1),
+        "commit": commit, "hardware": machine(), "wall_s": round(seconds, 1),
         "runs_executed": executed, "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     with open(path, "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=1)

@@ -71,9 +71,12 @@ def fmt(mean, std, n, digits=4):
 
 
 def marks(values):
-    """``{index: "best" | "second"}`` of the largest and second-largest distinct values (NaN ignored)."""
+    """``{index: "best" | "second"}`` of the largest and second-largest distinct values (NaN ignored);
+    nothing when fewer than two distinct values exist (a tie of all rows has no winner)."""
     finite = sorted({v for v in values.values() if v is not None and not math.isnan(v)}, reverse=True)
     out = {}
+    if len(finite) < 2:
+        return out
     for i, v in values.items():
         if v is None or math.isnan(v):
             continue
@@ -90,7 +93,8 @@ def decorate(text, mark):
 
 def paired_p(a, b):
     """Two-sided paired t-test p-value of ``a`` vs ``b`` (dicts seed -> value) over their common seeds;
-    None with fewer than two. Identical differences on every seed give 1.0 (all zero) or 0.0."""
+    None with fewer than two. No difference on any seed gives 1.0; the same non-zero difference on every
+    seed leaves the test undefined (zero variance): NaN."""
     from scipy.stats import ttest_rel
 
     seeds = sorted(set(a) & set(b))
@@ -102,7 +106,7 @@ def paired_p(a, b):
         return None
     d = x - y
     if np.allclose(d, d[0]):
-        return 1.0 if d[0] == 0 else 0.0
+        return 1.0 if d[0] == 0 else float("nan")
     return float(ttest_rel(x, y).pvalue)
 
 
@@ -143,12 +147,10 @@ def metric_table(df, datasets, metrics, backbones, methods, baseline=None, mark=
             p = None
             if baseline and m != baseline and (b, baseline, d, metric) in per_seed:
                 p = paired_p(per_seed[(b, m, d, metric)], per_seed[(b, baseline, d, metric)])
-            p_cells.append("-" if p is None else f"{p:.3f}")
+            p_cells.append("-" if p is None else ("n/a" if math.isnan(p) else f"{p:.3f}"))
             any_p = any_p or p is not None
-        name = m
-        variants = {stats[(b, m, d, metric)][3] for d, metric in columns} - {m}
-        if variants:
-            name += " (" + ", ".join(sorted(v[len(m):] for v in variants)) + ")"
+        swept = {stats[(b, m, d, metric)][3] for d, metric in columns} - {m}
+        name = m + (" †" if swept else "")
         lines.append(f"| {b} | {name} | " + " | ".join(cells) + " |")
         p_lines.append(f"| {b} | {name} | " + " | ".join(p_cells) + " |")
     return "\n".join(lines), "\n".join(p_lines) if any_p else ""
@@ -221,7 +223,9 @@ def write_report(spec, out, meta=None):
               f"seeds {', '.join(map(str, spec.seeds))})", "- Raw rows: `results.csv`; one JSON per run in `runs/`.",
               "", "Cells are mean±std over seeds; in each backbone block the best mean is **bold** and the "
               "runner-up <u>underlined</u>. p-values: paired t-test over seeds against "
-              f"`{spec.baseline}` with the same backbone. Swept methods show the variant picked on validation.", ""]
+              f"`{spec.baseline}` with the same backbone (n/a: the same difference on every seed, so the test is undefined). "
+              "† a swept method, represented per dataset by the variant with the best mean validation score "
+              "(see \"Variants picked on validation\").", ""]
     chosen, choices = select_variants(ok) if len(ok) else (ok, [])
     for protocol in spec.protocols:
         for alpha in spec.noise_ratios:

@@ -224,7 +224,7 @@ def _parse(path, raw, problems):
     report = dict(raw.get("report") or {})
     _check_keys(problems, "report", report, REPORT_KEYS)
     extra = set(_as_list(raw.get("extra_keys") or []))
-    known = known_config_keys(config_files) | extra
+    known = known_config_keys(config_files) | extra | _denoiser_keys(methods)
     config = dict(raw.get("config") or {})
     models = _mapping(problems, "models", raw.get("models"))
     _check_keys(problems, "config", config, known)
@@ -243,6 +243,19 @@ def _parse(path, raw, problems):
                 seeds=seeds, denoise_seed=raw.get("denoise_seed", seeds[0] if seeds else 2020), methods=methods,
                 baseline=str(raw.get("baseline", "None")), models=models, config=config, config_files=config_files,
                 report=report)
+
+
+def _denoiser_keys(methods):
+    """``config_keys`` of the denoisers the methods name (a ``package.module.Class`` is imported here)."""
+    from recbole_denoise.denoisers import get_denoiser
+
+    keys = set()
+    for method in methods.values():
+        try:
+            keys |= set(get_denoiser(method["denoiser"]).config_keys) if method.get("denoiser") else set()
+        except (UserInputError, TypeError):
+            pass  # reported with the method's other problems
+    return keys
 
 
 def _method_kind(name, keys, problems):

@@ -71,17 +71,27 @@ def stage_key(parent, params):
     return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
 
-def derive(parent, stage, params, build, root, logger=None):
+def derive(parent, stage, params, build, root, logger=None, collective=True):
     """Return the dataset that ``build(parent, out_dir, out_name) -> kind`` makes from ``parent``.
 
     Cached under ``root/<parent.name>-<stage>-<hash>``; built in a temporary folder and renamed into
     place, so an interrupted build leaves nothing half-written. ``params`` must hold every parameter
     that changes the output. The parent's ``.item`` file is copied when the build writes none.
+
+    In a distributed run (``recbole_denoise/distributed.py``) a ``collective`` call is made by every rank:
+    rank 0 decides whether the cache holds the dataset, every rank builds (a build may shard its work by
+    rank), rank 0 alone renames its copy into place, and all ranks return after a barrier.
     """
+    from recbole_denoise import distributed
+
+    collective = collective and distributed.active()
     name = f"{parent.name}-{stage}-{stage_key(parent, params)}"
     out_dir = os.path.join(root, name)
     meta_path = os.path.join(out_dir, "meta.json")
-    if os.path.isfile(meta_path):
+    cached = os.path.isfile(meta_path)
+    if collective:
+        cached = distributed.broadcast(cached)
+    if cached:
         with open(meta_path) as f:
             meta = json.load(f)
         if logger:
@@ -96,13 +106,15 @@ def derive(parent, stage, params, build, root, logger=None):
         with open(os.path.join(tmp, "meta.json"), "w") as f:
             json.dump({"kind": kind, "stage": stage, "parent": parent.name, "params": params, "info": info},
                       f, indent=1, sort_keys=True, default=str)
-        if os.path.isdir(out_dir):  # a concurrent run finished first; keep its copy
-            shutil.rmtree(tmp)
+        if os.path.isdir(out_dir) or (collective and not distributed.is_main()):
+            shutil.rmtree(tmp)  # a concurrent run finished first, or rank 0 writes: keep that copy
         else:
             os.replace(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if collective:
+        distributed.barrier()
     if logger:
         logger.info(f"wrote {stage} dataset {out_dir}")
     return AtomicDataset(name, out_dir, kind), info

@@ -28,7 +28,7 @@ import pandas as pd
 from recbole_denoise.data.atomic import read_atomic, read_header, write_atomic
 from recbole_denoise.data.noise import CLEAN, LABEL, chronological
 from recbole_denoise.data.protocol import read_windows
-from recbole_denoise.data.source import BENCHMARK_SPLITS, DatasetError
+from recbole_denoise.data.source import BENCHMARK_SPLITS, DatasetError, stage_key
 from recbole_denoise.evaluator.noise_detection import noise_detection_metrics
 
 DENOISERS = {}
@@ -371,6 +371,36 @@ def work_dir(config, out_name):
     return os.path.join(os.path.abspath(config["derived_data_path"]), ".work", out_name)
 
 
+DECISION_KEYS = ("threshold_quantile", "threshold_quantile_test", "max_edits", "denoise_action")
+
+
+def cached_scores(parent, denoiser_cls, config, compute):
+    """``(scores, reused)``: the denoiser's scores of ``parent``, kept under ``<derived_data_path>/.scores``
+    by a hash of everything but the decision keys (eta, b, action), so a sweep over eta scores once.
+    Only the scores are cached; ``fit`` still runs (LLM4DSR reloads its cached adapter)."""
+    params = denoiser_cls.hash_params(config, getattr(config, "denoiser_keys", ()))
+    params = {"denoiser": params["denoiser"],
+              "keys": {k: v for k, v in params["keys"].items() if k not in DECISION_KEYS}}
+    path = os.path.join(os.path.abspath(config["derived_data_path"]), ".scores",
+                        f"{parent.name}-{denoiser_cls.__name__}-{stage_key(parent, params)}.npz")
+    from recbole_denoise import distributed
+
+    if distributed.broadcast(os.path.isfile(path)):  # every rank takes the same branch
+        with np.load(path) as z:
+            flat, lengths = z["flat"], z["lengths"]
+        return (np.split(flat, np.cumsum(lengths)[:-1]) if len(lengths) else []), True
+    scores = compute()
+    if not distributed.is_main():
+        return scores, False
+    lengths = np.array([len(a) for a in scores], dtype=np.int64)
+    flat = np.concatenate([np.asarray(a, dtype=float) for a in scores]) if len(scores) else np.zeros(0)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path[:-4] + ".tmp.npz"
+    np.savez(tmp, flat=flat, lengths=lengths)
+    os.replace(tmp, path)
+    return scores, False
+
+
 def denoise_stage(parent, out_dir, out_name, denoiser_cls, config, logger=None):
     """``derive`` build step: fit, score, decide, edit, and write dataset + ``<name>.denoise_scores``.
 
@@ -394,8 +424,10 @@ def denoise_stage(parent, out_dir, out_name, denoiser_cls, config, logger=None):
     denoiser.fit(train)
     timings["fit"] = time.time() - t
     t = time.time()
-    scores = denoiser.score(seqs)
+    scores, reused = cached_scores(parent, denoiser_cls, config, lambda: denoiser.score(seqs))
     timings["score"] = time.time() - t
+    if reused:
+        denoiser.info["scores_reused"] = True
     if len(scores) != len(seqs) or any(len(s) != len(i) for s, i in zip(scores, seqs.items)):
         raise DatasetError(f"denoiser '{denoiser_cls.__name__}'.score must return one score per position")
     flags = decide_units(denoiser, seqs, scores, config)
@@ -412,7 +444,11 @@ def denoise_stage(parent, out_dir, out_name, denoiser_cls, config, logger=None):
     timings["suggest"] = time.time() - t
     info = write_denoised(parent, tables, seqs, scores, flags, out_dir, out_name, replacements, kinds)
     info.update({"action": action, "timings": timings, **denoiser.info})
-    shutil.rmtree(workdir, ignore_errors=True)
+    from recbole_denoise import distributed
+
+    distributed.barrier()  # every rank has read the shards
+    if distributed.is_main():
+        shutil.rmtree(workdir, ignore_errors=True)
     return parent.kind, info
 
 

@@ -38,7 +38,6 @@ import os
 
 import numpy as np
 
-from recbole_denoise.data.atomic import replace_atomically
 from recbole_denoise.data.text import item_texts
 from recbole_denoise.denoisers.base import Denoiser, register_denoiser
 from recbole_denoise.errors import ConfigError, DatasetError
@@ -216,26 +215,24 @@ class LLM4DSR(Denoiser):
         return None if self._key("use_uncertainty", True) else 0.5
 
     def _shards(self, units, tag, compute):
-        """``compute(units) -> list of arrays``, over shards of ``score_shard_size`` units kept on disk."""
-        size = int(self._key("score_shard_size", 256))
-        folder = os.path.join(self.workdir, tag)
-        os.makedirs(folder, exist_ok=True)
-        out, reused = [], 0
-        for n, start in enumerate(range(0, len(units), size)):
-            path = os.path.join(folder, f"shard-{n:05d}.npz")
-            part = units[start:start + size]
-            if os.path.isfile(path):
-                with np.load(path) as z:
-                    flat, lengths = z["flat"], z["lengths"]
-                reused += 1
-            else:
-                arrays = compute(part)
-                lengths = np.array([len(a) for a in arrays], dtype=np.int64)
-                flat = np.concatenate(arrays) if arrays else np.zeros(0)
-                replace_atomically(path, lambda tmp: np.savez(tmp, flat=flat, lengths=lengths))
-            out.extend(np.split(flat, np.cumsum(lengths)[:-1]) if len(lengths) else [])
-        self.info.setdefault("shards", {})[tag] = {"total": -(-len(units) // size), "reused": reused}
-        return out
+        """``compute(units) -> list of arrays``, over shards of ``score_shard_size`` units kept in the work
+        folder: a shard on disk (from a crashed run) is reused; in a distributed run each rank computes its
+        own shards and every rank gets all of them (``distributed.sharded_map``)."""
+        from recbole_denoise.distributed import sharded_map
+
+        def write(path, arrays):
+            lengths = np.array([len(a) for a in arrays], dtype=np.int64)
+            np.savez(path, flat=np.concatenate(arrays) if arrays else np.zeros(0), lengths=lengths)
+
+        def read(path):
+            with np.load(path) as z:
+                flat, lengths = z["flat"], z["lengths"]
+            return np.split(flat, np.cumsum(lengths)[:-1]) if len(lengths) else []
+
+        parts, reused, computed = sharded_map(units, os.path.join(self.workdir, tag),
+                                              int(self._key("score_shard_size", 256)), compute, write, read, ".npz")
+        self.info.setdefault("shards", {})[tag] = {"total": len(parts), "reused": reused, "computed_here": computed}
+        return [a for part in parts for a in part]
 
     def _window_texts(self, seqs, k, pos):
         return [self.texts[seqs.items[k][p]] for p in pos]
@@ -293,9 +290,24 @@ class LLM4DSR(Denoiser):
             prefixes.append(self.prompts.suggestion_prefix(history, self.texts[seqs.items[k][p]]))
         # titles were cut to llm_title_max_tokens in training, so a suggestion needs at most that + the quote
         budget = min(int(self._key("suggest_max_tokens", 32)), self.prompts.title_max_tokens + 2)
-        texts = generate_suggestions(self.model, self.tokenizer, prefixes, max_new_tokens=budget,
-                                     batch_size=int(self._key("llm_batch_size", 16)), stop=self.prompts.stop_text,
-                                     logger=self.logger, progress=self.progress)
+        from recbole_denoise.distributed import sharded_map
+
+        def write(path, texts):
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump(texts, f)
+
+        def read(path):
+            with open(path, encoding="utf-8") as f:
+                return json.load(f)
+
+        generate = lambda part: generate_suggestions(  # noqa: E731
+            self.model, self.tokenizer, part, max_new_tokens=budget, batch_size=int(self._key("llm_batch_size", 16)),
+            stop=self.prompts.stop_text, logger=self.logger, progress=self.progress)
+        parts, reused, computed = sharded_map(prefixes, os.path.join(self.workdir, "suggest"),
+                                              int(self._key("score_shard_size", 256)), generate, write, read, ".json")
+        self.info.setdefault("shards", {})["suggest"] = {"total": len(parts), "reused": reused,
+                                                         "computed_here": computed}
+        texts = [t for part in parts for t in part]
         # candidates: training items and items of editable histories; never a target, never padding
         shown = {i for items, edit in zip(seqs.items, seqs.editable) for i, e in zip(items, edit) if e}
         known = {i: self.texts[i] for i in sorted(self.vocabulary | shown)}

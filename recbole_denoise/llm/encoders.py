@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import warnings
 
 import numpy as np
@@ -159,12 +160,32 @@ def _cache_key(identity, texts):
     return h.hexdigest()[:12]
 
 
-def cached_embeddings(encoder, texts, cache_dir, name, logger=None):
+def encode_in_shards(encoder, texts, folder, shard_size=4096):
+    """``encoder.encode(texts)`` shard by shard (``folder/shard-<n>.npy``, reused after a crash; shared
+    out over the ranks of a distributed run by ``distributed.sharded_map``)."""
+    from recbole_denoise.distributed import sharded_map
+
+    def write(path, arr):
+        with open(path, "wb") as f:
+            np.save(f, arr, allow_pickle=False)
+
+    parts, _, _ = sharded_map(texts, folder, shard_size,
+                              lambda part: np.asarray(encoder.encode(part), dtype=np.float32), write,
+                              lambda p: np.load(p, allow_pickle=False), ".npy")
+    return np.concatenate(parts)
+
+
+def cached_embeddings(encoder, texts, cache_dir, name, logger=None, shard_size=4096):
     """``encoder.encode(texts)``, stored as ``cache_dir/<name>-<key>.npy`` (+ ``.json`` sidecar).
 
     The key is the sha1 of (encoder.identity, texts); a cached file with the wrong shape or a sidecar naming
-    another identity is stale: a warning is logged and the embeddings are recomputed.
+    another identity is stale: a warning is logged and the embeddings are recomputed. Texts are encoded in
+    shards of ``shard_size`` kept on disk until the file is written (a restart reuses finished shards); in a
+    distributed run each rank encodes its own shards (``recbole_denoise/distributed.py``), every rank returns
+    the whole table, and rank 0 writes the file.
     """
+    from recbole_denoise import distributed
+
     logger = logger or getattr(encoder, "logger", None) or _log
     texts = [str(t) for t in texts]
     if not texts:
@@ -174,6 +195,7 @@ def cached_embeddings(encoder, texts, cache_dir, name, logger=None):
     npy = os.path.join(cache_dir, f"{name}-{key}.npy")
     meta_file = os.path.join(cache_dir, f"{name}-{key}.json")
     expected = (len(texts), int(encoder.dim))
+    problem = "missing"
     if os.path.exists(npy):
         problem = None
         try:
@@ -188,11 +210,18 @@ def cached_embeddings(encoder, texts, cache_dir, name, logger=None):
                 problem = "it holds non-finite values"
         except (OSError, ValueError, json.JSONDecodeError) as e:
             problem = f"it cannot be read ({e})"
-        if problem is None:
-            logger.info(f"embeddings '{name}' loaded from cache {npy}")
-            return arr.astype(np.float32, copy=False)
+    problem = distributed.broadcast(problem)  # every rank follows rank 0's view of the cache
+    if problem is None:
+        logger.info(f"embeddings '{name}' loaded from cache {npy}")
+        return np.load(npy, allow_pickle=False).astype(np.float32, copy=False)
+    if problem != "missing":
         logger.warning(f"stale embedding cache {npy}: {problem}; recomputing")
-    emb = encoder.encode(texts)
+    shards = os.path.join(cache_dir, f".shards-{name}-{key}")
+    emb = encode_in_shards(encoder, texts, shards, shard_size)
+    if not distributed.is_main():
+        distributed.barrier()
+        return emb
+
     def write_npy(tmp):
         with open(tmp, "wb") as f:
             np.save(f, emb, allow_pickle=False)
@@ -205,5 +234,7 @@ def cached_embeddings(encoder, texts, cache_dir, name, logger=None):
             json.dump(meta, f, indent=1)
 
     replace_atomically(meta_file, write_meta)
+    shutil.rmtree(shards, ignore_errors=True)
+    distributed.barrier()
     logger.info(f"embeddings '{name}' ({emb.shape[0]} x {emb.shape[1]}) computed and cached at {npy}")
     return emb

@@ -1,0 +1,100 @@
+"""One run on several processes: the process group, the rank's share of sharded work, and barriers.
+
+A run is distributed when it is launched by ``torchrun`` (or ``accelerate launch``; ``RANK``,
+``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT`` in the environment) or when
+``run_recbole_denoise`` spawns RecBole-style workers itself (keys ``nproc``, ``world_size``, ``offset``,
+``ip``, ``port``). Either way :func:`init` joins one ``torch.distributed`` group: NCCL on GPUs, gloo on
+CPUs. The LLM stages then split their shards by rank (:func:`owned`), each rank writes its own shard files
+into the stage's work folder (on storage every rank can read: ``derived_data_path``), and after a
+:func:`barrier` every rank reads all shards, so each holds the same merged result as a single process.
+"""
+import os
+
+import torch
+import torch.distributed as dist
+
+TORCHRUN_KEYS = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+def active():
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank_world():
+    """``(rank, world size)`` of this process; ``(0, 1)`` outside a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main():
+    return rank_world()[0] == 0
+
+
+def barrier():
+    if active():
+        dist.barrier()
+
+
+def owned(n):
+    """Indices of ``range(n)`` this rank computes: ``i % world == rank`` (deterministic, balanced)."""
+    rank, world = rank_world()
+    return [i for i in range(n) if i % world == rank]
+
+
+def broadcast(value):
+    """Rank 0's ``value`` on every rank (a picklable object)."""
+    if not active():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def launched_by_torchrun():
+    return all(k in os.environ for k in TORCHRUN_KEYS) and int(os.environ["WORLD_SIZE"]) > 1
+
+
+def backend(use_cuda):
+    return "nccl" if use_cuda else "gloo"
+
+
+def init(rank, world_size, local_rank, use_cuda, init_method="env://"):
+    """Join (once) the process group and return this process's device: ``cuda:<local_rank>`` or cpu.
+    Also exports the torchrun variables, so Hugging Face's Trainer (LLM4DSR's fine-tuning) runs DDP in
+    the same group."""
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(local_rank), "WORLD_SIZE": str(world_size)})
+    if init_method.startswith("tcp://"):
+        host, port = init_method[len("tcp://"):].rsplit(":", 1)
+        os.environ.setdefault("MASTER_ADDR", host)
+        os.environ.setdefault("MASTER_PORT", port)
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend(use_cuda), init_method=init_method, rank=rank, world_size=world_size)
+    return torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+
+
+def sharded_map(items, folder, size, compute, write, read, suffix):
+    """``compute(items[a:b])`` for every shard of ``size`` items, each result stored as
+    ``folder/shard-<n><suffix>`` by ``write(path, result)`` and read back with ``read(path)``.
+
+    A shard already on disk is reused, not recomputed (a crash or a killed rank loses only its unfinished
+    shards). Rank r computes the missing shards ``n % world == r``; after a barrier every rank reads every
+    shard. Returns ``(results in shard order, shards reused, shards computed by this rank)``. The shard
+    boundaries, and so the batches inside ``compute``, are the same for any world size, so the merged
+    results equal a single process's byte for byte."""
+    from recbole_denoise.data.atomic import replace_atomically
+
+    os.makedirs(folder, exist_ok=True)
+    starts = list(range(0, len(items), max(1, int(size))))
+    paths = [os.path.join(folder, f"shard-{n:05d}{suffix}") for n in range(len(starts))]
+    done = broadcast([os.path.isfile(p) for p in paths])  # one view of the disk for every rank
+    computed = 0
+    for n in owned(len(starts)):
+        if not done[n]:
+            result = compute(items[starts[n]:starts[n] + size])
+            replace_atomically(paths[n], lambda tmp, result=result: write(tmp, result))
+            computed += 1
+    barrier()
+    return [read(p) for p in paths], int(sum(done)), computed

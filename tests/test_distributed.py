@@ -1,0 +1,136 @@
+"""Several processes on CPU (gloo, 2 ranks): sharded LLM stages equal one process exactly, a lost rank's
+shards are recomputed alone, LoRA fine-tuning runs DDP, and RecBole DDP trains SASRec and our models."""
+import filecmp
+import json
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch.multiprocessing as mp
+
+from recbole_denoise import run_recbole_denoise
+from tests.conftest import tiny_config
+from tests.test_llm4dsr import llm_cfg
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _join(rank, world, port):
+    import torch
+
+    from recbole_denoise import distributed
+
+    torch.set_num_threads(1)  # the reference runs on one thread too: the same kernels, the same bits
+    if world > 1:
+        distributed.init(rank, world, rank, False, f"tcp://127.0.0.1:{port}")
+
+
+def _leave():
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _prepare_worker(rank, world, port, cfg, out):
+    """The whole LLM4DSR stage (fit, score, decide, suggest, write) on ``world`` processes."""
+    from recbole_denoise.config import Config
+    from recbole_denoise.data.prepare import prepare_dataset
+
+    _join(rank, world, port)
+    try:
+        data, info = prepare_dataset(Config("GRU4Rec", "tiny", config_dict=cfg, denoiser="LLM4DSR"))
+        with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+            json.dump({"path": data.path, "denoise": info["denoise"]}, f, default=str)
+    finally:
+        _leave()
+
+
+def _score_worker(rank, world, port, cfg, workdir, out):
+    """LLM4DSR's fit + score only, with a work folder that outlives the call (as after a crash)."""
+    from recbole_denoise.config import Config
+    from recbole_denoise.data.prepare import prepare_dataset
+    from recbole_denoise.denoisers.base import load_sequences, training_sequences
+    from recbole_denoise.denoisers.llm4dsr import LLM4DSR
+
+    _join(rank, world, port)
+    try:
+        noised, _ = prepare_dataset(Config("GRU4Rec", "tiny", config_dict=cfg))
+        config = Config("GRU4Rec", "tiny", config_dict=cfg, denoiser="LLM4DSR")
+        seqs, _ = load_sequences(noised)
+        denoiser = LLM4DSR(config)
+        denoiser.bind(noised, workdir)
+        denoiser.fit(training_sequences(seqs, noised.kind))
+        scores = denoiser.score(seqs)
+        np.save(os.path.join(out, f"scores{rank}.npy"), np.concatenate(scores))
+        with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+            json.dump(denoiser.info["shards"], f)
+    finally:
+        _leave()
+
+
+def spawn(fn, world, *args):
+    mp.spawn(fn, args=(world, free_port(), *args), nprocs=world, join=True)
+
+
+def test_sharded_llm4dsr_stage_equals_one_process_byte_for_byte(tmp_path, tiny_llm_dir):
+    runs = {}
+    for world in (1, 2):
+        out = tmp_path / f"world{world}"
+        out.mkdir()
+        cfg = llm_cfg(lambda **kw: tiny_config(out, **kw), tiny_llm_dir, tuning="zero_shot", noise_ratio=0.2,
+                      score_shard_size=8, denoise_action="replace")
+        spawn(_prepare_worker, world, cfg, str(out))
+        ranks = [json.load(open(out / f"rank{r}.json")) for r in range(world)]
+        assert len({r["path"] for r in ranks}) == 1  # every rank returns the one dataset rank 0 wrote
+        runs[world] = ranks
+    one, two = runs[1][0], runs[2][0]
+    assert os.path.basename(one["path"]) == os.path.basename(two["path"])
+    names = sorted(f for f in os.listdir(one["path"]) if f != "meta.json")
+    assert any(n.endswith(".denoise_scores") for n in names) and any(n.endswith(".inter") for n in names)
+    assert filecmp.cmpfiles(one["path"], two["path"], names, shallow=False)[0] == names
+    assert one["denoise"]["edited"] > 0 and one["denoise"]["replaced"] > 0
+    shards = [r["denoise"]["shards"]["pnoise-first_token"] for r in runs[2]]
+    assert shards[0]["total"] == 10 and [s["computed_here"] for s in shards] == [5, 5]  # 80 windows / 8
+    assert not os.listdir(os.path.join(os.path.dirname(one["path"]), ".work"))  # work folder removed
+
+
+def test_a_lost_ranks_shards_are_recomputed_alone(tmp_path, tiny_llm_dir):
+    cfg = llm_cfg(lambda **kw: tiny_config(tmp_path, **kw), tiny_llm_dir, tuning="zero_shot", noise_ratio=0.2,
+                  score_shard_size=8)
+    workdir = tmp_path / "work"
+    spawn(_score_worker, 2, cfg, str(workdir), str(tmp_path))
+    first = np.load(tmp_path / "scores0.npy")
+    assert np.array_equal(first, np.load(tmp_path / "scores1.npy"), equal_nan=True)
+    folder = workdir / "pnoise-first_token"
+    lost = sorted(p for p in folder.iterdir() if int(p.stem.split("-")[1]) % 2 == 1)[:3]  # rank 1 "died" early
+    for p in lost:
+        p.unlink()
+    spawn(_score_worker, 2, cfg, str(workdir), str(tmp_path))
+    info = [json.load(open(tmp_path / f"rank{r}.json"))["pnoise-first_token"] for r in (0, 1)]
+    assert info[0]["reused"] == info[0]["total"] - 3
+    assert (info[0]["computed_here"], info[1]["computed_here"]) == (0, 3)
+    assert np.array_equal(np.load(tmp_path / "scores0.npy"), first, equal_nan=True)
+
+
+def test_lora_finetuning_runs_ddp_over_the_ranks(tmp_path, tiny_llm_dir):
+    cfg = llm_cfg(lambda **kw: tiny_config(tmp_path, **kw), tiny_llm_dir, finetune_samples=16, finetune_epochs=1,
+                  finetune_batch_size=4, noise_ratio=0.2, denoise_action="delete")
+    spawn(_prepare_worker, 2, cfg, str(tmp_path))
+    adapter = json.load(open(tmp_path / "rank0.json"))["denoise"]["adapter"]
+    done = json.load(open(os.path.join(adapter, "adapter", "DONE.json")))
+    assert done["global_steps"] == 2  # 16 examples / (4 per rank x 2 ranks); one process takes 4 steps
+
+
+@pytest.mark.parametrize("model", ["SASRec", "FMLPRec", "HSD"])
+def test_recbole_ddp_trains_one_epoch(tiny_cfg, model):
+    result = run_recbole_denoise(model, "tiny", config_dict=tiny_cfg(nproc=2, port=str(free_port()), epochs=1,
+                                                                      beyond_accuracy_k=5))
+    assert result["processes"] == 2 and result["timings"]["epochs"] == 1
+    assert 0 <= result["test_result"]["ndcg@10"] <= result["test_result"]["hit@10"] <= 1
+    assert "novelty@5" in result["beyond_accuracy"]  # computed by rank 0 over the whole test split
