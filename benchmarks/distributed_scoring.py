@@ -1,12 +1,13 @@
 """LLM4DSR P_noise scoring throughput with 1 vs 2 processes (torch.distributed, gloo on CPU / NCCL on GPU).
 
-    python benchmarks/distributed_scoring.py [--users 20] [--worlds 1,2] [--threads 0]
+    python benchmarks/distributed_scoring.py [--users 20] [--configs 1x2,1x1,2x1]
 
 The packaged SmolLM2-135M scores every window of a sample of ml-100k users (alpha = 0.1, zero-shot: no
 fine-tuning, so both runs read the same model). Each world size runs in fresh processes
-(``torch.multiprocessing.spawn``) on its own work folder; on a CPU each rank gets cores / world threads
-(``--threads`` overrides). Writes ``results/distributed_scoring_throughput.md`` and checks that every
-world size produced the same scores, bit for bit.
+(``torch.multiprocessing.spawn``) on its own work folder; a config ``PxT`` is P processes of T torch
+threads each. Writes ``results/distributed_scoring_throughput.md`` and checks, bit for bit, the scores of
+every multi-process config against the single process with the same threads per process (the thread
+count changes CPU kernels' summation order, so only equal thread counts can be equal bit for bit).
 """
 import argparse
 import json
@@ -63,36 +64,37 @@ def main():
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--users", type=int, default=20)
-    parser.add_argument("--worlds", default="1,2")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads per rank; 0 = cores / world")
+    parser.add_argument("--configs", default="1x2,1x1,2x1", help="processes x threads per process, comma-separated")
     args = parser.parse_args()
     root = tempfile.mkdtemp(prefix="dist-scoring-")
     cfg = {"sample_users": args.users, "noise_ratio": 0.1, "tuning": "zero_shot", "llm_batch_size": 16,
            "llm_title_max_tokens": 10, "score_shard_size": 32, "derived_data_path": os.path.join(root, "derived"),
            "log_dir": os.path.join(root, "log"), "state": "WARNING"}
-    rows, reference = [], None
-    for world in [int(w) for w in args.worlds.split(",")]:
-        out = os.path.join(root, f"world{world}")
+    rows, references = [], {}
+    for item in args.configs.split(","):
+        world, threads = (int(v) for v in item.split("x"))
+        out = os.path.join(root, f"p{world}x{threads}")
         os.makedirs(out)
-        threads = args.threads or max(1, (os.cpu_count() or 1) // world)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         mp.spawn(_worker, args=(world, port, threads, cfg, out), nprocs=world, join=True)
         timing = json.load(open(os.path.join(out, "timing.json")))
         scores = np.load(os.path.join(out, "scores.npy"))
-        same = None if reference is None else bool(np.array_equal(scores, reference, equal_nan=True))
-        reference = scores if reference is None else reference
+        if world == 1:
+            references[threads] = scores
+        same = None if world == 1 or threads not in references else \
+            bool(np.array_equal(scores, references[threads], equal_nan=True))
         rows.append((world, threads, timing["windows"], timing["seconds"], same))
         print(rows[-1], flush=True)
     base = rows[0][3]
     lines = ["# LLM4DSR scoring throughput: 1 vs 2 processes", "",
-             f"`python benchmarks/distributed_scoring.py --users {args.users} --worlds {args.worlds}` on {machine()}; "
+             f"`python benchmarks/distributed_scoring.py --users {args.users} --configs {args.configs}` on {machine()}; "
              f"{'CUDA' if torch.cuda.is_available() else 'CPU, gloo'}. SmolLM2-135M (packaged GGUF), zero-shot, "
              f"P_noise first_token over every window of {args.users} ml-100k users (alpha = 0.1), batch 16, shards of "
-             "32 windows. Scoring time only (model loading excluded); the result of every world size is compared "
-             "with world size 1.", "",
-             "| processes | threads per process | windows | scoring s | windows / s | speed-up | scores identical to 1 process |",
+             "32 windows. Scoring time only (model loading excluded). Speed-up is against the first row; scores of "
+             "several processes are compared bit for bit with one process of the same threads per process.", "",
+             "| processes | threads per process | windows | scoring s | windows / s | speed-up | identical to 1 process, same threads |",
              "|---|---|---|---|---|---|---|"]
     for world, threads, windows, seconds, same in rows:
         lines.append(f"| {world} | {threads} | {windows} | {seconds:.1f} | {windows / seconds:.2f} | "
