@@ -98,7 +98,7 @@ class Config(RecBoleConfig):
         cfg["gpu_id"] = ",".join(map(str, cfg["gpu_id"])) if isinstance(cfg["gpu_id"], tuple) else str(cfg["gpu_id"])
         use_cuda = bool(cfg["gpu_id"]) and torch.cuda.is_available()
         if torchrun:
-            rank, world, local = (int(os.environ[k]) for k in distributed.TORCHRUN_KEYS)
+            rank, local, world = (int(os.environ[k]) for k in distributed.TORCHRUN_KEYS)
             init_method = "env://"
         else:
             local, world = int(cfg["local_rank"]), int(cfg["world_size"])

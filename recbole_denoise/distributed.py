@@ -9,20 +9,33 @@ into the stage's work folder (on storage every rank can read: ``derived_data_pat
 :func:`barrier` every rank reads all shards, so each holds the same merged result as a single process.
 """
 import os
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
 
 TORCHRUN_KEYS = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
+_solo = [0]
+
+
+@contextmanager
+def solo():
+    """Inside, this process works alone (rank 0's whole-split steps after training): every helper here
+    acts as in a single process, so no collective call waits for ranks that are not there."""
+    _solo[0] += 1
+    try:
+        yield
+    finally:
+        _solo[0] -= 1
 
 
 def active():
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return not _solo[0] and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def rank_world():
-    """``(rank, world size)`` of this process; ``(0, 1)`` outside a process group."""
-    if dist.is_available() and dist.is_initialized():
+    """``(rank, world size)`` of this process; ``(0, 1)`` outside a process group or inside :func:`solo`."""
+    if not _solo[0] and dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 

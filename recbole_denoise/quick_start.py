@@ -110,28 +110,29 @@ def run_recbole_denoise(model=None, dataset=None, denoiser=None, config_file_lis
         if not distributed.is_main():
             return None
         test_data = unsharded_loader(config, test_data)
-    model_denoise, scores_file = None, data.file("denoise_scores")
-    if config["export_denoised"] and hasattr(net, "denoise_decisions") and data.kind == "inter":
-        t = time.time()
-        exported, model_denoise = export_decisions(net, train_data._dataset, data, config, logger)
-        scores_file = exported.file("denoise_scores")
-        timings["export"] = time.time() - t
-        logger.info(set_color("denoised data", "yellow") + f": {exported.path} ({model_denoise})")
-    cold_items = None
-    if config["cold_item_buckets"]:
-        t = time.time()
-        table = read_atomic(scores_file) if os.path.isfile(scores_file) else None
-        cold_items = cold_item_analysis(net, test_data, train_data._dataset, table, int(config["cold_item_buckets"]))
-        timings["cold_items"] = time.time() - t
-    extra = None
-    if config["beyond_accuracy_k"]:
-        t = time.time()
-        categories = None
-        if category_table is not None:
-            categories = item_categories(train_data._dataset, category_table, config["item_category_field"])
-        extra = beyond_accuracy(net, test_data, train_data._dataset, int(config["beyond_accuracy_k"]), categories,
-                                float(config["user_group_share"]))
-        timings["beyond_accuracy"] = time.time() - t
+    with distributed.solo():  # whole-split steps: one process (rank 0 of a distributed run)
+        model_denoise, scores_file = None, data.file("denoise_scores")
+        if config["export_denoised"] and hasattr(net, "denoise_decisions") and data.kind == "inter":
+            t = time.time()
+            exported, model_denoise = export_decisions(net, train_data._dataset, data, config, logger)
+            scores_file = exported.file("denoise_scores")
+            timings["export"] = time.time() - t
+            logger.info(set_color("denoised data", "yellow") + f": {exported.path} ({model_denoise})")
+        cold_items = None
+        if config["cold_item_buckets"]:
+            t = time.time()
+            table = read_atomic(scores_file) if os.path.isfile(scores_file) else None
+            cold_items = cold_item_analysis(net, test_data, train_data._dataset, table, int(config["cold_item_buckets"]))
+            timings["cold_items"] = time.time() - t
+        extra = None
+        if config["beyond_accuracy_k"]:
+            t = time.time()
+            categories = None
+            if category_table is not None:
+                categories = item_categories(train_data._dataset, category_table, config["item_category_field"])
+            extra = beyond_accuracy(net, test_data, train_data._dataset, int(config["beyond_accuracy_k"]), categories,
+                                    float(config["user_group_share"]))
+            timings["beyond_accuracy"] = time.time() - t
     timings["total"] = time.time() - t0
     denoise = info.get("denoise") or model_denoise or {"edited": 0, "edited_fraction": 0.0}
     result = {

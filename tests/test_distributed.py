@@ -127,10 +127,34 @@ def test_lora_finetuning_runs_ddp_over_the_ranks(tmp_path, tiny_llm_dir):
     assert done["global_steps"] == 2  # 16 examples / (4 per rank x 2 ranks); one process takes 4 steps
 
 
-@pytest.mark.parametrize("model", ["SASRec", "FMLPRec", "HSD"])
-def test_recbole_ddp_trains_one_epoch(tiny_cfg, model):
+@pytest.mark.parametrize("model", ["SASRec", "FMLPRec", "HSD", "IADSR"])
+def test_recbole_ddp_trains_one_epoch(tiny_cfg, tiny_st_dir, model):
+    extra = dict(encoder="sentence_transformers", encoder_path=tiny_st_dir, noise_ratio=0.2) if model == "IADSR" else {}
     result = run_recbole_denoise(model, "tiny", config_dict=tiny_cfg(nproc=2, port=str(free_port()), epochs=1,
-                                                                      beyond_accuracy_k=5))
+                                                                      beyond_accuracy_k=5, **extra))
     assert result["processes"] == 2 and result["timings"]["epochs"] == 1
+    if model == "IADSR":  # the embeddings were encoded in shards by both ranks; rank 0 exported the decisions
+        assert result["model_denoise"]["dataset_path"] and "f1" in result["model_denoise"]
     assert 0 <= result["test_result"]["ndcg@10"] <= result["test_result"]["hit@10"] <= 1
     assert "novelty@5" in result["beyond_accuracy"]  # computed by rank 0 over the whole test split
+
+
+def test_torchrun_runs_the_cli_on_two_processes(tmp_path):
+    """The README's torchrun recipe: every stage joins one group; only rank 0 prints and writes."""
+    import subprocess
+    import sys
+
+    from tests.conftest import FIXTURES
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    keys = tiny_config(tmp_path, noise_ratio=0.2, result_file=str(tmp_path / "r.json"))
+    keys.pop("item_text_field")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           os.path.join(root, "run_recbole_denoise.py"), "--model", "SASRec", "--dataset", "tiny",
+           "--denoiser", "CoocOutlier"] + [f"--{k}={v}" for k, v in keys.items()]
+    assert keys["data_path"] == FIXTURES
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.load(open(tmp_path / "r.json"))
+    assert result["processes"] == 2 and result["denoise"]["edited"] > 0
+    assert proc.stdout.count("'test_result'") == 1  # rank 1 returns None and prints nothing

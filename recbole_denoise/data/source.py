@@ -71,20 +71,20 @@ def stage_key(parent, params):
     return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
 
-def derive(parent, stage, params, build, root, logger=None, collective=True):
+def derive(parent, stage, params, build, root, logger=None):
     """Return the dataset that ``build(parent, out_dir, out_name) -> kind`` makes from ``parent``.
 
     Cached under ``root/<parent.name>-<stage>-<hash>``; built in a temporary folder and renamed into
     place, so an interrupted build leaves nothing half-written. ``params`` must hold every parameter
     that changes the output. The parent's ``.item`` file is copied when the build writes none.
 
-    In a distributed run (``recbole_denoise/distributed.py``) a ``collective`` call is made by every rank:
-    rank 0 decides whether the cache holds the dataset, every rank builds (a build may shard its work by
-    rank), rank 0 alone renames its copy into place, and all ranks return after a barrier.
+    In a distributed run (``recbole_denoise/distributed.py``) every rank calls it: rank 0 decides whether
+    the cache holds the dataset, every rank builds (a build may shard its work by rank), rank 0 alone
+    renames its copy into place, and all ranks return after a barrier.
     """
     from recbole_denoise import distributed
 
-    collective = collective and distributed.active()
+    collective = distributed.active()
     name = f"{parent.name}-{stage}-{stage_key(parent, params)}"
     out_dir = os.path.join(root, name)
     meta_path = os.path.join(out_dir, "meta.json")

@@ -160,5 +160,5 @@ def export_decisions(model, dataset, data, config, logger=None):
         return "inter", write_denoised(parent, table, seqs, scores, flags, out_dir, out_name,
                                        insertions=insertions)
 
-    out, info = derive(data, name, params, build, config["derived_data_path"], logger, collective=False)  # rank 0 only
+    out, info = derive(data, name, params, build, config["derived_data_path"], logger)
     return out, {**info, "dataset_path": out.path, "dataset_name": out.name}
