@@ -12,7 +12,7 @@ import yaml
 from tests.conftest import FIXTURES
 from recbole_denoise.benchmark import SpecError, load_spec, run_benchmark
 from recbole_denoise.denoisers import Denoiser
-from recbole_denoise.benchmark.report import marks, metric_table, paired_p, select_variants
+from recbole_denoise.benchmark.report import marks, metric_table, paired_p, read_results, select_variants
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -158,7 +158,7 @@ def results_frame():
     rows = []
 
     def add(method, base, seed, ndcg, valid):
-        rows.append({"status": "ok", "dataset": "d", "protocol": "loo", "noise_ratio": 0.1, "method": method,
+        rows.append({"run_id": f"{method}-{seed}", "status": "ok", "dataset": "d", "protocol": "loo", "noise_ratio": 0.1, "method": method,
                      "method_base": base, "backbone": "SASRec", "seed": seed, "ndcg@10": ndcg,
                      "valid_score": valid, "valid_bigger": True})
 
@@ -171,8 +171,10 @@ def results_frame():
     return pd.DataFrame(rows)
 
 
-def test_table_layout_bold_underline_std_and_p_values():
-    chosen, choices = select_variants(results_frame())
+def test_table_layout_bold_underline_std_and_p_values(tmp_path):
+    path = tmp_path / "results.csv"
+    results_frame().to_csv(path, index=False)  # through the file, as the report reads it
+    chosen, choices = select_variants(read_results(str(path)))
     assert set(chosen["method"]) == {"None", "A", "B[k=1]"}
     assert choices[0]["method"] == "B[k=1]" and choices[0]["candidates"] == 2
     table, p_table = metric_table(chosen, ["d"], ["ndcg@10"], ["SASRec"], ["None", "A", "B"], baseline="None")

@@ -189,19 +189,21 @@ def bucket_table(df, backbones, methods):
     return "\n".join(lines)
 
 
-def load_results(spec, out):
-    """The rows of ``out/results.csv`` that belong to ``spec``'s runs, typed by pandas."""
-    path = os.path.join(out, "results.csv")
+def read_results(path, run_ids=None):
+    """The rows of a ``results.csv`` (those of ``run_ids`` when given), typed by pandas; empty cells are
+    missing values, while a method or denoiser called "None" stays a name."""
     df = pd.read_csv(path, dtype={"run_id": str, "variant": str, "method": str, "method_base": str, "denoiser": str},
-                     keep_default_na=False, na_values=[""])  # a method may be called "None"
-    return df[df["run_id"].isin({r.run_id for r in spec.runs})].reset_index(drop=True)
+                     keep_default_na=False, na_values=[""])
+    if run_ids is not None:
+        df = df[df["run_id"].isin(set(run_ids))]
+    return df.reset_index(drop=True)
 
 
 def write_report(spec, out, meta=None):
     """``report.md`` (and ``plots/``) under ``out`` from its ``results.csv`` (the rows of ``spec``)."""
     from recbole_denoise.benchmark.plots import write_plots
 
-    df = load_results(spec, out)
+    df = read_results(os.path.join(out, "results.csv"), [r.run_id for r in spec.runs])
     ok = df[df["status"] == "ok"] if len(df) else df
     failed = df[df["status"] != "ok"] if len(df) else df
     metrics = list(spec.report.get("metrics") or DEFAULT_METRICS)
