@@ -66,7 +66,7 @@ def run_recbole_denoise(model=None, dataset=None, denoiser=None, config_file_lis
     """
     t0 = time.time()
     config = Config(model, dataset, config_file_list, config_dict, cmd_args=cmd_args, denoiser=denoiser)
-    if int(config["nproc"] or 1) > 1 and config["single_spec"]:
+    if (int(config["nproc"] or 1) > 1 or int(config["world_size"] or 0) > 1) and config["single_spec"]:
         return spawn_workers(config, (model, dataset, denoiser, config_file_list, config_dict, cmd_args, saved))
     init_seed(config["seed"], config["reproducibility"])
     logger = init_logger(config)

@@ -127,7 +127,7 @@ def test_lora_finetuning_runs_ddp_over_the_ranks(tmp_path, tiny_llm_dir):
     assert done["global_steps"] == 2  # 16 examples / (4 per rank x 2 ranks); one process takes 4 steps
 
 
-@pytest.mark.parametrize("model", ["SASRec", "FMLPRec", "HSD", "IADSR"])
+@pytest.mark.parametrize("model", ["SASRec", "FMLPRec", "CL4SRec", "HSD", "IADSR"])
 def test_recbole_ddp_trains_one_epoch(tiny_cfg, tiny_st_dir, model):
     extra = dict(encoder="sentence_transformers", encoder_path=tiny_st_dir, noise_ratio=0.2) if model == "IADSR" else {}
     result = run_recbole_denoise(model, "tiny", config_dict=tiny_cfg(nproc=2, port=str(free_port()), epochs=1,
@@ -158,3 +158,23 @@ def test_torchrun_runs_the_cli_on_two_processes(tmp_path):
     result = json.load(open(tmp_path / "r.json"))
     assert result["processes"] == 2 and result["denoise"]["edited"] > 0
     assert proc.stdout.count("'test_result'") == 1  # rank 1 returns None and prints nothing
+
+
+def test_two_machines_recipe_with_offsets(tmp_path):
+    """README's M-machine recipe with RecBole's keys, as two "machines" of one process each on this host."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    port = free_port()
+    procs = []
+    for offset in (0, 1):
+        keys = tiny_config(tmp_path, result_file=str(tmp_path / f"r{offset}.json"), nproc=1, world_size=2,
+                           offset=offset, ip="127.0.0.1", port=port)
+        cmd = [sys.executable, os.path.join(root, "run_recbole_denoise.py"), "--model", "SASRec", "--dataset", "tiny"]
+        procs.append(subprocess.Popen(cmd + [f"--{k}={v}" for k, v in keys.items()], cwd=tmp_path,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
+    assert json.load(open(tmp_path / "r0.json"))["processes"] == 2
+    assert not (tmp_path / "r1.json").exists()  # global rank 1 writes nothing

@@ -98,12 +98,16 @@ def machine():
             f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
 
 
-def git_commit(path):
-    """``<short hash>`` of the checkout at ``path`` (``-dirty`` with uncommitted changes), or ``unknown``."""
+def git_commit(path, ignore=None):
+    """``<short hash>`` of the checkout at ``path`` (``-dirty`` with uncommitted changes to tracked files
+    outside the folder ``ignore``, e.g. the benchmark's own output), or ``unknown``."""
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=path, capture_output=True, text=True,
                               check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=path,
+        spec = ["--", "."]
+        if ignore and os.path.abspath(ignore).startswith(os.path.abspath(path) + os.sep):
+            spec.append(f":(exclude){os.path.relpath(ignore, path)}")
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", *spec], cwd=path,
                                capture_output=True, text=True, check=True).stdout.strip()
         return head + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
@@ -156,8 +160,8 @@ def run_benchmark(spec, command=None, progress=True, report=True, log=print):
 
     from recbole_denoise.config import PROJECT_DIR
 
-    started, commit = time.time(), git_commit(PROJECT_DIR)  # the code the runs start from
     out = os.path.abspath(spec.output)
+    started, commit = time.time(), git_commit(PROJECT_DIR, ignore=out)  # the code the runs start from
     os.makedirs(os.path.join(out, "runs"), exist_ok=True)
     csv_path = os.path.join(out, "results.csv")
     rows = {r["run_id"]: r for r in read_rows(csv_path)}
