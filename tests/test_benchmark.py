@@ -223,3 +223,10 @@ def test_eta_sweep_scores_once(tiny_cfg):
     fixed = [run_recbole_denoise("GRU4Rec", "tiny", "CoocOutlier", config_dict=tiny_cfg(
         noise_ratio=0.2, seed=seed, denoise_seed=7)) for seed in (1, 2)]
     assert fixed[0]["dataset_path"] == fixed[1]["dataset_path"] and fixed[1]["reused"] == ["noise", "denoise"]
+
+
+def test_the_quick_spec_validates():  # (paper.yaml resolves 1,560 configs: about 30 s, left to its users)
+    spec = load_spec(os.path.join(ROOT, "benchmarks", "quick.yaml"))
+    assert spec.preset == "quick" and len(spec.runs) == 136 and len({r.run_id for r in spec.runs}) == 136
+    methods = {r.method_base for r in spec.runs}
+    assert {"None", "LLM4DSR", "IADSR", "HSD", "STEAM", "SSDRec", "FMLPRec", "CL4SRec", "DCRec"} <= methods
