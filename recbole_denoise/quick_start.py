@@ -195,6 +195,7 @@ def _worker(local_rank, args, world, queue):
 
     model, dataset, denoiser, files, config_dict, cmd_args, saved = args
     config_dict = dict(config_dict or {}, local_rank=local_rank, world_size=world)
+    cmd_args = [a for a in cmd_args or [] if not a.startswith(("--world_size=", "--local_rank="))]  # resolved above
     try:
         result = run_recbole_denoise(model, dataset, denoiser, files, config_dict, cmd_args, saved)
         if local_rank == 0:
