@@ -118,15 +118,16 @@ def f1_plots(df, folder, written):
                                       sub["backbone"] + "+" + sub["method_base"]))
         g = sub.groupby(["noise_ratio", "who"], sort=False)["f1"].agg(["mean", "std"]).reset_index()
         alphas, who = sorted(g["noise_ratio"].unique()), list(dict.fromkeys(g["who"]))
-        fig, axes = _subplots(1)
-        ax, width = axes[0], 0.8 / max(1, len(who))
+        plt = _plt()
+        fig, ax = plt.subplots(figsize=(max(4.5, 0.35 * len(who) * len(alphas) + 1.5), 3.6))
+        width, colours = 0.8 / max(1, len(who)), plt.get_cmap("tab20").colors
         for j, w in enumerate(who):
             row = g[g["who"] == w].set_index("noise_ratio").reindex(alphas)
             ax.bar(np.arange(len(alphas)) + j * width, row["mean"], width, yerr=row["std"].fillna(0), capsize=2,
-                   label=w)
+                   label=w, color=colours[j % len(colours)])
         ax.set_xticks(np.arange(len(alphas)) + 0.4 - width / 2, [f"{a:g}" for a in alphas])
         ax.set(title=f"{dataset}: noise-detection F1", xlabel="noise ratio alpha", ylabel="F1")
-        ax.legend(fontsize=6)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
         _save(fig, folder, _slug("f1", dataset, protocol), written)
 
 
