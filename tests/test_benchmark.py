@@ -225,8 +225,10 @@ def test_eta_sweep_scores_once(tiny_cfg):
     assert fixed[0]["dataset_path"] == fixed[1]["dataset_path"] and fixed[1]["reused"] == ["noise", "denoise"]
 
 
-def test_the_quick_spec_validates():  # (paper.yaml resolves 1,560 configs: about 30 s, left to its users)
-    spec = load_spec(os.path.join(ROOT, "benchmarks", "quick.yaml"))
-    assert spec.preset == "quick" and len(spec.runs) == 136 and len({r.run_id for r in spec.runs}) == 136
-    methods = {r.method_base for r in spec.runs}
-    assert {"None", "LLM4DSR", "IADSR", "HSD", "STEAM", "SSDRec", "FMLPRec", "CL4SRec", "DCRec"} <= methods
+@pytest.mark.parametrize("name,runs", [("quick", 136), ("smoke", 8)])
+def test_shipped_specs_validate(name, runs):  # (paper.yaml resolves 1,560 configs: about 30 s, left to its users)
+    spec = load_spec(os.path.join(ROOT, "benchmarks", f"{name}.yaml"))
+    assert spec.preset == name and len(spec.runs) == runs and len({r.run_id for r in spec.runs}) == runs
+    if name == "quick":  # every method this package has
+        methods = {r.method_base for r in spec.runs}
+        assert {"None", "LLM4DSR", "IADSR", "HSD", "STEAM", "SSDRec", "FMLPRec", "CL4SRec", "DCRec"} <= methods
