@@ -218,8 +218,8 @@ def cached_embeddings(encoder, texts, cache_dir, name, logger=None, shard_size=4
         logger.warning(f"stale embedding cache {npy}: {problem}; recomputing")
     shards = os.path.join(cache_dir, f".shards-{name}-{key}")
     emb = encode_in_shards(encoder, texts, shards, shard_size)
+    distributed.barrier()  # every rank has read every shard before rank 0 removes them
     if not distributed.is_main():
-        distributed.barrier()
         return emb
 
     def write_npy(tmp):
@@ -235,6 +235,5 @@ def cached_embeddings(encoder, texts, cache_dir, name, logger=None, shard_size=4
 
     replace_atomically(meta_file, write_meta)
     shutil.rmtree(shards, ignore_errors=True)
-    distributed.barrier()
     logger.info(f"embeddings '{name}' ({emb.shape[0]} x {emb.shape[1]}) computed and cached at {npy}")
     return emb
