@@ -12,7 +12,6 @@ count changes CPU kernels' summation order, so only equal thread counts can be e
 import argparse
 import json
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -62,6 +61,8 @@ def main():
     import torch.multiprocessing as mp
     from iadsr import machine, write
 
+    from recbole_denoise.distributed import free_port
+
     parser = argparse.ArgumentParser()
     parser.add_argument("--users", type=int, default=20)
     parser.add_argument("--configs", default="1x2,1x1,2x1", help="processes x threads per process, comma-separated")
@@ -75,10 +76,7 @@ def main():
         world, threads = (int(v) for v in item.split("x"))
         out = os.path.join(root, f"p{world}x{threads}")
         os.makedirs(out)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        mp.spawn(_worker, args=(world, port, threads, cfg, out), nprocs=world, join=True)
+        mp.spawn(_worker, args=(world, free_port(), threads, cfg, out), nprocs=world, join=True)
         timing = json.load(open(os.path.join(out, "timing.json")))
         scores = np.load(os.path.join(out, "scores.npy"))
         if world == 1:

@@ -16,7 +16,6 @@ are cached, so the first IADSR run of a dataset pays for the encoding (reported 
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -28,10 +27,9 @@ QUIET = {"show_progress": False, "state": "WARNING"}
 
 
 def machine():
-    import torch
+    from recbole_denoise.benchmark.executor import machine as describe
 
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, " \
-           f"{torch.get_num_threads()} threads"
+    return describe()
 
 
 def write(name, lines):

@@ -64,6 +64,15 @@ def broadcast(value):
     return box[0]
 
 
+def free_port(host="127.0.0.1"):
+    """A TCP port that is free on ``host`` now (for ``port`` / ``MASTER_PORT`` of a local group)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
 def launched_by_torchrun():
     return all(k in os.environ for k in TORCHRUN_KEYS) and int(os.environ["WORLD_SIZE"]) > 1
 

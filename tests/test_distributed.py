@@ -3,21 +3,15 @@ shards are recomputed alone, LoRA fine-tuning runs DDP, and RecBole DDP trains S
 import filecmp
 import json
 import os
-import socket
 
 import numpy as np
 import pytest
 import torch.multiprocessing as mp
 
 from recbole_denoise import run_recbole_denoise
+from recbole_denoise.distributed import free_port
 from tests.conftest import tiny_config
 from tests.test_llm4dsr import llm_cfg
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _join(rank, world, port):

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from recbole_denoise.data.atomic import read_atomic, read_header, write_atomic
+from recbole_denoise.data.atomic import read_atomic, read_header, replace_atomically, write_atomic
 from recbole_denoise.data.noise import CLEAN, LABEL, chronological
 from recbole_denoise.data.protocol import read_windows
 from recbole_denoise.data.source import BENCHMARK_SPLITS, DatasetError, stage_key
@@ -374,6 +374,19 @@ def work_dir(config, out_name):
 DECISION_KEYS = ("threshold_quantile", "threshold_quantile_test", "max_edits", "denoise_action")
 
 
+def save_ragged(path, arrays):
+    """One ``.npz`` holding a list of 1-d arrays of different lengths (flat values + lengths)."""
+    lengths = np.array([len(a) for a in arrays], dtype=np.int64)
+    np.savez(path, flat=np.concatenate(arrays) if len(arrays) else np.zeros(0), lengths=lengths)
+
+
+def load_ragged(path):
+    """The list of arrays :func:`save_ragged` wrote."""
+    with np.load(path) as z:
+        flat, lengths = z["flat"], z["lengths"]
+    return np.split(flat, np.cumsum(lengths)[:-1]) if len(lengths) else []
+
+
 def cached_scores(parent, denoiser_cls, config, compute):
     """``(scores, reused)``: the denoiser's scores of ``parent``, kept under ``<derived_data_path>/.scores``
     by a hash of everything but the decision keys (eta, b, action), so a sweep over eta scores once.
@@ -386,18 +399,10 @@ def cached_scores(parent, denoiser_cls, config, compute):
     from recbole_denoise import distributed
 
     if distributed.broadcast(os.path.isfile(path)):  # every rank takes the same branch
-        with np.load(path) as z:
-            flat, lengths = z["flat"], z["lengths"]
-        return (np.split(flat, np.cumsum(lengths)[:-1]) if len(lengths) else []), True
+        return load_ragged(path), True
     scores = compute()
-    if not distributed.is_main():
-        return scores, False
-    lengths = np.array([len(a) for a in scores], dtype=np.int64)
-    flat = np.concatenate([np.asarray(a, dtype=float) for a in scores]) if len(scores) else np.zeros(0)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path[:-4] + ".tmp.npz"
-    np.savez(tmp, flat=flat, lengths=lengths)
-    os.replace(tmp, path)
+    if distributed.is_main():
+        replace_atomically(path, lambda tmp: save_ragged(tmp, [np.asarray(a, dtype=float) for a in scores]))
     return scores, False
 
 

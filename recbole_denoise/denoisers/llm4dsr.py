@@ -218,19 +218,12 @@ class LLM4DSR(Denoiser):
         """``compute(units) -> list of arrays``, over shards of ``score_shard_size`` units kept in the work
         folder: a shard on disk (from a crashed run) is reused; in a distributed run each rank computes its
         own shards and every rank gets all of them (``distributed.sharded_map``)."""
+        from recbole_denoise.denoisers.base import load_ragged, save_ragged
         from recbole_denoise.distributed import sharded_map
 
-        def write(path, arrays):
-            lengths = np.array([len(a) for a in arrays], dtype=np.int64)
-            np.savez(path, flat=np.concatenate(arrays) if arrays else np.zeros(0), lengths=lengths)
-
-        def read(path):
-            with np.load(path) as z:
-                flat, lengths = z["flat"], z["lengths"]
-            return np.split(flat, np.cumsum(lengths)[:-1]) if len(lengths) else []
-
         parts, reused, computed = sharded_map(units, os.path.join(self.workdir, tag),
-                                              int(self._key("score_shard_size", 256)), compute, write, read, ".npz")
+                                              int(self._key("score_shard_size", 256)), compute, save_ragged,
+                                              load_ragged, ".npz")
         self.info.setdefault("shards", {})[tag] = {"total": len(parts), "reused": reused, "computed_here": computed}
         return [a for part in parts for a in part]
 
