@@ -6,6 +6,9 @@
         per-epoch training time of IADSR-<backbone> vs <backbone> on ml-100k (target: at most 2x)
     python benchmarks/iadsr.py beauty [--users 3000] [--seeds 2020,2021,2022]
         HR@10 / NDCG@10 of GRU4Rec vs IADSR-GRU4Rec on an amazon-beauty user sample, alpha = 0.1
+    python benchmarks/iadsr.py eval_history [--epochs 3] [--seeds 2020] [--max_len 10]
+        one IADSR-GRU4Rec trained on ml-100k (alpha = 0.1, short_term item, MiniLM), its test set evaluated
+        with iadsr_eval_history masked (keep rules probability and sign) and original; masked shares
     python benchmarks/iadsr.py show
         tabulates the result files of the three README runs (results/raw/iadsr_show_ml100k_<backbone>.json,
         written by run_recbole_denoise.py --model IADSR --iadsr_backbone=<backbone> ... --result_file=...)
@@ -168,6 +171,75 @@ def bench_beauty(args):
     write("iadsr_beauty_gru4rec.md", lines)
 
 
+def bench_eval_history(args):
+    """Train once per seed, then evaluate the same best checkpoint under each evaluation setting."""
+    import tempfile
+
+    import torch
+    from recbole.data import data_preparation
+    from recbole.utils import get_trainer, init_logger, init_seed
+
+    from recbole_denoise.config import Config
+    from recbole_denoise.data.prepare import prepare_dataset
+    from recbole_denoise.quick_start import build_dataset
+
+    settings = [("masked", "probability"), ("masked", "sign"), ("original", "-")]
+    base = {"iadsr_backbone": "GRU4Rec", "encoder": "sentence_transformers", "short_term": "item",
+            "MAX_ITEM_LIST_LENGTH": args.max_len, "epochs": args.epochs, "noise_ratio": 0.1,
+            "stopping_step": 1000, "export_denoised": False, "cold_item_buckets": 0, "beyond_accuracy_k": 0,
+            **QUIET}
+    rows, t0 = [], time.time()
+    for seed in [int(x) for x in args.seeds.split(",")]:
+        ckpt = tempfile.mkdtemp(prefix="iadsr-eval-")
+        config = Config("IADSR", "ml-100k", config_dict={**base, "seed": seed, "checkpoint_dir": ckpt})
+        init_seed(config["seed"], config["reproducibility"])
+        init_logger(config)
+        data, _ = prepare_dataset(config)
+        train, valid, test = data_preparation(config, build_dataset(config, data))
+        init_seed(config["seed"], config["reproducibility"])
+        net = config.model_class(config, train._dataset).to(config["device"])
+        trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
+        t = time.time()
+        trainer.fit(train, valid, saved=True, show_progress=False)   # model selection: default (masked, probability)
+        train_s = time.time() - t
+        for history, keep in settings:
+            net.eval_history = history
+            if keep != "-":
+                net.eval_keep = keep
+            res = trainer.evaluate(test, load_best_model=True, show_progress=False)
+            net.eval()
+            rules = [keep] if keep != "-" else ["probability", "sign"]
+            shares = {}
+            for rule in rules:  # the share the masked history would drop (original: nothing is dropped)
+                net.eval_keep = rule
+                masked = positions = 0
+                with torch.no_grad():
+                    for batch in test:
+                        inter = batch[0].to(config["device"])
+                        _, _, k, _, valid_pos, _ = net.mask_scores(inter)
+                        masked += int(((k < 0.5) & valid_pos).sum())
+                        positions += int(valid_pos.sum())
+                shares[rule] = masked / max(positions, 1)
+            rows.append((seed, history, keep, res["ndcg@10"], res["hit@10"], shares, train_s))
+            print(rows[-1], flush=True)
+    lines = ["# IADSR: prediction from the masked vs the original history (issue 15, items 13 and 16)", "",
+             f"`nice -n 10 env OMP_NUM_THREADS=1 python benchmarks/iadsr.py eval_history --epochs {args.epochs} "
+             f"--seeds {args.seeds} --max_len {args.max_len}` on {machine()}; git commit `{args.commit}`.",
+             f"ml-100k, alpha = 0.1 noise, IADSR-GRU4Rec, encoder sentence_transformers (MiniLM), short_term item, "
+             f"MAX_ITEM_LIST_LENGTH {args.max_len}, {args.epochs} epochs (no early stop), every other key at its "
+             "default. One model per seed, trained once; the best-validation checkpoint (validated with the "
+             "defaults: masked history, keep rule probability) is evaluated on the test rows under each "
+             f"setting. Masked share: valid history positions of the test rows the masked history drops. "
+             f"Total wall time {time.time() - t0:.0f} s.", "",
+             "| seed | iadsr_eval_history | iadsr_eval_keep | test NDCG@10 | test HR@10 | masked share | train s |",
+             "|---|---|---|---|---|---|---|"]
+    for seed, history, keep, ndcg, hit, shares, train_s in rows:
+        share = (f"{shares[keep]:.3f}" if keep != "-" else
+                 "0 (would be " + ", ".join(f"{shares[r]:.3f} {r}" for r in shares) + ")")
+        lines.append(f"| {seed} | {history} | {keep} | {ndcg:.4f} | {hit:.4f} | {share} | {train_s:.0f} |")
+    write("fidelity_iadsr_before_after.md", lines)
+
+
 def show(args):
     lines = ["# IADSR on ml-100k: the README runs", "",
              "`python run_recbole_denoise.py --model IADSR --iadsr_backbone=<B> --dataset ml-100k --noise_ratio=0.1 "
@@ -194,17 +266,19 @@ def show(args):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["encoders", "epochs", "beauty", "show"])
+    ap.add_argument("what", choices=["encoders", "epochs", "beauty", "eval_history", "show"])
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--max_len", type=int, default=50)
     ap.add_argument("--backbones", default="GRU4Rec,SASRec,Caser")
     ap.add_argument("--users", type=int, default=3000)
-    ap.add_argument("--seeds", default="2020,2021,2022")
+    ap.add_argument("--seeds", default="2020,2021,2022")   # eval_history: pass --seeds 2020
     ap.add_argument("--encoder_max_length", type=int, default=64)
+    ap.add_argument("--commit", default=os.popen(f"git -C {ROOT} rev-parse --short HEAD").read().strip())
     args = ap.parse_args()
     sys.path.insert(0, ROOT)
-    {"encoders": bench_encoders, "epochs": bench_epochs, "beauty": bench_beauty, "show": show}[args.what](args)
+    {"encoders": bench_encoders, "epochs": bench_epochs, "beauty": bench_beauty, "eval_history": bench_eval_history,
+     "show": show}[args.what](args)
 
 
 if __name__ == "__main__":

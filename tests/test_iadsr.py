@@ -300,6 +300,8 @@ def test_backbone_defaults_are_loaded(iadsr_cfg):
     ({"semantic_dim": 7}, "semantic_dim"),
     ({"short_term": "suffix"}, "short_term"),
     ({"protocol": "window"}, "protocol"),
+    ({"iadsr_eval_history": "both"}, "iadsr_eval_history"),
+    ({"iadsr_eval_keep": "half"}, "iadsr_eval_keep"),
 ])
 def test_bad_input(iadsr_cfg, overrides, message):
     with pytest.raises((ConfigError, DatasetError), match=message):
@@ -319,3 +321,60 @@ def test_empty_texts(tiny, tiny_st_dir):
     cfg = make(encoder="sentence_transformers", encoder_path=tiny_st_dir)
     with pytest.raises(DatasetError, match="every item has an empty 'title'"):
         run_recbole_denoise("IADSR", "tiny", config_dict=cfg, saved=False)
+
+
+# -- evaluation: which history, which threshold (issue 15, items 13 and 16) -----------------------------------
+def test_eval_history_original_predicts_from_the_unmasked_history(iadsr_cfg):
+    _, net, train, test = build(iadsr_cfg(gate_theta=-1.0, iadsr_eval_history="original"))
+    train_epoch(net, train)
+    net.eval()
+    inter = next(iter(test))[0]
+    with torch.no_grad():
+        assert (net.mask_scores(inter)[2] < 0.5).any()            # the masked history would differ
+        own = net.backbone.full_sort_predict(inter)
+        assert torch.allclose(net.full_sort_predict(inter), own, atol=1e-6)
+        net.eval_history = "masked"
+        assert not torch.allclose(net.full_sort_predict(inter), own, atol=1e-4)
+
+
+def test_eval_keep_is_the_training_keep_probability(iadsr_cfg):
+    import math
+
+    # hard Gumbel-sigmoid keeps an item with probability 1 - exp(-e^s), whatever tau
+    torch.manual_seed(0)
+    s = torch.tensor([-1.0, math.log(math.log(2.0)), 0.0, 0.5])
+    freq = gumbel_sigmoid(s.repeat(40000, 1), tau=0.5).mean(0)
+    assert torch.allclose(freq, 1 - torch.exp(-torch.exp(s)), atol=0.01)
+    _, net, _, _ = build(iadsr_cfg())
+    assert net.eval_keep == "probability"
+    score = torch.tensor([[-0.5, -0.3, 0.1, -0.2, -0.37]])
+    gate, valid = torch.tensor([True]), torch.ones(1, 5, dtype=torch.bool)
+    keep = net._mask(score, gate, valid, stochastic=False)
+    assert keep.tolist() == [[0.0, 1.0, 1.0, 1.0, 0.0]]           # P(keep) 0.45, 0.52, 0.67, 0.56, 0.49
+    assert torch.equal(keep.bool(), 1 - torch.exp(-torch.exp(score)) > 0.5)
+    _, old, _, _ = build(iadsr_cfg(iadsr_eval_keep="sign"))
+    assert old._mask(score, gate, valid, stochastic=False).tolist() == [[0.0, 0.0, 1.0, 0.0, 0.0]]
+
+
+def test_long_term_pool_max_changes_only_the_long_term_interest(iadsr_cfg):
+    """Official code: max over the states is the long-term interest (InfoNCE, gate, c2); the prediction
+    still comes from the last state."""
+    _, net, train, test = build(iadsr_cfg(long_term_pool="max", gate_theta=1.0, info_long_weight=0.0,
+                                          info_short_weight=0.0, recon_weight=0.0))
+    net.train()
+    batch = next(iter(train))
+    assert torch.allclose(sum(net.calculate_loss(batch)), net.backbone.calculate_loss(batch), atol=1e-6)
+    net.eval()
+    inter = next(iter(test))[0]
+    with torch.no_grad():
+        assert torch.allclose(net.full_sort_predict(inter), net.backbone.full_sort_predict(inter), atol=1e-6)
+        rows, valid = net._rows(batch)
+        x = net.adapter.item_embedding(batch[net.ITEM_SEQ])
+        h, e2, long = net._encode(x, batch, valid)
+        expect = torch.stack([h[i, valid[i]].max(0).values for i in range(len(h))])
+        assert torch.allclose(long, expect) and not torch.allclose(long, e2)
+
+
+def test_eval_keys_defaults(iadsr_cfg):
+    config = Config("IADSR", "tiny", config_dict=iadsr_cfg())
+    assert config["iadsr_eval_history"] == "masked" and config["iadsr_eval_keep"] == "probability"

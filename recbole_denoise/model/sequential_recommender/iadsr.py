@@ -32,6 +32,8 @@ paper prefixes) and ``recon_target: input`` (the code reconstructs the masked in
 the original sequence). The official code resets its mask memory every epoch, so its progressive masks
 are never applied; here they are.
 """
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -48,6 +50,16 @@ __all__ = ["IADSR"]
 
 POOLS = ("last", "max")
 RECON_TARGETS = ("original", "input")
+EVAL_HISTORIES = ("masked", "original")
+EVAL_KEEPS = ("probability", "sign")
+# Hard Gumbel-sigmoid keeps an item iff score + g > 0 with g ~ Gumbel(0, 1) (tau > 0 does not move the
+# sign), i.e. with probability P(keep | s) = 1 - exp(-e^s). P(keep) > 1/2 iff s > ln(ln 2) ~ -0.3665.
+KEEP_THRESHOLD = {"probability": math.log(math.log(2.0)), "sign": 0.0}
+
+
+def keep_probability(score):
+    """P(keep) of the training mask (hard Gumbel-sigmoid, any temperature) at ``score``: 1 - exp(-e^s)."""
+    return -torch.expm1(-torch.exp(score))
 
 
 def gumbel_sigmoid(logits, tau=1.0, hard=True, eps=1e-10):
@@ -93,10 +105,12 @@ class IADSR(SequentialRecommender):
         self.adapter = states_for(self.backbone)
         self.POSITION_LIST = POSITION_FIELD + config["LIST_SUFFIX"]
 
-        for key, allowed in (("long_term_pool", POOLS), ("recon_target", RECON_TARGETS)):
+        for key, allowed in (("long_term_pool", POOLS), ("recon_target", RECON_TARGETS),
+                             ("iadsr_eval_history", EVAL_HISTORIES), ("iadsr_eval_keep", EVAL_KEEPS)):
             if config[key] not in allowed:
                 raise ConfigError(f"{key} must be one of {list(allowed)}, got {config[key]!r}")
         self.pool, self.recon_target = config["long_term_pool"], config["recon_target"]
+        self.eval_history, self.eval_keep = config["iadsr_eval_history"], config["iadsr_eval_keep"]
         self.theta = float(config["gate_theta"])
         self.gumbel_tau, self.hard = float(config["gumbel_temperature"]), bool(config["gumbel_hard"])
         self.info_tau = float(config["infonce_temperature"])
@@ -177,17 +191,21 @@ class IADSR(SequentialRecommender):
         return e1, self.short_proj(short)
 
     def _encode(self, x, interaction, valid):
+        """States ``h``, the backbone's sequence representation ``e2`` (next-item prediction) and the
+        collaborative long-term interest (``e2`` itself, or with ``long_term_pool: max`` the max over the
+        valid states, as the official code's long-term interest)."""
         h, e2 = self.adapter.states(x, interaction)
+        long = e2
         if self.pool == "max":
-            e2 = h.masked_fill(~valid.unsqueeze(-1), float("-inf")).max(dim=1).values
-        return h, e2
+            long = h.masked_fill(~valid.unsqueeze(-1), float("-inf")).max(dim=1).values
+        return h, e2, long
 
     def _pass(self, x, interaction, rows, valid):
         """Backbone states of input ``x``, projected semantics, score(t) and the gate."""
-        h, e2 = self._encode(x, interaction, valid)
+        h, e2, long = self._encode(x, interaction, valid)
         e1, short = self._semantic(interaction, rows)
-        score, gate = self._scores(h, e2, e1, short)
-        return h, e2, e1, short, score, gate
+        score, gate = self._scores(h, long, e1, short)
+        return h, e2, long, e1, short, score, gate
 
     def _scores(self, h, e2, e1, short):
         """score(t) (Eqs. 13-16) and the user gate (Eq. 12)."""
@@ -200,8 +218,8 @@ class IADSR(SequentialRecommender):
     def _mask(self, score, gate, valid, stochastic):
         if stochastic:
             k = gumbel_sigmoid(score, self.gumbel_tau, self.hard)
-        else:
-            k = (torch.sigmoid(score / self.gumbel_tau) > 0.5).to(score.dtype)
+        else:  # probability: keep iff P(keep) = 1 - exp(-e^s) > 1/2; sign: keep iff score > 0
+            k = (score > KEEP_THRESHOLD[self.eval_keep]).to(score.dtype)
         keep_all = ~(gate.unsqueeze(1) & valid)
         return torch.where(keep_all, torch.ones_like(k), k)
 
@@ -227,7 +245,7 @@ class IADSR(SequentialRecommender):
 
     def calculate_loss(self, interaction):
         x, x_in, rows, valid = self.input_embeddings(interaction)
-        h, e2, e1, short, score, gate = self._pass(x_in, interaction, rows, valid)
+        h, e2, e2_long, e1, short, score, gate = self._pass(x_in, interaction, rows, valid)
         mask = self._mask(score, gate, valid, stochastic=True)
         with torch.no_grad():
             self._remember(rows, valid, mask.detach(), interaction)
@@ -241,7 +259,8 @@ class IADSR(SequentialRecommender):
         long = zero
         if w["info_long_weight"]:
             users = interaction[self.USER_ID]
-            long = w["info_long_weight"] * info_nce(e2, e1, self.info_tau, users.unsqueeze(0) == users.unsqueeze(1))
+            long = w["info_long_weight"] * info_nce(e2_long, e1, self.info_tau,
+                                                    users.unsqueeze(0) == users.unsqueeze(1))
         short_loss = zero
         if w["info_short_weight"]:
             idx = valid.flatten().nonzero().squeeze(1)
@@ -266,11 +285,16 @@ class IADSR(SequentialRecommender):
         the original embeddings, the valid positions and ``e2`` of the unmasked history (for ``forward``)."""
         rows, valid = self._rows(interaction)
         x = self.adapter.item_embedding(interaction[self.ITEM_SEQ])
-        _, e2, _, _, score, gate = self._pass(x, interaction, rows, valid)
+        _, e2, _, _, _, score, gate = self._pass(x, interaction, rows, valid)
         return score, gate, self._mask(score, gate, valid, stochastic=False), x, valid, e2
 
     def forward(self, interaction):
-        """The sequence representation used for prediction: masks at evaluation are deterministic."""
+        """The sequence representation used for prediction (``iadsr_eval_history``): ``masked``, from the
+        history without the items masked deterministically; ``original``, from the whole history (the
+        official evaluation scripts)."""
+        if self.eval_history == "original":
+            rows, valid = self._rows(interaction)
+            return self._encode(self.adapter.item_embedding(interaction[self.ITEM_SEQ]), interaction, valid)[1]
         _, _, keep, x, valid, e2 = self.mask_scores(interaction)
         if bool((keep > 0.5).all()):  # nothing masked: the first pass already is the prediction
             return e2
