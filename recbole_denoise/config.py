@@ -163,6 +163,22 @@ class Config(RecBoleConfig):
             if os.path.dirname(path).endswith("dataset"):
                 self.parameters["Dataset"] += [k for k in values if k not in self.parameters["Dataset"]]
 
+    def _set_default_parameters(self):
+        """RecBole's, plus the losses that read a sampled negative (``NEG_ITEM_ID``) in a model without
+        its own ``input_type``: ``loss_type`` BPR, and BCE (binary cross-entropy on one positive and one
+        negative, FMLPRec's official loss; RecBole knows only CE and BPR). Both read pairs, and with
+        ``train_neg_sample_args`` None (``overall.yaml``'s, because CE forbids negatives) they get
+        RecBole's own default, one uniform negative per row."""
+        from recbole.utils import InputType
+
+        cfg = self.final_config_dict
+        pairwise = cfg.get("loss_type") in ("BPR", "BCE") and not hasattr(self.model_class, "input_type")
+        if pairwise and cfg.get("train_neg_sample_args") in (None, "None"):
+            cfg["train_neg_sample_args"] = {"distribution": "uniform", "sample_num": 1}
+        super()._set_default_parameters()
+        if pairwise:
+            cfg["MODEL_INPUT_TYPE"] = InputType.PAIRWISE
+
     def resolved(self):
         """The resolved keys as plain JSON-able values (for result files)."""
         out = {}

@@ -68,3 +68,46 @@ def test_padding_sides(tiny_cfg, padding):
 def test_bad_padding_is_named(tiny_cfg):
     with pytest.raises(ConfigError, match="fmlp_padding"):
         build_model("FMLPRec", tiny_cfg(fmlp_padding="middle"))
+
+
+# -- the official loss: BCE against one sampled negative, read at the last position ------------------------------
+def test_bce_loss_is_the_official_binary_cross_entropy(tiny_cfg):
+    """loss_type BCE = mean over rows of -log sigmoid(<s, e_pos>) - log(1 - sigmoid(<s, e_neg>)), with the
+    negative drawn by RecBole's sampler (one uniform item per row, never the target)."""
+    net, train, _, _ = build_model("FMLPRec", tiny_cfg(loss_type="BCE"))
+    assert net.loss_type == "BCE"
+    batch = next(iter(train))
+    pos, neg = batch[net.POS_ITEM_ID], batch[net.NEG_ITEM_ID]
+    assert neg.shape == pos.shape and not (neg == pos).any()
+    net.eval()  # no dropout, so forward is the same in both computations
+    with torch.no_grad():
+        s = net.forward(batch[net.ITEM_SEQ], batch[net.ITEM_SEQ_LEN])
+        pos_logit = (s * net.item_embedding.weight[pos]).sum(-1)
+        neg_logit = (s * net.item_embedding.weight[neg]).sum(-1)
+        expected = (-torch.log(torch.sigmoid(pos_logit)) - torch.log(1 - torch.sigmoid(neg_logit))).mean()
+        assert torch.allclose(net.calculate_loss(batch), expected, atol=1e-6)
+        # and it is not RecBole's BPR on the same pair, -log sigmoid(pos - neg)
+        assert not torch.allclose(expected, -torch.nn.functional.logsigmoid(pos_logit - neg_logit).mean())
+
+
+def test_bce_one_epoch_through_run_recbole_denoise(tiny_cfg, tmp_path):
+    """Only ``loss_type: BCE`` is needed: the pairwise input and one uniform negative per row come with it."""
+    import json
+
+    from recbole_denoise import run_recbole_denoise
+
+    out = tmp_path / "r.json"
+    r = run_recbole_denoise("FMLPRec", "tiny", config_dict=tiny_cfg(loss_type="BCE", result_file=str(out)))
+    assert 0.0 <= r["test_result"]["ndcg@10"] <= 1.0
+    neg = json.loads(out.read_text())["config"]["train_neg_sample_args"]
+    assert neg["distribution"] == "uniform" and neg["sample_num"] == 1
+
+
+def test_bad_loss_type_is_named(tiny_cfg):
+    with pytest.raises(ConfigError, match="loss_type"):
+        build_model("FMLPRec", tiny_cfg(loss_type="MSE"))
+
+
+def test_bce_without_negatives_is_named(tiny_cfg):
+    with pytest.raises(ConfigError, match="train_neg_sample_args"):
+        build_model("FMLPRec", tiny_cfg(loss_type="BCE", train_neg_sample_args={"distribution": None}))

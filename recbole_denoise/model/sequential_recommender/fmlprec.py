@@ -9,9 +9,18 @@ filter-enhanced block): for the layer input ``F`` (``[B, n, d]``),
 
 followed by the point-wise feed-forward block ``LayerNorm(F~ + Dropout(FFN(F~)))`` (RecBole's
 ``FeedForward``). The embedding layer (item + position, LayerNorm, dropout) and the prediction layer
-(dot product with the item embeddings) are SASRec's: this class derives from RecBole's
-``SASRec``, so ``calculate_loss`` (``loss_type`` CE or BPR), ``predict`` and ``full_sort_predict`` are
-RecBole's own.
+(dot product with the item embeddings) are SASRec's: this class derives from RecBole's ``SASRec``, so
+``predict`` and ``full_sort_predict`` are RecBole's own.
+
+Training, as in the official trainer (RUCAIBox/FMLP-Rec, ``datasets.py`` / ``trainers.py``): one row per
+prefix of each history, and the prediction is read at the last position only (histories are
+left-padded, so that is the last history item). ``loss_type`` picks the loss on that prediction ``s``:
+
+* ``CE`` (default, as RecBole's SASRec): softmax cross-entropy over all items.
+* ``BCE`` (the official loss): ``-log sigmoid(<s, e_pos>) - log(1 - sigmoid(<s, e_neg>))``, averaged over
+  rows, with one negative per row from RecBole's sampler (``train_neg_sample_args``; with
+  ``loss_type: BCE`` it defaults to one uniform item, as for BPR; see ``recbole_denoise/config.py``).
+* ``BPR``: RecBole's ``-log sigmoid(<s, e_pos> - <s, e_neg>)`` on the same pair.
 
 Keys (``properties/model/FMLPRec.yaml``):
 
@@ -21,16 +30,18 @@ Keys (``properties/model/FMLPRec.yaml``):
 * ``fmlp_padding`` — ``left`` (the official code and the paper: histories are left-padded, so the most
   recent item is always at the last position, where the filter's output is read) or ``right``
   (RecBole's layout: items first, padding after).
+* ``loss_type`` — ``CE`` | ``BCE`` | ``BPR``, above.
 
-Difference from the official code: the official trainer applies a binary cross-entropy with one sampled
-negative at *every* position of the sequence. The filter is not causal (a global FFT), so position
-``t`` sees the items after ``t``, including the one it must predict. Here training follows RecBole: one
-row per prefix, the prediction is read at the last history position only, and the loss is RecBole's
-``CE`` (default) or ``BPR`` with one sampled negative (the closest RecBole equivalent of the official
-loss).
+Differences from the official code (``docs/fidelity/fmlprec.md``): the official BCE samples its negative
+outside every item of the prefix, RecBole's sampler only avoids the target; the official code computes
+``log(sigmoid(x) + 1e-24)``, here the exact ``logsigmoid`` (equal unless a logit is beyond about ±55);
+the official training rows are the prefixes of the last ``max_seq_length`` training items only
+(including an empty history predicting the first item), RecBole's are every prefix of length >= 1, each
+cut to its last ``MAX_ITEM_LIST_LENGTH`` items.
 """
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from recbole.model.layers import FeedForward
 from recbole.model.sequential_recommender.sasrec import SASRec
 
@@ -39,6 +50,21 @@ from recbole_denoise.errors import ConfigError
 __all__ = ["FMLPRec"]
 
 PADDINGS = ("left", "right")
+LOSSES = ("CE", "BCE", "BPR")
+
+
+class _ConfigView:
+    """Read-only view of ``config`` with some keys replaced (SASRec's ``__init__`` knows only CE and BPR;
+    BCE needs the same modules as BPR)."""
+
+    def __init__(self, config, **replaced):
+        self._config, self._replaced = config, replaced
+
+    def __getitem__(self, key):
+        return self._replaced[key] if key in self._replaced else self._config[key]
+
+    def __contains__(self, key):
+        return key in self._replaced or key in self._config
 
 
 class FilterLayer(nn.Module):
@@ -86,7 +112,14 @@ def left_align(item_seq, item_seq_len):
 
 class FMLPRec(SASRec):
     def __init__(self, config, dataset):
-        super().__init__(config, dataset)
+        loss_type = config["loss_type"]
+        if loss_type not in LOSSES:
+            raise ConfigError(f"loss_type must be one of {LOSSES} for FMLPRec, got {loss_type!r}")
+        if loss_type in ("BCE", "BPR") and config["train_neg_sample_args"]["distribution"] == "none":
+            raise ConfigError(f"loss_type {loss_type} needs one sampled negative per row: set "
+                              "train_neg_sample_args to {distribution: uniform, sample_num: 1} (or leave it None)")
+        super().__init__(_ConfigView(config, loss_type="BPR") if loss_type == "BCE" else config, dataset)
+        self.loss_type = loss_type
         self.no_filters = bool(config["no_filters"])
         self.padding = config["fmlp_padding"]
         if self.padding not in PADDINGS:
@@ -112,3 +145,12 @@ class FMLPRec(SASRec):
         else:
             x = self.filter_encoder(x)
         return self.gather_indexes(x, last)
+
+    def calculate_loss(self, interaction):
+        if self.loss_type != "BCE":
+            return super().calculate_loss(interaction)
+        seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        pos = (seq_output * self.item_embedding(interaction[self.POS_ITEM_ID])).sum(-1)
+        neg = (seq_output * self.item_embedding(interaction[self.NEG_ITEM_ID])).sum(-1)
+        # -log sigmoid(pos) - log(1 - sigmoid(neg)), with 1 - sigmoid(x) = sigmoid(-x)
+        return -(F.logsigmoid(pos) + F.logsigmoid(-neg)).mean()
