@@ -9,6 +9,13 @@ window adds one). Validation and test rows are never read.
 
 Graphs are ``scipy.sparse`` matrices over item ids ``0..n_items-1`` (0 = padding, isolated), converted to
 torch sparse tensors by the model.
+
+Differences from the official ``run_DCRec.py`` (which reads one row per user whose ``item_id_list`` is the
+training sequence without its last item): the official graphs leave out each user's last training item
+(ours use the whole training sequence); the official transition counts count each adjacency twice (once
+from each end; the self loop stays 1, so its relative weight halves); the official co-interaction graph
+takes the cosine of interaction *counts* (``sim_graph_weights: counts`` here, default binary) and breaks
+ties in the top-k by ``np.argpartition`` (here: lower item id first).
 """
 import numpy as np
 import scipy.sparse as sp
@@ -28,18 +35,38 @@ def training_rows(dataset):
     return uids, item_seq, item_len, targets, order
 
 
-def transition_pairs(uids, item_seq, item_len, targets, order):
-    """Directed transitions ``(a, b)`` of the users' training sequences (see the module docstring)."""
+def first_rows(uids, order):
+    """The earliest row of each user (``order`` as returned by :func:`training_rows`)."""
+    return order[np.r_[True, uids[order][1:] != uids[order][:-1]]]
+
+
+def user_transition_pairs(uids, item_seq, item_len, targets, order):
+    """``(users, a, b)``: every directed transition ``a -> b`` of each user's training sequence, once."""
     rows = np.arange(len(uids))
     last = item_seq[rows, np.maximum(item_len - 1, 0)]
     keep = item_len > 0
-    src, dst = [last[keep]], [targets[keep]]
-    first_rows = order[np.r_[True, uids[order][1:] != uids[order][:-1]]]
-    for r in first_rows:  # one row per user
+    users, src, dst = [uids[keep]], [last[keep]], [targets[keep]]
+    for r in first_rows(uids, order):  # one row per user
         h = item_seq[r, :item_len[r]]
+        users.append(np.full(max(len(h) - 1, 0), uids[r]))
         src.append(h[:-1])
         dst.append(h[1:])
-    return np.concatenate(src).astype(np.int64), np.concatenate(dst).astype(np.int64)
+    return tuple(np.concatenate(x).astype(np.int64) for x in (users, src, dst))
+
+
+def transition_pairs(uids, item_seq, item_len, targets, order):
+    """Directed transitions ``(a, b)`` of the users' training sequences (see the module docstring)."""
+    return user_transition_pairs(uids, item_seq, item_len, targets, order)[1:]
+
+
+def sequence_interactions(uids, item_seq, item_len, targets, order):
+    """``(users, items)``: each interaction of each user's training sequence exactly once (the earliest
+    row's history, then every row's target; the same decomposition as :func:`user_transition_pairs`)."""
+    users, items = [uids], [targets]
+    for r in first_rows(uids, order):
+        users.append(np.full(item_len[r], uids[r]))
+        items.append(item_seq[r, :item_len[r]])
+    return np.concatenate(users).astype(np.int64), np.concatenate(items).astype(np.int64)
 
 
 def transition_graph(src, dst, n_items):
@@ -59,23 +86,31 @@ def symmetric_normalize(adj):
     return (d @ adj @ d).tocsr()
 
 
-def user_item_matrix(uids, item_seq, item_len, targets, n_items):
-    """Binary ``user x item`` matrix of every training interaction (histories and targets)."""
-    positions = np.arange(item_seq.shape[1])[None, :]
-    in_history = positions < item_len[:, None]
-    users = np.r_[np.repeat(uids, in_history.sum(axis=1)), uids]
-    items = np.r_[item_seq[in_history], targets]
+def user_item_matrix(uids, item_seq, item_len, targets, n_items, order=None, counts=False):
+    """``user x item`` matrix of every training interaction (histories and targets): binary, or with
+    ``counts`` how often the user's training sequence holds the item (the official DCRec; needs ``order``)."""
+    if counts:
+        if order is None:
+            raise ValueError("user_item_matrix(counts=True) needs the row order of training_rows()")
+        users, items = sequence_interactions(uids, item_seq, item_len, targets, order)
+    else:
+        positions = np.arange(item_seq.shape[1])[None, :]
+        in_history = positions < item_len[:, None]
+        users = np.r_[np.repeat(uids, in_history.sum(axis=1)), uids]
+        items = np.r_[item_seq[in_history], targets]
     _, user_index = np.unique(users, return_inverse=True)
     m = sp.coo_matrix((np.ones(len(users)), (user_index, items)), shape=(user_index.max() + 1, n_items)).tocsr()
-    m.data[:] = 1.0  # duplicates summed by tocsr -> binary
+    if not counts:
+        m.data[:] = 1.0  # duplicates summed by tocsr -> binary
     return m
 
 
 def similarity_graph(user_items, k):
-    """DCRec's co-interaction graph: cosine similarity of items' user columns, each item keeps its ``k + 1``
-    most similar items (itself included, ties by item id), weights normalised to sum 1 per row."""
+    """DCRec's co-interaction graph: cosine similarity of items' user columns (binary or counts), each item
+    keeps its ``k + 1`` most similar items (itself included, ties by item id), weights normalised to sum 1
+    per row."""
     co = (user_items.T @ user_items).tocoo()
-    norms = np.sqrt(np.asarray(user_items.sum(axis=0)).ravel())
+    norms = np.sqrt(np.asarray(user_items.multiply(user_items).sum(axis=0)).ravel())
     sim = co.data / (norms[co.row] * norms[co.col])
     order = np.lexsort((co.col, -sim, co.row))
     row, col, sim = co.row[order], co.col[order], sim[order]

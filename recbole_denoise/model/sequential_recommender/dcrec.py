@@ -33,11 +33,31 @@ Loss, per batch of histories whose last items are ``v``:
 ``calculate_loss`` returns ``(ce, cl, kl)``; RecBole sums and logs them. ``predict`` and
 ``full_sort_predict`` use the fused representation, without dropout.
 
-Differences from the official code: graphs are built from the training rows only and the same graphs
-serve evaluation (the official code builds a second pair of graphs from its test sequences); the
-neighbour means use every neighbour (the official code samples at most 10 of each kind); an item without
-remaining ("foreign") neighbours reads a zero vector (the official mean of an empty set is NaN); edge
-dropout is off at evaluation (the official GCN drops edges in evaluation too).
+Keys that select the official code's behaviour (defaults: the paper's formulation, kept from before):
+
+* ``gcn_propagation``: ``normalized`` (default) multiplies by the stored matrix once per layer
+  (``D^-1/2 A D^-1/2`` for the transition graph, the row-normalised top-k for the co-interaction graph,
+  row ``i`` reading its neighbours). ``graphconv`` is the official GCN: ``dgl.add_self_loop`` adds a
+  second, weight-1 self loop per item, then DGL's ``GraphConv(norm='both', weight=False, bias=False)``
+  with the stored weights as ``edge_weight``: ``out_j = d_in(j)^-1/2 sum_{i->j} w_ij d_out(i)^-1/2 x_i``,
+  where ``d_in``/``d_out`` count *edges* of the self-looped graph (DGL ignores the weights there), edges
+  run row -> column (``dgl.from_scipy``), so the co-interaction graph is applied transposed; dropped
+  edges (weight 0) still count, edges removed for the conformity view do not (``remove_edges``), and the
+  added loops can be dropped too.
+* ``sim_graph_weights``: ``binary`` (default) or ``counts``: the cosine of how often each user's
+  training sequence holds the item (official ``build_sim_graph``; differs only with repeat consumption).
+* ``conformity_edges``: ``history`` (default) removes the edges of the batch's histories;
+  ``user_sequence`` removes every edge of each batch user's whole training sequence, both directions,
+  the self loop of a repeated item included (official ``graph_augment`` with ``user_edges``).
+
+Other differences from the official code: graphs are built from the training rows only and the same graphs
+serve evaluation (the official code builds a second pair of graphs from its test sequences); the official
+graphs leave out each user's last training item, and its transition counts count each adjacency twice
+(``model/item_graphs.py``); the neighbour means use every neighbour (the official code samples at most 10
+of each kind); an item without remaining ("foreign") neighbours reads a zero vector (the official mean of
+an empty set is NaN); edge dropout is off at evaluation (the official GCN drops edges in evaluation too)
+and drops each edge with probability ``graph_dropout_prob`` (the official code zeroes
+``int(p * n_edges)`` edge indices drawn with replacement, about ``1 - e^-p`` of the edges).
 """
 import numpy as np
 import torch
@@ -57,6 +77,30 @@ def to_torch_sparse(matrix):
     order = np.lexsort((coo.col, coo.row))  # row-major: lets edge keys be searched
     indices = torch.from_numpy(np.vstack([coo.row[order], coo.col[order]]).astype(np.int64))
     return indices, torch.from_numpy(coo.data[order].astype(np.float32))
+
+
+def propagate_step(indices, values, x, mode, present=None, loop=None):
+    """One GCN layer over the sparse graph ``(indices, values)`` (``n x n``, row-major sorted keys).
+
+    ``normalized``: ``A @ x``, the stored weights used as they are. ``graphconv``: DGL's
+    ``GraphConv(norm='both', weight=False, bias=False)`` on the graph plus one self loop per node of
+    weight ``loop`` (1 by default), messages along ``row -> column``, both normalisations by edge counts;
+    ``present`` marks the edges that exist (default all), ``values`` may hold zeros for dropped edges.
+    """
+    n = x.size(0)
+    if mode == "normalized":
+        graph = torch.sparse_coo_tensor(indices, values, (n, n), is_coalesced=True, check_invariants=False)
+        return torch.sparse.mm(graph, x)
+    rows, cols = indices
+    if present is not None:
+        rows, cols, values = rows[present], cols[present], values[present]
+    ones = torch.ones(n, device=x.device)
+    d_out = torch.bincount(rows, minlength=n).to(x.dtype) + ones  # + the added self loop
+    d_in = torch.bincount(cols, minlength=n).to(x.dtype) + ones
+    h = x * d_out.rsqrt().unsqueeze(1)
+    transposed = torch.sparse_coo_tensor(torch.stack([cols, rows]), values, (n, n), check_invariants=False)
+    out = torch.sparse.mm(transposed.coalesce(), h) + h * (ones if loop is None else loop).unsqueeze(1)
+    return out * d_in.rsqrt().unsqueeze(1)
 
 
 def info_nce_rows(a, b, temperature):
@@ -82,20 +126,46 @@ class DCRec(SASRec):
         k = int(config["sim_group"])
         if k < 1:
             raise ConfigError(f"sim_group must be >= 1 (neighbours per item in the co-interaction graph), got {k}")
+        self.propagation = self.choice(config, "gcn_propagation", ("normalized", "graphconv"))
+        sim_weights = self.choice(config, "sim_graph_weights", ("binary", "counts"))
+        self.conformity_edges = self.choice(config, "conformity_edges", ("history", "user_sequence"))
 
         rows = item_graphs.training_rows(dataset)
-        src, dst = item_graphs.transition_pairs(*rows)
+        users, src, dst = item_graphs.user_transition_pairs(*rows)
         adj = item_graphs.transition_graph(src, dst, self.n_items)
-        sim = item_graphs.similarity_graph(item_graphs.user_item_matrix(*rows[:4], self.n_items), k)
+        counts = sim_weights == "counts"
+        sim = item_graphs.similarity_graph(item_graphs.user_item_matrix(*rows[:4], self.n_items, order=rows[4],
+                                                                        counts=counts), k)
         for name, matrix in (("adj", adj), ("sim", sim)):
             indices, values = to_torch_sparse(matrix)
             self.register_buffer(f"{name}_indices", indices, persistent=False)
             self.register_buffer(f"{name}_values", values, persistent=False)
         self.register_buffer("adj_keys", self.adj_indices[0] * self.n_items + self.adj_indices[1], persistent=False)
+        if self.conformity_edges == "user_sequence":
+            self.register_user_edges(users, src, dst, dataset.user_num)
 
         self.graph_layer_norm = nn.LayerNorm(self.hidden_size, eps=self.layer_norm_eps)
         self.fusion_weight = nn.Parameter(torch.empty(self.hidden_size, self.hidden_size).normal_(0, 0.02))
         self.fusion_attention = nn.Parameter(torch.empty(1, self.hidden_size).normal_(0, 0.02))
+
+    @staticmethod
+    def choice(config, key, allowed):
+        value = config[key]
+        if value not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
+        return value
+
+    def register_user_edges(self, users, src, dst, n_users):
+        """Per user (CSR by user id), the transition-graph edges of the user's whole training sequence, both
+        directions, self loops of repeated items included: what the official ``graph_augment`` removes."""
+        keys = np.r_[src * self.n_items + dst, dst * self.n_items + src]
+        owners = np.r_[users, users]
+        edges = np.searchsorted(self.adj_keys.numpy(), keys)  # every pair is an edge of the graph built from them
+        pairs = np.unique(np.stack([owners, edges], axis=1), axis=0)
+        ptr = np.zeros(n_users + 1, dtype=np.int64)
+        np.add.at(ptr, pairs[:, 0] + 1, 1)
+        self.register_buffer("user_edge_ptr", torch.from_numpy(np.cumsum(ptr)), persistent=False)
+        self.register_buffer("user_edge_ids", torch.from_numpy(pairs[:, 1].copy()), persistent=False)
 
     # -- views ------------------------------------------------------------------------------------------
     def forward(self, item_seq, item_seq_len):
@@ -109,14 +179,16 @@ class DCRec(SASRec):
         indices, values = getattr(self, f"{name}_indices"), getattr(self, f"{name}_values")
         if removed is not None:
             values = values.masked_fill(removed, 0.0)
+        loop = None
         if self.training and self.graph_dropout_prob > 0:
             values = values * (torch.rand_like(values) >= self.graph_dropout_prob)
-        graph = torch.sparse_coo_tensor(indices, values, (self.n_items, self.n_items), is_coalesced=True,
-                                        check_invariants=False)
+            if self.propagation == "graphconv":  # the official dropout also hits the added self loops
+                loop = (torch.rand(self.n_items, device=values.device) >= self.graph_dropout_prob).float()
+        present = None if removed is None else ~removed
         emb = self.dropout(self.item_embedding.weight)
         layers, x = [emb], emb
         for _ in range(self.gcn_layers):
-            x = torch.sparse.mm(graph, x)
+            x = propagate_step(indices, values, x, self.propagation, present=present, loop=loop)
             layers.append(x)
         return self.graph_layer_norm(torch.stack(layers).mean(0) + emb)
 
@@ -152,6 +224,22 @@ class DCRec(SASRec):
         removed[found] = True
         return removed
 
+    def user_sequence_edges(self, users):
+        """Boolean mask over the transition graph's edges: every edge of the users' training sequences."""
+        starts, ends = self.user_edge_ptr[users], self.user_edge_ptr[users + 1]
+        counts = ends - starts
+        offsets = torch.arange(int(counts.sum()), device=users.device) - torch.repeat_interleave(
+            counts.cumsum(0) - counts, counts)
+        removed = torch.zeros_like(self.adj_keys, dtype=torch.bool)
+        removed[self.user_edge_ids[torch.repeat_interleave(starts, counts) + offsets]] = True
+        return removed
+
+    def removed_edges(self, interaction):
+        """The edges left out of the conformity view (``conformity_edges``)."""
+        if self.conformity_edges == "user_sequence":
+            return self.user_sequence_edges(interaction[self.USER_ID].unique())
+        return self.history_edges(interaction[self.ITEM_SEQ])
+
     def neighbour_means(self, features, items, removed):
         """Mean ``features`` of each item's remaining ("foreign") and removed ("civil") transition
         neighbours; an empty set reads a zero vector."""
@@ -168,8 +256,8 @@ class DCRec(SASRec):
             means.append((total / count)[items])
         return means
 
-    def conformity_weights(self, item_seq, item_seq_len, last, adj_all):
-        removed = self.history_edges(item_seq)
+    def conformity_weights(self, item_seq, item_seq_len, last, adj_all, removed=None):
+        removed = self.history_edges(item_seq) if removed is None else removed
         aug_all = self.graph_view("adj", removed=removed)
         foreign, civil = self.neighbour_means(adj_all, last, removed)
         g = adj_all[last]
@@ -196,7 +284,7 @@ class DCRec(SASRec):
         ce = self.loss_fct(logits, interaction[self.POS_ITEM_ID])
         if not self.cl_weight and not self.kl_weight:
             return ce
-        w = self.conformity_weights(item_seq, item_seq_len, last, adj_all)
+        w = self.conformity_weights(item_seq, item_seq_len, last, adj_all, self.removed_edges(interaction))
         cl_st = info_nce_rows(self.forward(item_seq, item_seq_len), adj_all[last], self.cl_temperature)
         cl_tc = info_nce_rows(adj_all[last], sim_all[last], self.cl_temperature)
         cl = self.cl_weight * (w * cl_st + (w.max() - w) * cl_tc).mean()
