@@ -232,3 +232,44 @@ def test_shipped_specs_validate(name, runs):  # (paper.yaml resolves 1,560 confi
     if name == "quick":  # every method this package has
         methods = {r.method_base for r in spec.runs}
         assert {"None", "LLM4DSR", "IADSR", "HSD", "STEAM", "SSDRec", "FMLPRec", "CL4SRec", "DCRec"} <= methods
+
+
+# -- presets never override what a model's own yaml takes from its paper (batch size, lr, sizes) ------------------
+MODEL_KEYS = ("train_batch_size", "learning_rate", "embedding_size", "hidden_size", "inner_size")
+
+
+def resolved_runs(tmp_path, preset, methods, backbones=("SASRec", "GRU4Rec")):
+    from recbole_denoise.config import Config
+
+    spec = load_spec(write_spec(tmp_path, preset=preset, methods={"None": {}, **methods}, backbones=list(backbones)))
+    return [(r, Config(r.model, r.dataset, None, dict(r.config_dict))) for r in spec.runs]
+
+
+def own_yaml(model):
+    with open(os.path.join(ROOT, "properties", "model", f"{model}.yaml")) as f:
+        return yaml.safe_load(f)
+
+
+@pytest.mark.parametrize("preset", ["smoke", "quick", "paper"])
+def test_presets_keep_the_models_own_batch_size_and_sizes(tmp_path, preset):
+    runs = resolved_runs(tmp_path, preset, {m: {"model": m} for m in ("DCRec", "CL4SRec", "FMLPRec")})
+    for model in ("DCRec", "CL4SRec", "FMLPRec"):
+        own = own_yaml(model)
+        assert "train_batch_size" in own  # the paper's (or official script's) batch size, in the model's yaml
+        configs = [c for r, c in runs if r.model == model]
+        assert configs and all(c[k] == own[k] for c in configs for k in MODEL_KEYS if k in own)
+    # a model whose yaml sets none of them still gets the preset's batch size (RecBole's SASRec.yaml has none)
+    from recbole_denoise.benchmark.spec import load_preset
+
+    sasrec = [c for r, c in runs if r.model == "SASRec"]
+    assert sasrec and all(c["train_batch_size"] == load_preset(preset)["train_batch_size"] for c in sasrec)
+
+
+def test_paper_preset_gives_hsd_and_ssdrec_the_official_sizes(tmp_path):
+    """zc-97/HSD run_hsd.py and zc-97/SSDRec run_SSDRec.py: embedding_size = hidden_size = 100, inner_size 100."""
+    methods = {"HSD": {"model": "HSD"}, "SSDRec": {"model": "SSDRec"}}
+    paper = [c for r, c in resolved_runs(tmp_path, "paper", methods) if r.model in methods]
+    assert len(paper) == 8
+    assert all((c["embedding_size"], c["hidden_size"], c["inner_size"]) == (100, 100, 100) for c in paper)
+    quick = [c for r, c in resolved_runs(tmp_path, "quick", methods) if r.model in methods]
+    assert all(c["embedding_size"] == own_yaml("HSD")["embedding_size"] for c in quick)

@@ -23,10 +23,16 @@ A method's keys may also restrict it to some ``backbones``, ``datasets``, ``nois
 ``protocols`` of the spec, and ``sweep`` a key over values: each value is a variant of the method, and
 the tables keep the variant with the best validation score (model selection on validation only).
 
-Priority of the keys of one run, lowest first: RecBole's and our property files, the preset, ``config``,
-``config_files``, ``datasets.<d>``, ``models.<backbone>``, ``models.<model>``, the method's keys, the
-sweep value, then the harness's own (``seed``, ``noise_ratio``, ``protocol``, ``denoise_seed``, output
-folders). Each run is keyed by a hash of its resolved config (``run_id``).
+Priority of the keys of one run, lowest first: RecBole's and our property files, the preset, the preset's
+``models.<backbone>`` and ``models.<model>``, ``config``, ``config_files``, ``datasets.<d>``,
+``models.<backbone>``, ``models.<model>``, the method's keys, the sweep value, then the harness's own
+(``seed``, ``noise_ratio``, ``protocol``, ``denoise_seed``, output folders). Each run is keyed by a hash of
+its resolved config (``run_id``).
+
+A preset's top-level values of the model keys (``MODEL_KEYS``: batch size, learning rate, sizes) are
+defaults only: a run whose model's yaml sets one (RecBole's or ours, and the wrapped backbone's) keeps the
+yaml's value, which comes from that model's paper or official code. The preset's ``models.<name>`` keys are
+meant for that model and apply as given (e.g. the official HSD / SSDRec sizes in the ``paper`` preset).
 """
 import copy
 import difflib
@@ -54,6 +60,8 @@ VOLATILE_KEYS = {"data_path", "checkpoint_dir", "log_dir", "result_file", "deriv
                  "ip", "port", "local_rank", "single_spec", "log_wandb", "wandb_project", "save_dataset",
                  "save_dataloaders", "dataset_save_path", "dataloaders_save_path", "semantic_cache_dir",
                  "llm_cache_dir", "llm_device", "config_files"}
+# keys a model's own yaml takes from its paper: a preset's top-level value only fills in where that yaml has none
+MODEL_KEYS = ("train_batch_size", "learning_rate", "embedding_size", "hidden_size", "inner_size")
 # keys RecBole reads that no property file declares
 RUNTIME_KEYS = {"nproc", "world_size", "offset", "ip", "port", "local_rank", "device", "denoiser", "model", "dataset"}
 
@@ -68,8 +76,35 @@ def presets():
 
 
 def load_preset(name):
+    """The preset's keys: every run's (top level) and, under ``models``, those of runs of one model."""
     with open(os.path.join(PROPERTIES_DIR, "benchmark", f"{name}.yaml"), encoding="utf-8") as f:
         return yaml.safe_load(f) or {}
+
+
+def model_yaml_keys(*models):
+    """The keys that RecBole's and our ``properties/model/<name>.yaml`` set for these models."""
+    import recbole
+
+    keys = set()
+    for name in models:
+        for root in (os.path.join(os.path.dirname(recbole.__file__), "properties"), PROPERTIES_DIR):
+            path = os.path.join(root, "model", f"{name}.yaml")
+            if os.path.isfile(path):
+                with open(path, encoding="utf-8") as f:
+                    keys |= set(yaml.safe_load(f) or {})
+    return keys
+
+
+def preset_layers(preset, model, backbone, wrap_key):
+    """The preset's keys for one run, lowest priority first: its top-level keys less the ``MODEL_KEYS``
+    that the model's (or wrapped backbone's) own yaml sets, then its ``models.<backbone>`` and
+    ``models.<model>``."""
+    per_model = preset.get("models") or {}
+    wrapped = backbone if wrap_key and backbone != STANDALONE else None
+    own = model_yaml_keys(*[m for m in (wrapped, model) if m])
+    flat = {k: v for k, v in preset.items() if k != "models" and not (k in MODEL_KEYS and k in own)}
+    layers = [flat, per_model.get(backbone, {}) if backbone != model else {}, per_model.get(model, {})]
+    return [copy.deepcopy(layer) for layer in layers]
 
 
 def known_config_keys(config_files=()):
@@ -82,10 +117,14 @@ def known_config_keys(config_files=()):
     roots = [os.path.join(os.path.dirname(recbole.__file__), "properties"), PROPERTIES_DIR]
     keys = set(RUNTIME_KEYS)
     paths = [p for r in roots for p in glob.glob(os.path.join(r, "**", "*.yaml"), recursive=True)]
+    presets_dir = os.path.join(PROPERTIES_DIR, "benchmark")
     for path in paths + list(config_files):
         if os.path.isfile(path):
             with open(path, encoding="utf-8") as f:
-                keys |= set(yaml.safe_load(f) or {})
+                values = yaml.safe_load(f) or {}
+            if os.path.dirname(os.path.abspath(path)) == presets_dir:  # a preset: its models.<name> are not keys
+                values = {k: v for k, v in values.items() if k != "models"}
+            keys |= set(values)
     for cls in DENOISERS.values():
         keys |= set(getattr(cls, "config_keys", ()))
     return keys
@@ -333,7 +372,9 @@ def expand(spec, problems):
             for dataset, protocol, ratio, backbone, seed in itertools.product(
                     datasets, protocols, ratios, backbones, spec.seeds):
                 model = model_cls.__name__ if model_cls is not None else backbone
-                cfg = copy.deepcopy(preset)
+                cfg = {}
+                for layer in preset_layers(preset, model, backbone, wrap_key):
+                    cfg.update(layer)
                 cfg.update(spec.config)
                 for layer in (spec.datasets[dataset], spec.models.get(backbone, {}),
                               spec.models.get(model, {}) if model != backbone else {}, own, variant):
