@@ -126,3 +126,31 @@ def test_readme_example_runs(tmp_path, monkeypatch):
     assert result["denoiser"] == "RareItem" and result["denoise"]["edited"] > 0
     assert {"precision", "recall", "f1", "auc"} <= set(result["denoise"])
     assert "ndcg@10" in result["test_result"]
+
+
+def test_popularity_draws_exclude_only_the_items_shown():
+    from recbole_denoise.denoisers import Sequences
+    from recbole_denoise.denoisers.base import popularity_replacements
+
+    # training popularity: half "x", half "z"; the user's test target is x, its prompt shows z
+    train = Sequences(["t"], [["x", "z"] * 50], [np.ones(100, bool)], ["train"])
+    seqs = Sequences(["u"], [["a", "z", "b", "v", "x"]], [np.array([True, True, True, False, False])], ["train"])
+    edits = [(0, 0)] * 40
+    drawn = popularity_replacements(train, seqs, edits, seed=0, shown=[{"a", "z", "b"}] * 40)
+    assert "z" not in drawn and drawn.count("x") >= 10  # a target the prompt does not show can be drawn
+
+
+def test_deleting_a_training_target_drops_its_window(tiny_cfg):
+    cfg = tiny_cfg(protocol="window", threshold_quantile=0.5, max_edits=3, denoise_action="delete",
+                   denoise_split="train")
+    data, info = prepare_dataset(Config("GRU4Rec", "tiny", config_dict=cfg, denoiser=Counting))
+    parent = os.path.join(os.path.dirname(data.path), data.name.rsplit("-Counting-", 1)[0])
+    src = read_atomic(os.path.join(parent, f"{os.path.basename(parent)}.train.inter"))
+    out = read_atomic(data.file("train.inter"))
+    # a window whose target is i1 is a training example with a noisy label: it goes; i1 leaves histories
+    kept = [(list(h), t) for h, t in zip(src["item_id_list"], src["item_id"]) if t != "i1"]
+    assert [t for _, t in kept] == out["item_id"].tolist() and len(kept) < len(src)
+    assert [[i for i in h if i != "i1"] for h, _ in kept] == [list(h) for h in out["item_id_list"]]
+    old, _ = prepare_dataset(Config("GRU4Rec", "tiny", config_dict={**cfg, "edit_train_targets": False},
+                                    denoiser=Counting))
+    assert read_atomic(old.file("train.inter"))["item_id"].tolist() == src["item_id"].tolist()

@@ -276,3 +276,95 @@ def test_test_only_denoising_still_fine_tunes_on_training_windows(tiny_cfg, tiny
     data, info = prepare_dataset(Config("GRU4Rec", "tiny", config_dict=cfg, denoiser="LLM4DSR"))
     scores = read_atomic(os.path.join(data.path, data.name + ".denoise_scores"))
     assert info["denoise"]["finetune_examples"] == 8 and set(scores["split"]) == {"valid", "test"}
+
+
+# -- issue 15: training-window targets (7), what suggestions may not be (10), b for train/test (11) --------
+def test_max_edits_test_bounds_test_histories_separately():
+    seqs = Sequences(["u"] * 4, [list("abcd"), list("efgh"), list("ijkl"), list("mnop")],
+                     [np.ones(4, bool)] * 4, ["train", "train", "valid", "test"])
+    scores = [np.array([0.5, 0.6, 0.7, 0.8])] * 4
+    cfg = {"threshold_quantile": 0.0, "threshold_quantile_test": 0.0, "max_edits": 2, "max_edits_test": 1}
+    flags = decide_units(_Units(window=4), seqs, scores, cfg)
+    assert [int(f.sum()) for f in flags] == [2, 2, 1, 1]  # official README: b = 2 for training, 1 for test
+    assert flags[3].tolist() == [False, False, False, True]  # the highest score
+    flags = decide_units(_Units(window=4), seqs, scores, {**cfg, "max_edits_test": None})
+    assert [int(f.sum()) for f in flags] == [2, 2, 2, 2]  # unset: the same b as training
+
+
+def test_bad_max_edits_test_names_its_key(tiny, tiny_llm_dir):
+    _, make = tiny
+    with pytest.raises(UserInputError, match="max_edits_test must be an integer >= 0"):
+        prepare_dataset(Config("GRU4Rec", "tiny", config_dict=llm_cfg(make, tiny_llm_dir, max_edits_test=-2),
+                               denoiser="LLM4DSR"))
+    with pytest.raises(UserInputError, match="edit_train_targets must be True or False"):
+        prepare_dataset(Config("GRU4Rec", "tiny", config_dict=llm_cfg(make, tiny_llm_dir, edit_train_targets="yes"),
+                               denoiser="LLM4DSR"))
+
+
+def _windows_of_run(data, tag):
+    """(parent tables, output tables, scores) of a window-protocol denoising run."""
+    parent = os.path.join(os.path.dirname(data.path), data.name.rsplit(tag, 1)[0])
+    src = {s: read_atomic(os.path.join(parent, f"{os.path.basename(parent)}.{s}.inter")) for s in ("train", "valid", "test")}
+    out = {s: read_atomic(data.file(f"{s}.inter")) for s in ("train", "valid", "test")}
+    return src, out, read_atomic(data.file("denoise_scores"))
+
+
+def test_training_window_targets_are_scored_and_edited_by_default(tiny_cfg, tiny_llm_dir, llm_tokenizer, monkeypatch):
+    cfg = llm_cfg(tiny_cfg, tiny_llm_dir, protocol="window", tuning="zero_shot", noise_ratio=0.2,
+                  threshold_quantile=0.5, max_edits=2, denoise_action="popularity",
+                  pnoise_mode="full_title")  # every tiny title starts with "Item": first tokens tie
+    seen = _recorded_prompts(monkeypatch, llm_tokenizer)
+    data, info = prepare_dataset(Config("GRU4Rec", "tiny", config_dict=cfg, denoiser="LLM4DSR"))
+    src, out, scores = _windows_of_run(data, "-LLM4DSR-")
+    n_hist = {"train": src["train"]["item_id_list"].map(len).tolist()}
+    scores["seq_id"] = scores["seq_id"].astype(int)
+    train = scores[scores["split"] == "train"].copy()
+    train["is_target"] = [p == n_hist["train"][k] for k, p in zip(train["seq_id"], train["position"])]
+    targets = train[train["is_target"]]
+    assert len(targets) == len(src["train"]) and np.isfinite(targets["score"]).all()  # every training target scored
+    assert targets["flagged"].sum() > 0
+    # one prompt per training window holds all of its items, target included (llm_window >= window_size)
+    assert len(seen) == info["denoise"]["windows"]
+    # an edited target is written as the window's new target; unflagged ones stay; noise labels stay
+    new_targets = out["train"]["item_id"].tolist()
+    flagged = {int(k): r for k, r, f in zip(targets["seq_id"], targets["replacement"], targets["flagged"]) if f}
+    for k, (old, new) in enumerate(zip(src["train"]["item_id"], new_targets)):
+        assert new == (flagged[k] if k in flagged else old)
+    assert out["train"]["noise_label"].tolist() == src["train"]["noise_label"].tolist()
+    # validation / test targets are never scored nor edited
+    for split in ("valid", "test"):
+        rows = scores[scores["split"] == split]
+        n = src[split]["item_id_list"].map(len).to_numpy()
+        first = len(src["train"]) + (0 if split == "valid" else len(src["valid"]))
+        assert (rows["position"].to_numpy() < n[rows["seq_id"].to_numpy() - first]).all()
+        assert out[split]["item_id"].tolist() == src[split]["item_id"].tolist()
+
+    # the old behaviour: training targets are neither scored nor edited
+    old, _ = prepare_dataset(Config("GRU4Rec", "tiny", config_dict={**cfg, "edit_train_targets": False},
+                                    denoiser="LLM4DSR"))
+    assert old.path != data.path
+    src_old, out_old, scores_old = _windows_of_run(old, "-LLM4DSR-")
+    train_old = scores_old[scores_old["split"] == "train"]
+    assert all(p < n_hist["train"][int(k)] for k, p in zip(train_old["seq_id"], train_old["position"]))
+    assert out_old["train"]["item_id"].tolist() == src_old["train"]["item_id"].tolist()
+
+
+def test_a_target_the_prompt_does_not_show_can_be_suggested(tiny_cfg, tiny_llm_dir, tiny_st_dir, monkeypatch):
+    from recbole_denoise.llm import grounding
+
+    # every suggestion names item i22, user u1's test target; exact grounding takes it unless it is excluded
+    monkeypatch.setattr(grounding, "generate_suggestions", lambda model, tok, prefixes, **kw: ["Item number 22"] * len(prefixes))
+    cfg = llm_cfg(tiny_cfg, tiny_llm_dir, tuning="zero_shot", threshold_quantile=0.0, max_edits=3,
+                  ground_encoder_path=tiny_st_dir)
+    data, info = prepare_dataset(Config("GRU4Rec", "tiny", config_dict=cfg, denoiser="LLM4DSR"))
+    scores = read_atomic(data.file("denoise_scores"))
+    u1 = scores[(scores["user_id"] == "u1") & (scores["flagged"] == 1)]
+    assert len(u1) > 0 and (u1["replacement"] == "i22").all()  # u1's prompts never show i22
+    for _, rows in scores.groupby("seq_id"):
+        rows = rows.sort_values("position")
+        items = rows["item_id"].tolist()
+        for pos in mod.windows_of(np.arange(len(rows)), 6):
+            shown = {items[p] for p in pos}
+            for p in pos:
+                if rows["flagged"].iloc[p]:
+                    assert (rows["replacement"].iloc[p] == "i22") == ("i22" not in shown)

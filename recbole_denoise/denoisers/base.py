@@ -32,8 +32,8 @@ from recbole_denoise.data.source import BENCHMARK_SPLITS, DatasetError, stage_ke
 from recbole_denoise.evaluator.noise_detection import noise_detection_metrics
 
 DENOISERS = {}
-BASE_KEYS = ("threshold_quantile", "threshold_quantile_test", "max_edits", "denoise_action", "denoise_split",
-             "denoise_seed")
+BASE_KEYS = ("threshold_quantile", "threshold_quantile_test", "max_edits", "max_edits_test", "denoise_action",
+             "denoise_split", "denoise_seed", "edit_train_targets")
 ACTIONS = ("delete", "replace", "popularity")
 DENOISE_SPLITS = ("train", "test", "all")
 
@@ -80,7 +80,8 @@ class Sequences:
     """What a denoiser sees: one sequence per user (leave-one-out) or per window (window protocol).
 
     ``items[k]`` are item tokens in time order (for windows: history then target); ``editable[k]`` marks
-    the positions the stage may change (never a target); ``labels[k]`` the ground-truth noise labels
+    the positions the stage may change (never a validation or test target; a training window's target
+    with ``edit_train_targets``); ``labels[k]`` the ground-truth noise labels
     when the dataset has them (else None); ``split[k]`` is train / valid / test (``train`` for users).
     """
     users: list
@@ -154,8 +155,12 @@ class Denoiser(abc.ABC):
 
 
 # -- reading sequences --------------------------------------------------------------------------------
-def load_sequences(dataset, denoise_split="all"):
-    """:class:`Sequences` of a dataset, and the tables needed to write it back."""
+def load_sequences(dataset, denoise_split="all", edit_train_targets=True):
+    """:class:`Sequences` of a dataset, and the tables needed to write it back.
+
+    Window protocol: the histories of the splits ``denoise_split`` names are editable, and with
+    ``edit_train_targets`` the target of a training window too (a training label; the official LLM4DSR
+    code scores and edits all 11 items of a training window). A validation or test target never is."""
     if dataset.kind == "inter":
         df = chronological(read_atomic(dataset.file("inter"), required=("user_id", "item_id", "timestamp")))
         users, items, editable, labels, index = [], [], [], [], []
@@ -176,7 +181,8 @@ def load_sequences(dataset, denoise_split="all"):
         for r, (u, hist, tgt) in enumerate(zip(t["user_id"], t["item_id_list"], t["item_id"])):
             users.append(u)
             items.append(list(hist) + [tgt])
-            editable.append(np.array([editable_split] * len(hist) + [False]))
+            target = editable_split and bool(edit_train_targets) and name == "train"
+            editable.append(np.array([editable_split] * len(hist) + [target]))
             split.append(name)
             index.append((name, r))
             if has_labels:
@@ -236,42 +242,71 @@ def check_decision_keys(config):
             continue
         if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0.0 <= float(q) <= 1.0:
             raise DatasetError(f"{key} must be a number in [0, 1], got {q!r}")
-    b = config["max_edits"]
-    if isinstance(b, bool) or not isinstance(b, int) or b < 0:
-        raise DatasetError(f"max_edits must be an integer >= 0 (at most this many edits per sequence), got {b!r}")
+    for key in ("max_edits", "max_edits_test"):
+        b = config[key] if key in config else None
+        if b is None and key == "max_edits_test":
+            continue
+        if isinstance(b, bool) or not isinstance(b, int) or b < 0:
+            raise DatasetError(f"{key} must be an integer >= 0 (at most this many edits per sequence), got {b!r}")
+    flag = config["edit_train_targets"] if "edit_train_targets" in config else True
+    if not isinstance(flag, bool):
+        raise DatasetError(f"edit_train_targets must be True or False, got {flag!r}")
+
+
+def _test_value(config, key):
+    """``<key>_test`` of ``config``, or ``<key>`` when it is unset (or absent)."""
+    value = config[f"{key}_test"] if f"{key}_test" in config else None
+    return config[key] if value is None else value
 
 
 def decide_units(denoiser, seqs, scores, config):
-    """:func:`decide` over the denoiser's decision units, with one eta for training sequences
-    (``threshold_quantile``) and one for validation/test histories (``threshold_quantile_test``, default
-    the same), as LLM4DSR §4.6 tunes eta on the training set alone. Leave-one-out sequences are all
-    training sequences (their prefix is also the test history)."""
+    """:func:`decide` over the denoiser's decision units, with one eta and one b for training sequences
+    (``threshold_quantile``, ``max_edits``) and one for validation/test histories
+    (``threshold_quantile_test``, ``max_edits_test``, each by default the training value), as LLM4DSR
+    §4.6 tunes eta on the training set alone and the official README uses b = 2 for training and b = 1
+    for test histories. Leave-one-out sequences are all training sequences (their prefix is also the
+    test history), so the ``_test`` keys only act under the window protocol."""
     units = denoiser.decision_units(seqs)
     flags = [np.zeros(len(items), dtype=bool) for items in seqs.items]
-    q_test = config["threshold_quantile_test"]
-    groups = {"train": config["threshold_quantile"],
-              "test": config["threshold_quantile"] if q_test is None else q_test}
-    for group, q in groups.items():
+    groups = {"train": (config["threshold_quantile"], config["max_edits"]),
+              "test": (_test_value(config, "threshold_quantile"), _test_value(config, "max_edits"))}
+    for group, (q, b) in groups.items():
         members = [(k, pos) for k, pos in units if (seqs.split[k] == "train") == (group == "train")]
         if not members:
             continue
         sub = decide([np.asarray(scores[k], dtype=float)[pos] for k, pos in members],
-                     [np.asarray(seqs.editable[k])[pos] for k, pos in members], q, config["max_edits"],
+                     [np.asarray(seqs.editable[k])[pos] for k, pos in members], q, b,
                      eta=denoiser.fixed_threshold())
         for (k, pos), f in zip(members, sub):
             flags[k][pos[f]] = True
     return flags
 
 
-def popularity_replacements(train, seqs, edits, seed):
+def shown_items(denoiser, seqs, edits):
+    """Per edit ``(k, pos)``: the items the denoiser showed with it, i.e. the editable positions of the
+    decision unit holding ``pos`` (LLM4DSR: the prompt window). A validation or test target is never
+    among them, so excluding these from replacements does not depend on a held-out label."""
+    unit_of = {}
+    for k, pos in denoiser.decision_units(seqs):
+        pos = np.asarray(pos)
+        shown = frozenset(seqs.items[k][q] for q in pos[np.asarray(seqs.editable[k])[pos]])
+        unit_of.update({(k, int(q)): shown for q in pos})
+    return [unit_of.get((k, int(p)), frozenset()) for k, p in edits]
+
+
+def popularity_replacements(train, seqs, edits, seed, shown=None):
     """LLM4DSR §4.3.1 "w/ popularity completion": each flagged item is replaced by an item drawn with
-    probability proportional to its training popularity (not already in the sequence, when possible)."""
+    probability proportional to its training popularity, not one of ``shown[i]`` (the items shown with
+    the edit, see :func:`shown_items`) when possible; ``shown`` None: the editable items of the sequence."""
     tokens, counts = np.unique(np.array([i for seq in train.items for i in seq], dtype=object), return_counts=True)
     p = counts / counts.sum()
     rng = np.random.default_rng(seed)
     out = []
-    for k, _ in edits:
-        present = set(seqs.items[k])
+    for n, (k, _) in enumerate(edits):
+        if shown is None:
+            present = {i for i, e in zip(seqs.items[k], seqs.editable[k]) if e}
+        else:
+            present = set(shown[n])
         draw = tokens[rng.choice(len(tokens), size=8, p=p)]
         fresh = [t for t in draw if t not in present]
         out.append(fresh[0] if fresh else draw[0])
@@ -311,10 +346,16 @@ def _apply_inter(dataset, table, seqs, flags, replacements, insertions, out_dir,
 
 
 def _apply_windows(dataset, tables, seqs, flags, replacements, insertions, out_dir, out_name):
+    """Each window is edited on its own (as the official LLM4DSR code edits each window's row): a flagged
+    history item is replaced or removed from that window's history; a flagged training target (position
+    ``len(history)``, editable with ``edit_train_targets``) is replaced as that window's target, and a
+    deleted one drops the window, the training example whose label was judged noise. The same
+    interaction seen by neighbouring windows is scored and edited there, in their own prompts."""
     tables = {k: v.copy() for k, v in tables.items()}
     inserted_in = {}
     for k, pos in insertions:
         inserted_in.setdefault(k, set()).add(pos)
+    dropped = {split: [] for split in tables}
     for k, f in enumerate(flags):
         if not f.any() and k not in inserted_in:
             continue
@@ -322,6 +363,13 @@ def _apply_windows(dataset, tables, seqs, flags, replacements, insertions, out_d
         t = tables[split]
         hist = list(t.at[r, "item_id_list"])
         labels = list(t.at[r, "noise_label_list"]) if "noise_label_list" in t else None
+        if len(f) > len(hist) and f[len(hist)]:  # the window's target
+            if replacements.get((k, len(hist))) is None:
+                dropped[split].append(r)
+                continue
+            t.at[r, "item_id"] = replacements[(k, len(hist))]
+            f = np.asarray(f).copy()
+            f[len(hist)] = False
         for pos in sorted(set(np.flatnonzero(f)) | inserted_in.get(k, set()), reverse=True):
             if f[pos] and replacements.get((k, pos)) is None:
                 del hist[pos]
@@ -336,6 +384,9 @@ def _apply_windows(dataset, tables, seqs, flags, replacements, insertions, out_d
         t.at[r, "item_id_list"] = hist
         if labels is not None:
             t.at[r, "noise_label_list"] = labels
+    for split, rows in dropped.items():
+        if rows:
+            tables[split] = tables[split].drop(index=rows).reset_index(drop=True)
     for split in BENCHMARK_SPLITS:
         path = dataset.file(f"{split}.inter")
         write_atomic(tables[split], f"{out_dir}/{out_name}.{split}.inter", read_header(path))
@@ -371,7 +422,7 @@ def work_dir(config, out_name):
     return os.path.join(os.path.abspath(config["derived_data_path"]), ".work", out_name)
 
 
-DECISION_KEYS = ("threshold_quantile", "threshold_quantile_test", "max_edits", "denoise_action")
+DECISION_KEYS = ("threshold_quantile", "threshold_quantile_test", "max_edits", "max_edits_test", "denoise_action")
 
 
 def save_ragged(path, arrays):
@@ -419,7 +470,7 @@ def denoise_stage(parent, out_dir, out_name, denoiser_cls, config, logger=None):
     if split not in DENOISE_SPLITS:
         raise DatasetError(f"denoise_split must be one of {list(DENOISE_SPLITS)}, got '{split}'")
     check_decision_keys(config)
-    seqs, tables = load_sequences(parent, split)
+    seqs, tables = load_sequences(parent, split, config["edit_train_targets"] if "edit_train_targets" in config else True)
     workdir = work_dir(config, out_name)
     denoiser = denoiser_cls(config)
     denoiser.bind(parent, workdir, logger)
@@ -444,7 +495,8 @@ def denoise_stage(parent, out_dir, out_name, denoiser_cls, config, logger=None):
         replacements = dict(zip(edits, suggested))
         kinds = dict(zip(edits, getattr(denoiser, "suggestion_kinds", None) or ["suggested"] * len(edits)))
     elif action == "popularity" and edits:
-        replacements = dict(zip(edits, popularity_replacements(train, seqs, edits, denoise_seed(config))))
+        replacements = dict(zip(edits, popularity_replacements(train, seqs, edits, denoise_seed(config),
+                                                               shown_items(denoiser, seqs, edits))))
         kinds = {e: "popularity" for e in edits}
     timings["suggest"] = time.time() - t
     info = write_denoised(parent, tables, seqs, scores, flags, out_dir, out_name, replacements, kinds)

@@ -20,13 +20,18 @@ The stages, each following the paper (``../shared/papers/LLM4DSR-TOIS2025.txt``)
    disk until the stage finishes, so a crash loses at most the shard being computed.
 4. **Decision (§3.2 Eq. 3, §4.1.4).** eta = ``threshold_quantile`` of all training scores
    (``threshold_quantile_test`` for validation/test histories); at most ``max_edits`` (b) edits per
-   window, highest first. ``use_uncertainty: false`` (§4.3.1 "w/o uncertainty") flags instead the one
+   window, highest first (``max_edits_test`` for validation/test histories; the official README uses
+   b = 2 / 1). Window protocol: as in the official code, a training window is read whole, its target
+   included (``edit_train_targets: false``: histories only); a validation/test target never is.
+   ``use_uncertainty: false`` (§4.3.1 "w/o uncertainty") flags instead the one
    item the model generates as noise, matched to the window's items.
 5. **Replacement (§3.3 Eq. 4).** ``denoise_action: replace``: the model generates the suggested item
    after ``Noise Items: "<flagged>", Suggested Items: "`` (greedy, ``suggest_max_tokens``), grounded to an
    item by exact title, else by embedding similarity (``ground_encoder``: MiniLM by default, ``llm`` = the
-   official code's LLM hidden state); never to padding nor to an item already in the sequence; an empty
-   suggestion deletes the item. ``delete`` and ``popularity`` give the §4.3.1 ablations.
+   official code's LLM hidden state); never to padding nor to an item the prompt shows (the paper and the
+   official code exclude nothing but padding); a held-out target the prompt does not show may be
+   suggested, so the choice does not depend on it. An empty suggestion deletes the item. A replaced
+   training target becomes that window's target; a deleted one drops the window. ``delete`` and ``popularity`` give the §4.3.1 ablations.
 
 Only training data reaches the instruction data; scoring prompts hold only editable positions (never a
 validation or test target), so ``denoise_split: train`` also keeps test histories out of every prompt.
@@ -39,7 +44,7 @@ import os
 import numpy as np
 
 from recbole_denoise.data.text import item_texts
-from recbole_denoise.denoisers.base import Denoiser, register_denoiser
+from recbole_denoise.denoisers.base import Denoiser, register_denoiser, shown_items
 from recbole_denoise.errors import ConfigError, DatasetError
 from recbole_denoise.llm.grounding import normalize_title
 from recbole_denoise.llm.loader import model_fingerprint
@@ -171,7 +176,7 @@ class LLM4DSR(Denoiser):
         if all(t == f"item {i}" for i, t in self.texts.items()):
             raise DatasetError(f"{self.dataset.item_file}: every '{self.config['item_text_field']}' is empty; "
                                f"LLM4DSR needs item texts")
-        self.window = int(self._key("llm_window", 10))
+        self.window = int(self._key("llm_window", 11))
         self.progress = bool(self._key("show_progress", False))
         self.vocabulary = {i for seq in train.items for i in seq}
         self._require_texts(self.vocabulary)
@@ -308,7 +313,8 @@ class LLM4DSR(Denoiser):
         grounder = Grounder(known, encoder=encoder, encoder_path=self._key("ground_encoder_path"),
                             llm=self.model if encoder == "llm" else None,
                             tokenizer=self.tokenizer if encoder == "llm" else None, logger=self.logger)
-        grounded = grounder.ground(texts, exclude=[set(seqs.items[k]) for k, _ in edits])
+        # never an item the prompt shows (the flagged one included); a held-out target may be suggested
+        grounded = grounder.ground(texts, exclude=shown_items(self, seqs, edits))
         self.suggestion_kinds = [kind for _, kind in grounded]
         self.info["suggestions"] = grounder.summary()
         self.logger.info(f"LLM4DSR suggestions: {self.info['suggestions']}")
