@@ -378,3 +378,33 @@ def test_long_term_pool_max_changes_only_the_long_term_interest(iadsr_cfg):
 def test_eval_keys_defaults(iadsr_cfg):
     config = Config("IADSR", "tiny", config_dict=iadsr_cfg())
     assert config["iadsr_eval_history"] == "masked" and config["iadsr_eval_keep"] == "probability"
+
+
+# -- the encoder keys reach the encoder; e1 can hold the whole training sequence (item 15) ---------------------
+def test_encoder_keys_reach_the_encoder(iadsr_cfg, tiny_llm_dir, tmp_path):
+    config = Config("IADSR", "tiny", config_dict=iadsr_cfg(encoder="llm2vec", encoder_path=tiny_llm_dir,
+                                                           encoder_bidirectional=False, encoder_pooling="last",
+                                                           encoder_max_length=300))
+    enc = build_encoder(config)
+    assert (enc.bidirectional, enc.pooling, enc.max_length, enc.adapters) == (False, "last", 300, [])
+    assert "bidirectional=0:pooling=last" in enc.identity
+    with pytest.raises(ConfigError, match="encoder_adapter"):
+        config["encoder_adapter"] = str(tmp_path)
+        build_encoder(config)
+
+
+def test_whole_training_sequence_and_cut_counted(iadsr_cfg, caplog):
+    config, net, train, _ = build(iadsr_cfg(semantic_center=False))
+    ds = train._dataset
+    config["semantic_max_items"] = 0
+    config["semantic_cache_dir"] = os.path.join(config["derived_data_path"], "emb-all")
+    rec = Recorder(build_encoder(config))
+    SemanticInterests(config, ds, encoder=rec)
+    longs = rec.texts[:len(ds.user_sequences)]
+    assert [len(t.split("; ")) for t in longs] == [len(s) - 2 for _, s in sorted(ds.user_sequences.items())]
+    config["semantic_max_items"] = 3
+    longer = sum(len(s) - 2 > 3 for s in ds.user_sequences.values())
+    assert longer > 0
+    with caplog.at_level("INFO"):
+        SemanticInterests(config, ds, encoder=Recorder(build_encoder(config)))
+    assert f"{longer} of {len(ds.user_sequences)} users' training sequences have more than 3 items" in caplog.text

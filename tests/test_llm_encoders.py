@@ -170,3 +170,138 @@ def test_cache_llm2vec(tmp_path, l2v_encoder, monkeypatch):
     b = cached_embeddings(l2v_encoder, texts, tmp_path, "items")
     assert calls == [] and a.shape == (2, 32)
     np.testing.assert_array_equal(a, b)
+
+
+# -- llm2vec options (issue 15, item 15): causal mode, pooling, adapters, long texts, truncation count --------
+def _states(encoder, text):
+    """Last hidden states of ``text`` as llm2vec tokenizes it (BOS + text), no padding."""
+    import torch
+
+    ids = encoder.model.tokenizer([text], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        return encoder.model.model(input_ids=ids).last_hidden_state[0]
+
+
+def test_llm2vec_causal_mode(tiny_llm_dir, l2v_encoder):
+    import torch
+
+    from llm2vec.models import LlamaBiModel
+
+    causal = TextEncoder("llm2vec", path=tiny_llm_dir, max_length=64, bidirectional=False)
+    assert not isinstance(causal.model.model, LlamaBiModel)
+    tok = causal.model.tokenizer
+    ids_a = tok(["Star Wars"], add_special_tokens=False, return_tensors="pt")["input_ids"]
+    ids_b = ids_a.clone()
+    ids_b[0, -1] = tok(" Trek", add_special_tokens=False)["input_ids"][0]
+    with torch.no_grad():
+        ha = causal.model.model(input_ids=ids_a).last_hidden_state
+        hb = causal.model.model(input_ids=ids_b).last_hidden_state
+    assert torch.allclose(ha[0, 0], hb[0, 0], atol=1e-6)        # a causal decoder: earlier tokens unchanged
+    assert causal.identity != l2v_encoder.identity and "bidirectional=0" in causal.identity
+    assert not np.allclose(causal.encode(["Star Wars"]), l2v_encoder.encode(["Star Wars"]), atol=1e-4)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "last", "weighted_mean"])
+def test_llm2vec_pooling(tiny_llm_dir, pooling):
+    import torch
+
+    enc = TextEncoder("llm2vec", path=tiny_llm_dir, max_length=64, pooling=pooling)
+    text = "Star Wars: A New Hope"
+    n = len(enc.model.tokenizer(text, add_special_tokens=False)["input_ids"])
+    h = _states(enc, text)[-n:]                                  # llm2vec pools the text tokens (no BOS)
+    w = {"mean": torch.ones(len(h)), "last": torch.eye(len(h))[-1],
+         "weighted_mean": torch.arange(1, len(h) + 1, dtype=torch.float)}[pooling]
+    expect = (h * (w / w.sum()).unsqueeze(1)).sum(0).numpy()
+    got = enc.encode(["a much longer text that pads the short one in the same batch", text])[1]
+    np.testing.assert_allclose(got, expect / np.linalg.norm(expect), atol=1e-5)
+    assert f"pooling={pooling}" in enc.identity
+
+
+def test_llm2vec_bad_pooling_and_st_options(tiny_llm_dir):
+    with pytest.raises(ConfigError, match="encoder_pooling"):
+        TextEncoder("llm2vec", path=tiny_llm_dir, pooling="cls")
+    with pytest.raises(ConfigError, match="encoder_adapter"):
+        TextEncoder("sentence_transformers", adapter=tiny_llm_dir)
+    with pytest.raises(ConfigError, match="encoder_bidirectional"):
+        TextEncoder("sentence_transformers", bidirectional=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_adapter(tmp_path_factory, tiny_llm_dir):
+    """A LoRA adapter on the tiny Llama (non-zero B, so it changes the model), and the merged model."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from recbole_denoise.compat import import_peft
+
+    import_peft()
+    from peft import LoraConfig, get_peft_model
+
+    root = tmp_path_factory.mktemp("adapter")
+    base = AutoModel.from_pretrained(tiny_llm_dir)
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    peft_model.save_pretrained(root / "lora")
+    merged = peft_model.merge_and_unload()
+    merged.save_pretrained(root / "merged")
+    AutoTokenizer.from_pretrained(tiny_llm_dir).save_pretrained(root / "merged")
+    return str(root / "lora"), str(root / "merged")
+
+
+def test_llm2vec_adapter_folder(tiny_llm_dir, tiny_adapter, l2v_encoder, tmp_path):
+    lora, merged = tiny_adapter
+    texts = ["Star Wars", "Pride and Prejudice"]
+    with_adapter = TextEncoder("llm2vec", path=tiny_llm_dir, max_length=64, adapter=lora)
+    by_merged_weights = TextEncoder("llm2vec", path=merged, max_length=64)
+    np.testing.assert_allclose(with_adapter.encode(texts), by_merged_weights.encode(texts), atol=1e-4)
+    assert not np.allclose(with_adapter.encode(texts), l2v_encoder.encode(texts), atol=1e-3)
+    assert "adapter=lora" in with_adapter.identity
+    # two adapters are merged in turn (llm2vec's MNTP, then its supervised adapter)
+    twice = TextEncoder("llm2vec", path=tiny_llm_dir, max_length=64, adapter=[lora, lora])
+    assert twice.identity != with_adapter.identity
+    assert not np.allclose(twice.encode(texts), with_adapter.encode(texts), atol=1e-3)
+    with pytest.raises(ConfigError, match="encoder_adapter"):
+        TextEncoder("llm2vec", path=tiny_llm_dir, adapter=str(tmp_path / "nope"))
+    with pytest.raises(ConfigError, match="encoder_adapter"):
+        TextEncoder("llm2vec", path=tiny_llm_dir, adapter=str(tmp_path))      # no adapter_config.json
+
+
+def test_llm2vec_long_text_keeps_its_end(tiny_llm_dir):
+    """llm2vec cuts texts over its doc_max_length (400 tokens) from the right; a longer encoder_max_length
+    must reach the model whole, and a cut (over max_length) removes the oldest tokens (left)."""
+    head = " ".join(f"film{i}" for i in range(300))               # far more than 400 tokens
+    enc = TextEncoder("llm2vec", path=tiny_llm_dir, max_length=2048, truncation_side="left")
+    assert [len(enc.model.tokenizer(head + end)["input_ids"]) for end in (" ; cat", " ; dog")] == [1092, 1092]
+    a, b = enc.encode([head + " ; cat", head + " ; dog"])
+    assert not np.allclose(a, b, atol=1e-4)
+    short = TextEncoder("llm2vec", path=tiny_llm_dir, max_length=16, truncation_side="left")
+    c, d = short.encode(["Star Wars ; " + head, "Pride and Prejudice ; " + head])
+    np.testing.assert_allclose(c, d, atol=1e-5)                  # only the oldest tokens differed
+
+
+def test_truncation_is_counted_and_logged(tmp_path, tiny_llm_dir, caplog):
+    enc = TextEncoder("llm2vec", path=tiny_llm_dir, max_length=8, truncation_side="left")
+    texts = ["Star Wars", "a b c d e f g h i j k l m n o p", "x"]
+    assert enc.count_truncated(texts) == 1
+    with caplog.at_level(logging.INFO):
+        cached_embeddings(enc, texts, tmp_path, "seq")
+    assert "1 of 3 texts" in caplog.text and "encoder_max_length=8" in caplog.text
+    meta = json.load(open(next(tmp_path.glob("seq-*.json"))))
+    assert meta["truncated"] == 1
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        cached_embeddings(enc, texts, tmp_path, "seq")             # a cache hit still reports it
+    assert "loaded from cache" in caplog.text and "1 of 3 texts" in caplog.text
+    st = TextEncoder("sentence_transformers", max_length=8)
+    assert st.count_truncated(texts) == 1 and st.count_truncated(texts[:1]) == 0
+
+
+def test_cache_key_names_the_new_options(tiny_llm_dir, l2v_encoder):
+    ids = {l2v_encoder.identity,
+           TextEncoder("llm2vec", path=tiny_llm_dir, max_length=64, pooling="last").identity,
+           TextEncoder("llm2vec", path=tiny_llm_dir, max_length=64, bidirectional=False).identity}
+    assert len(ids) == 3

@@ -1,9 +1,17 @@
 """Text encoders for semantic item / sequence embeddings (IADSR §3.2: ``e_i = LLM2Vec(Z_i)``).
 
-``TextEncoder(kind=...)`` wraps either llm2vec (a local decoder-only HF folder made bidirectional, mean
-pooled) or a sentence-transformers model; ``encode`` returns float32 L2-normalised rows. ``cached_embeddings``
-stores them under a key derived from the encoder identity and the texts, and recomputes stale files.
-Models are only ever loaded from local folders.
+``TextEncoder(kind=...)`` wraps either llm2vec (a local decoder-only HF folder) or a sentence-transformers
+model; ``encode`` returns float32 L2-normalised rows. ``cached_embeddings`` stores them under a key derived
+from the encoder identity and the texts, and recomputes stale files. Models are only ever loaded from local
+folders.
+
+llm2vec options (llm2vec 0.2.3's ``LLM2Vec.from_pretrained``): ``bidirectional`` (default True; False keeps
+the decoder's causal attention), ``pooling`` (``mean`` default, ``last``: the last text token,
+``weighted_mean``: position-weighted mean, llm2vec's names ``mean`` / ``last_token`` / ``weighted_mean``), and
+``adapter``: one local PEFT adapter folder or a list of them, merged in turn into the model (llm2vec's MNTP
+adapter, then its supervised one). llm2vec itself cuts texts over ``doc_max_length`` (400) tokens from the
+*right*; here ``doc_max_length = max_length``, so the only cut is the tokenizer's, on ``truncation_side``.
+``count_truncated`` counts the texts that cut touches; ``cached_embeddings`` logs that count.
 """
 
 import hashlib
@@ -20,6 +28,7 @@ from recbole_denoise.errors import ConfigError
 from recbole_denoise.llm.loader import model_fingerprint
 
 ENCODERS = ("llm2vec", "sentence_transformers")
+POOLINGS = {"mean": "mean", "last": "last_token", "weighted_mean": "weighted_mean"}  # ours -> llm2vec's
 
 _log = logging.getLogger(__name__)
 
@@ -38,9 +47,27 @@ class TextEncoder:
     """
 
     def __init__(self, kind="sentence_transformers", path=None, batch_size=32, max_length=128, device=None,
-                 logger=None, progress=False, truncation_side="right"):
+                 logger=None, progress=False, truncation_side="right", bidirectional=True, pooling="mean",
+                 adapter=None):
         if kind not in ENCODERS:
             raise ConfigError(f"encoder '{kind}' is unknown; valid encoders: {', '.join(ENCODERS)}")
+        if pooling not in POOLINGS:
+            raise ConfigError(f"encoder_pooling must be one of {list(POOLINGS)}, got {pooling!r}")
+        adapters = [adapter] if isinstance(adapter, str) else list(adapter or [])
+        self.bidirectional, self.pooling = bool(bidirectional), pooling
+        if kind == "sentence_transformers":
+            for key, value, default in (("encoder_bidirectional", self.bidirectional, True),
+                                        ("encoder_pooling", pooling, "mean"), ("encoder_adapter", adapters, [])):
+                if value != default:
+                    raise ConfigError(f"{key} applies to encoder llm2vec only; a sentence-transformers model "
+                                      f"brings its own pooling (got {key}={value!r})")
+        self.adapters = []
+        for a in adapters:
+            a = os.path.abspath(os.path.expanduser(str(a)))
+            if not os.path.isfile(os.path.join(a, "adapter_config.json")):
+                raise ConfigError(f"encoder_adapter '{a}' is not a local PEFT adapter folder (no "
+                                  f"adapter_config.json; adapters are never downloaded)")
+            self.adapters.append(a)
         if truncation_side not in ("left", "right"):
             raise ConfigError(f"truncation_side must be 'left' or 'right', got {truncation_side!r}")
         self.kind = kind
@@ -65,6 +92,9 @@ class TextEncoder:
         self._tokenizer.truncation_side = truncation_side
         self.identity = (f"{kind}:{os.path.basename(os.path.normpath(self._path))}:{model_fingerprint(self._path)}"
                          f":max_length={self.max_length}" + (":truncate=left" if truncation_side == "left" else ""))
+        if kind == "llm2vec":
+            self.identity += f":bidirectional={int(self.bidirectional)}:pooling={self.pooling}" + "".join(
+                f":adapter={os.path.basename(os.path.normpath(a))}:{model_fingerprint(a)}" for a in self.adapters)
 
     # -- sentence-transformers ------------------------------------------------------------------------
     def _init_st(self, path):
@@ -83,6 +113,7 @@ class TextEncoder:
             raise ConfigError(f"encoder_path '{self._path}': cannot load a sentence-transformers model ({e})") \
                 from None
         self.model.max_seq_length = min(self.max_length, self.model.max_seq_length or self.max_length)
+        self._token_limit = self.model.max_seq_length
         get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = int(get_dim())
         self._tokenizer = self.model.tokenizer
@@ -107,12 +138,22 @@ class TextEncoder:
         import_peft()  # peft 0.21 on torch 2.13 needs torch.distributed.tensor first (llm2vec imports peft)
         from llm2vec import LLM2Vec
 
+        # doc_max_length = max_length: llm2vec would otherwise cut texts over 400 tokens from the right
         try:
-            self.model = LLM2Vec.from_pretrained(self._path, enable_bidirectional=True, pooling_mode="mean",
-                                                 max_length=self.max_length, device_map=self.device,
+            self.model = LLM2Vec.from_pretrained(self._path, enable_bidirectional=self.bidirectional,
+                                                 pooling_mode=POOLINGS[self.pooling], max_length=self.max_length,
+                                                 doc_max_length=self.max_length, device_map=self.device,
                                                  torch_dtype=torch.float32, local_files_only=True)
         except (OSError, ValueError, KeyError) as e:
             raise ConfigError(f"encoder_path '{self._path}': cannot load it with llm2vec ({e})") from None
+        if self.adapters:
+            from peft import PeftModel
+
+            for a in self.adapters:  # llm2vec's own loader takes one adapter; merging each keeps any number
+                try:
+                    self.model.model = PeftModel.from_pretrained(self.model.model, a).merge_and_unload()
+                except (OSError, ValueError, KeyError, RuntimeError) as e:
+                    raise ConfigError(f"encoder_adapter '{a}': cannot apply it to {self._path} ({e})") from None
         # Llama tokenizers converted from GGUF return token_type_ids, which LlamaModel.forward rejects.
         self.model.tokenizer.model_input_names = ["input_ids", "attention_mask"]
         self.model.eval()
@@ -120,6 +161,7 @@ class TextEncoder:
         self._empty_text = " " if tok(" ", add_special_tokens=False)["input_ids"] else tok.eos_token
         self.dim = int(self.model.model.config.hidden_size)
         self._tokenizer = tok
+        self._token_limit = self.max_length
 
     def _encode_llm2vec(self, texts):
         # llm2vec mean-pools the last len(text tokens) positions (left padding); a text without any token
@@ -144,6 +186,14 @@ class TextEncoder:
         if out.shape != (len(texts), self.dim):
             raise RuntimeError(f"encoder returned shape {out.shape}, expected {(len(texts), self.dim)}")
         return out
+
+    def count_truncated(self, texts):
+        """How many of ``texts`` exceed the token limit (special tokens included) and lose tokens."""
+        n = 0
+        for start in range(0, len(texts), 1024):
+            ids = self._tokenizer([str(t) for t in texts[start:start + 1024]], truncation=False)["input_ids"]
+            n += sum(len(i) > self._token_limit for i in ids)
+        return n
 
     def __repr__(self):
         return f"TextEncoder({self.identity})"
@@ -211,11 +261,23 @@ def cached_embeddings(encoder, texts, cache_dir, name, logger=None, shard_size=4
         except (OSError, ValueError, json.JSONDecodeError) as e:
             problem = f"it cannot be read ({e})"
     problem = distributed.broadcast(problem)  # every rank follows rank 0's view of the cache
+
+    def log_truncated(n):
+        if n:
+            side = getattr(encoder, "truncation_side", "right")
+            logger.warning(f"embeddings '{name}': {n} of {len(texts)} texts were longer than "
+                           f"encoder_max_length={getattr(encoder, 'max_length', '?')} tokens and lost their "
+                           f"{'oldest (left)' if side == 'left' else 'last (right)'} tokens")
+
     if problem is None:
         logger.info(f"embeddings '{name}' loaded from cache {npy}")
+        log_truncated(meta.get("truncated"))
         return np.load(npy, allow_pickle=False).astype(np.float32, copy=False)
     if problem != "missing":
         logger.warning(f"stale embedding cache {npy}: {problem}; recomputing")
+    count = getattr(encoder, "count_truncated", None)
+    truncated = int(count(texts)) if count is not None else None
+    log_truncated(truncated)
     shards = os.path.join(cache_dir, f".shards-{name}-{key}")
     emb = encode_in_shards(encoder, texts, shards, shard_size)
     distributed.barrier()  # every rank has read every shard before rank 0 removes them
@@ -227,7 +289,8 @@ def cached_embeddings(encoder, texts, cache_dir, name, logger=None, shard_size=4
             np.save(f, emb, allow_pickle=False)
 
     replace_atomically(npy, write_npy)
-    meta = {"identity": encoder.identity, "n": emb.shape[0], "dim": emb.shape[1], "name": name}
+    meta = {"identity": encoder.identity, "n": emb.shape[0], "dim": emb.shape[1], "name": name,
+            "truncated": truncated}
 
     def write_meta(tmp):
         with open(tmp, "w") as f:

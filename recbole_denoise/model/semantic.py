@@ -4,19 +4,25 @@
 * long-term semantic interest ``e1_u = Enc(S_u)``: the text of the user's whole *training* sequence
   (the validation and test targets are left out);
 * short-term interests ``l_t = Enc(S_t)``: the text of each prefix ``i_1..i_t`` (``short_term: prefix``,
-  the paper's Eq. 5) or of the item ``i_t`` alone (``short_term: item``, what the official code encodes).
-  Prefixes are encoded for every history position up to the validation item; the prefix that ends at
+  the paper's Eq. 5) or of the item ``i_t`` alone (``short_term: item``: cheaper; the official README says its
+  embedding script encodes "each item").
+  The official repository does not contain the script that builds its short-term vectors (see
+  docs/fidelity/iadsr.md). Prefixes are encoded for every history position up to the validation item; the prefix that ends at
   the validation item is only read when that item is itself history (the test row), never when it is
   the target. The test target is in no text at all.
 
 A sequence text is its item texts in time order joined by ``semantic_separator``, at most the last
-``semantic_max_items`` items, and truncated from the *left* to ``encoder_max_length`` tokens, so the most
-recent items always survive. With ``semantic_center`` (default) the mean of each table is subtracted before use (see :func:`center`).
+``semantic_max_items`` items (0 = all, the paper's whole sequence), and truncated from the *left* to
+``encoder_max_length`` tokens, so the most recent items always survive. Both cuts are counted in the log
+(users cut by ``semantic_max_items``; texts cut by ``encoder_max_length``, also on a cache hit).
+The encoder keys ``encoder_bidirectional``, ``encoder_pooling`` and ``encoder_adapter`` go to
+``llm.encoders.TextEncoder`` and into the cache key. With ``semantic_center`` (default) the mean of each table is subtracted before use (see :func:`center`).
 Embeddings are cached by ``llm.encoders.cached_embeddings`` under
 ``semantic_cache_dir`` (default ``<derived_data_path>/.embeddings``), one file per (dataset, text field,
 kind of text, mode) whose key hashes the encoder identity and every text: a change of data, encoder or
 settings makes a new file, and a damaged or mismatching file is rebuilt, never silently reused.
 """
+import logging
 import os
 
 import numpy as np
@@ -40,7 +46,8 @@ def build_encoder(config, logger=None):
     return TextEncoder(kind=config["encoder"], path=config["encoder_path"],
                        batch_size=config["encoder_batch_size"], max_length=config["encoder_max_length"],
                        device=str(config["device"]), logger=logger, progress=bool(config["show_progress"]),
-                       truncation_side="left")
+                       truncation_side="left", bidirectional=config["encoder_bidirectional"] is not False,
+                       pooling=config["encoder_pooling"] or "mean", adapter=config["encoder_adapter"])
 
 
 class SemanticInterests:
@@ -107,6 +114,11 @@ class SemanticInterests:
             return out
 
         users = sorted(sequences)
+        if max_items:
+            cut = sum(len(sequences[u]) - 2 > max_items for u in users)
+            (logger or logging.getLogger(__name__)).info(
+                f"e1: {cut} of {len(users)} users' training sequences have more than {max_items} items; their "
+                f"texts hold the last {max_items} (semantic_max_items: 0 = all)")
         # e1: the training part of each sequence (the last two items are the validation and test targets)
         self.long = encode("long", [(u, sequence_text(texts, sequences[u][:-2], sep, max_items)) for u in users],
                            n_users)
