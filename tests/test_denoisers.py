@@ -138,6 +138,8 @@ def test_popularity_draws_exclude_only_the_items_shown():
     edits = [(0, 0)] * 40
     drawn = popularity_replacements(train, seqs, edits, seed=0, shown=[{"a", "z", "b"}] * 40)
     assert "z" not in drawn and drawn.count("x") >= 10  # a target the prompt does not show can be drawn
+    drawn = popularity_replacements(train, seqs, edits, seed=0, shown=[frozenset()] * 40)  # suggest_exclude none
+    assert drawn.count("z") >= 10 and drawn.count("x") >= 10
 
 
 def test_deleting_a_training_target_drops_its_window(tiny_cfg):

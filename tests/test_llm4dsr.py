@@ -296,6 +296,9 @@ def test_bad_max_edits_test_names_its_key(tiny, tiny_llm_dir):
     with pytest.raises(UserInputError, match="max_edits_test must be an integer >= 0"):
         prepare_dataset(Config("GRU4Rec", "tiny", config_dict=llm_cfg(make, tiny_llm_dir, max_edits_test=-2),
                                denoiser="LLM4DSR"))
+    with pytest.raises(UserInputError, match="suggest_exclude must be one of"):
+        prepare_dataset(Config("GRU4Rec", "tiny", config_dict=llm_cfg(make, tiny_llm_dir, suggest_exclude="all"),
+                               denoiser="LLM4DSR"))
     with pytest.raises(UserInputError, match="edit_train_targets must be True or False"):
         prepare_dataset(Config("GRU4Rec", "tiny", config_dict=llm_cfg(make, tiny_llm_dir, edit_train_targets="yes"),
                                denoiser="LLM4DSR"))
@@ -349,13 +352,14 @@ def test_training_window_targets_are_scored_and_edited_by_default(tiny_cfg, tiny
     assert out_old["train"]["item_id"].tolist() == src_old["train"]["item_id"].tolist()
 
 
-def test_a_target_the_prompt_does_not_show_can_be_suggested(tiny_cfg, tiny_llm_dir, tiny_st_dir, monkeypatch):
+@pytest.mark.parametrize("exclude", ["prompt", "none"])
+def test_a_target_the_prompt_does_not_show_can_be_suggested(tiny_cfg, tiny_llm_dir, tiny_st_dir, monkeypatch, exclude):
     from recbole_denoise.llm import grounding
 
     # every suggestion names item i22, user u1's test target; exact grounding takes it unless it is excluded
     monkeypatch.setattr(grounding, "generate_suggestions", lambda model, tok, prefixes, **kw: ["Item number 22"] * len(prefixes))
     cfg = llm_cfg(tiny_cfg, tiny_llm_dir, tuning="zero_shot", threshold_quantile=0.0, max_edits=3,
-                  ground_encoder_path=tiny_st_dir)
+                  ground_encoder_path=tiny_st_dir, suggest_exclude=exclude)
     data, info = prepare_dataset(Config("GRU4Rec", "tiny", config_dict=cfg, denoiser="LLM4DSR"))
     scores = read_atomic(data.file("denoise_scores"))
     u1 = scores[(scores["user_id"] == "u1") & (scores["flagged"] == 1)]
@@ -367,4 +371,5 @@ def test_a_target_the_prompt_does_not_show_can_be_suggested(tiny_cfg, tiny_llm_d
             shown = {items[p] for p in pos}
             for p in pos:
                 if rows["flagged"].iloc[p]:
-                    assert (rows["replacement"].iloc[p] == "i22") == ("i22" not in shown)
+                    # none (paper Eq. 4, official code): even an item the prompt shows
+                    assert (rows["replacement"].iloc[p] == "i22") == (exclude == "none" or "i22" not in shown)

@@ -33,8 +33,9 @@ from recbole_denoise.evaluator.noise_detection import noise_detection_metrics
 
 DENOISERS = {}
 BASE_KEYS = ("threshold_quantile", "threshold_quantile_test", "max_edits", "max_edits_test", "denoise_action",
-             "denoise_split", "denoise_seed", "edit_train_targets")
+             "denoise_split", "denoise_seed", "edit_train_targets", "suggest_exclude")
 ACTIONS = ("delete", "replace", "popularity")
+SUGGEST_EXCLUDES = ("prompt", "none")
 DENOISE_SPLITS = ("train", "test", "all")
 
 
@@ -248,6 +249,9 @@ def check_decision_keys(config):
             continue
         if isinstance(b, bool) or not isinstance(b, int) or b < 0:
             raise DatasetError(f"{key} must be an integer >= 0 (at most this many edits per sequence), got {b!r}")
+    mode = config["suggest_exclude"] if "suggest_exclude" in config else None
+    if mode is not None and mode not in SUGGEST_EXCLUDES:
+        raise DatasetError(f"suggest_exclude must be one of {list(SUGGEST_EXCLUDES)}, got {mode!r}")
     flag = config["edit_train_targets"] if "edit_train_targets" in config else True
     if not isinstance(flag, bool):
         raise DatasetError(f"edit_train_targets must be True or False, got {flag!r}")
@@ -292,6 +296,16 @@ def shown_items(denoiser, seqs, edits):
         shown = frozenset(seqs.items[k][q] for q in pos[np.asarray(seqs.editable[k])[pos]])
         unit_of.update({(k, int(q)): shown for q in pos})
     return [unit_of.get((k, int(p)), frozenset()) for k, p in edits]
+
+
+def excluded_items(denoiser, seqs, edits, config):
+    """Per edit, the items a replacement may not be: ``suggest_exclude: prompt`` (default) the items shown
+    with the edit (:func:`shown_items`), ``none`` nothing (LLM4DSR Eq. 4 takes the argmin over every item,
+    and the official code excludes only the padding id)."""
+    mode = config["suggest_exclude"] if "suggest_exclude" in config else None
+    if mode == "none":
+        return [frozenset()] * len(edits)
+    return shown_items(denoiser, seqs, edits)
 
 
 def popularity_replacements(train, seqs, edits, seed, shown=None):
@@ -422,7 +436,8 @@ def work_dir(config, out_name):
     return os.path.join(os.path.abspath(config["derived_data_path"]), ".work", out_name)
 
 
-DECISION_KEYS = ("threshold_quantile", "threshold_quantile_test", "max_edits", "max_edits_test", "denoise_action")
+DECISION_KEYS = ("threshold_quantile", "threshold_quantile_test", "max_edits", "max_edits_test", "denoise_action",
+                 "suggest_exclude")
 
 
 def save_ragged(path, arrays):
@@ -496,7 +511,7 @@ def denoise_stage(parent, out_dir, out_name, denoiser_cls, config, logger=None):
         kinds = dict(zip(edits, getattr(denoiser, "suggestion_kinds", None) or ["suggested"] * len(edits)))
     elif action == "popularity" and edits:
         replacements = dict(zip(edits, popularity_replacements(train, seqs, edits, denoise_seed(config),
-                                                               shown_items(denoiser, seqs, edits))))
+                                                               excluded_items(denoiser, seqs, edits, config))))
         kinds = {e: "popularity" for e in edits}
     timings["suggest"] = time.time() - t
     info = write_denoised(parent, tables, seqs, scores, flags, out_dir, out_name, replacements, kinds)

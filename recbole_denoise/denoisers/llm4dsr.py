@@ -28,8 +28,8 @@ The stages, each following the paper (``../shared/papers/LLM4DSR-TOIS2025.txt``)
 5. **Replacement (§3.3 Eq. 4).** ``denoise_action: replace``: the model generates the suggested item
    after ``Noise Items: "<flagged>", Suggested Items: "`` (greedy, ``suggest_max_tokens``), grounded to an
    item by exact title, else by embedding similarity (``ground_encoder``: MiniLM by default, ``llm`` = the
-   official code's LLM hidden state); never to padding nor to an item the prompt shows (the paper and the
-   official code exclude nothing but padding); a held-out target the prompt does not show may be
+   official code's LLM hidden state); never to padding nor to an item the prompt shows
+   (``suggest_exclude: none``: any item, as Eq. 4 and the official code); a held-out target the prompt does not show may be
    suggested, so the choice does not depend on it. An empty suggestion deletes the item. A replaced
    training target becomes that window's target; a deleted one drops the window. ``delete`` and ``popularity`` give the §4.3.1 ablations.
 
@@ -44,7 +44,7 @@ import os
 import numpy as np
 
 from recbole_denoise.data.text import item_texts
-from recbole_denoise.denoisers.base import Denoiser, register_denoiser, shown_items
+from recbole_denoise.denoisers.base import Denoiser, excluded_items, register_denoiser
 from recbole_denoise.errors import ConfigError, DatasetError
 from recbole_denoise.llm.grounding import normalize_title
 from recbole_denoise.llm.loader import model_fingerprint
@@ -313,8 +313,9 @@ class LLM4DSR(Denoiser):
         grounder = Grounder(known, encoder=encoder, encoder_path=self._key("ground_encoder_path"),
                             llm=self.model if encoder == "llm" else None,
                             tokenizer=self.tokenizer if encoder == "llm" else None, logger=self.logger)
-        # never an item the prompt shows (the flagged one included); a held-out target may be suggested
-        grounded = grounder.ground(texts, exclude=shown_items(self, seqs, edits))
+        # suggest_exclude prompt: never an item the prompt shows (the flagged one included); a held-out
+        # target the prompt does not show may be suggested. none: any item (paper Eq. 4, official code)
+        grounded = grounder.ground(texts, exclude=excluded_items(self, seqs, edits, self.config))
         self.suggestion_kinds = [kind for _, kind in grounded]
         self.info["suggestions"] = grounder.summary()
         self.logger.info(f"LLM4DSR suggestions: {self.info['suggestions']}")
