@@ -191,3 +191,49 @@ def test_response_longer_than_max_length_names_the_example(tmp_path, llm_tokeniz
         finetune_lora(build_tiny_llama(llm_tokenizer), examples, str(tmp_path), settings(max_length=4),
                       llm_tokenizer.pad_token_id)
     assert not os.listdir(tmp_path)
+
+
+# -- issue 15: the official schedule's gradient accumulation and warm-up (item 8), BOS kept (item 6) ------
+class RecordLR(TrainerCallback):
+    def __init__(self):
+        self.lrs = []
+
+    def on_step_end(self, args, state, control, lr_scheduler=None, **kwargs):
+        self.lrs.append(lr_scheduler.get_last_lr()[0])
+
+
+def test_grad_accum_and_warmup_steps_shape_the_schedule(tmp_path, llm_tokenizer, examples):
+    lr = 1e-2
+    record = RecordLR()
+    # 16 examples, micro-batches of 4, 2 accumulated: 2 optimiser steps per epoch, 4 in all; 2 warm-up steps
+    finetune_lora(build_tiny_llama(llm_tokenizer), examples, str(tmp_path),
+                  settings(epochs=2, batch_size=4, grad_accum=2, warmup_steps=2, learning_rate=lr),
+                  llm_tokenizer.pad_token_id, callbacks=[record])
+    done = json.loads((tmp_path / ADAPTER / DONE).read_text())
+    assert done["global_steps"] == 4 and done["settings"]["grad_accum"] == 2
+    # linear warm-up to lr over 2 steps, then linear decay to 0 (the official code's Trainer schedule)
+    assert record.lrs == pytest.approx([lr / 2, lr, lr / 2, 0.0])
+
+
+def test_settings_from_config_keys_name_bad_values():
+    keys = {"finetune_grad_accum": 8, "finetune_warmup_steps": 20, "finetune_batch_size": 16, "lora_r": 8,
+            "finetune_learning_rate": 1e-4, "lora_target_modules": ["q_proj", "v_proj"], "loss_on_prompt": True}
+    s = LoraSettings.from_config(keys.get, keep_prompt_head=3)
+    assert (s.grad_accum, s.warmup_steps, s.batch_size, s.keep_prompt_head, s.epochs) == (8, 20, 16, 3, 50)
+    assert s.target_modules == ("q_proj", "v_proj") and s.loss_on_prompt is True
+    for key, bad, msg in [("finetune_grad_accum", 0, "integer >= 1"), ("finetune_warmup_steps", -1, "integer >= 0"),
+                          ("finetune_warmup_steps", 0.5, "integer >= 0"), ("finetune_batch_size", "8", "integer >= 1"),
+                          ("lora_target_modules", "q_proj", "list of module names"),
+                          ("loss_on_prompt", "yes", "True or False"), ("finetune_learning_rate", -1.0, "number >= 0")]:
+        with pytest.raises(ValueError, match=f"{key} must be .*{msg}"):
+            LoraSettings.from_config({**keys, key: bad}.get)
+
+
+def test_a_cut_prompt_keeps_its_head():
+    m = IGNORE_INDEX
+    # BOS + instruction (the first 2 tokens) stay; the oldest history tokens after them go
+    assert encode_example([1, 2, 3, 4, 5], [8, 9], max_length=5, keep_head=2) == {
+        "input_ids": [1, 2, 5, 8, 9], "labels": [m, m, m, 8, 9]}
+    assert encode_example([1, 2, 3], [8, 9], max_length=4, keep_head=2)["input_ids"] == [1, 2, 8, 9]
+    with pytest.raises(ValueError, match="example 0: the response alone has 2 tokens"):
+        encode_example([1, 2, 3], [8, 9], max_length=3, keep_head=2)

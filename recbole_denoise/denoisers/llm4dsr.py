@@ -7,9 +7,12 @@ The stages, each following the paper (``../shared/papers/LLM4DSR-TOIS2025.txt``)
    training item (uniform; not already in the window, so the answer is unambiguous), and ask it to
    answer ``Noise Items: "<inserted item>", Suggested Items: "<original item>"``. ``finetune_samples``
    examples (paper: 5,000), seed ``finetune_seed``.
-2. **LoRA fine-tuning (§3.1 Eq. 1, §4.1.4):** r=8, alpha=16, dropout 0.05 on q_proj/v_proj, lr 1e-4,
-   ``finetune_epochs`` (paper: 50), loss on the response tokens (``loss_on_prompt: true`` = official
-   code). Checkpointed per epoch (a killed run resumes); the adapter is cached by a hash of (training
+2. **LoRA fine-tuning (§3.1 Eq. 1):** ``finetune_epochs`` (§4.1.4: 50) and LoRA r=8, alpha=16, dropout
+   0.05 on q_proj/v_proj, lr 1e-4 (the official code's values; §4.1.4 gives none), loss on the response
+   tokens (``loss_on_prompt: true`` = official code); ``finetune_grad_accum``, ``finetune_warmup_steps``
+   (``properties/presets/LLM4DSR-official.yaml``: the official batch 128, 20 warm-up steps). Prompts start
+   with the tokenizer's BOS when it adds one by default; titles are whole unless
+   ``llm_title_max_tokens`` > 0 (``llm/prompts.py``). Checkpointed per epoch (a killed run resumes); the adapter is cached by a hash of (training
    data, LLM, prompt and fine-tuning keys) under ``<derived_data_path>/adapters/``, so a second run
    skips training. ``tuning: zero_shot`` skips fine-tuning (§4.3.4).
 3. **Uncertainty (§3.2 Eq. 2).** For every window the model reads (the editable positions of a
@@ -55,6 +58,7 @@ TUNINGS = ("denoise", "zero_shot")
 PROMPT_KEYS = ("llm_instruction", "llm_prompt_template", "llm_response_template", "llm_item_template",
                "llm_title_max_tokens", "llm_window", "item_text_field")
 FINETUNE_KEYS = ("tuning", "finetune_samples", "finetune_seed", "finetune_epochs", "finetune_batch_size",
+                 "finetune_grad_accum", "finetune_warmup_steps",
                  "finetune_learning_rate", "finetune_max_length", "lora_r", "lora_alpha", "lora_dropout",
                  "lora_target_modules", "loss_on_prompt")
 
@@ -157,7 +161,7 @@ class LLM4DSR(Denoiser):
             prompt_template=self._key("llm_prompt_template", PAPER_PROMPT),
             response_template=self._key("llm_response_template", PAPER_RESPONSE),
             item_template=self._key("llm_item_template", PAPER_ITEM),
-            title_max_tokens=self._key("llm_title_max_tokens", 24))
+            title_max_tokens=self._key("llm_title_max_tokens", 0))
         self.pad_id = self.tokenizer.pad_token_id
 
     def adapter_dir(self):
@@ -188,14 +192,8 @@ class LLM4DSR(Denoiser):
                                       self._key("finetune_seed", 2020))
         examples = [self.prompts.example([self.texts[i] for i in items], self.texts[noise], self.texts[orig])
                     for items, _, noise, orig in samples]
-        settings = LoraSettings(
-            r=int(self._key("lora_r", 8)), alpha=int(self._key("lora_alpha", 16)),
-            dropout=float(self._key("lora_dropout", 0.05)),
-            target_modules=tuple(self._key("lora_target_modules", ("q_proj", "v_proj"))),
-            learning_rate=float(self._key("finetune_learning_rate", 1e-4)),
-            epochs=int(self._key("finetune_epochs", 50)), batch_size=int(self._key("finetune_batch_size", 8)),
-            loss_on_prompt=bool(self._key("loss_on_prompt", False)),
-            max_length=int(self._key("finetune_max_length", 1024)), seed=int(self._key("finetune_seed", 2020)))
+        # the fine-tuning keys (finetune.CONFIG_KEYS); a cut prompt keeps its BOS and instruction
+        settings = LoraSettings.from_config(self._key, keep_prompt_head=len(self.prompts.shared_prefix))
         out = self.adapter_dir()
         self.model = finetune_lora(self.model, examples, out, settings, self.pad_id, logger=self.logger,
                                    progress=self.progress)
@@ -256,7 +254,8 @@ class LLM4DSR(Denoiser):
 
             histories = [self._window_texts(seqs, k, pos) for k, pos in part]
             texts = generate_suggestions(self.model, self.tokenizer, [self.prompts.scoring_prefix(h) for h in histories],
-                                         max_new_tokens=self.prompts.title_max_tokens + 2, batch_size=batch,
+                                         max_new_tokens=self._suggestion_budget(t for h in histories for t in h),
+                                         batch_size=batch,
                                          stop=self.prompts.stop_text, logger=self.logger, progress=self.progress)
             out = []
             for h, text in zip(histories, texts):
@@ -278,6 +277,12 @@ class LLM4DSR(Denoiser):
         return scores
 
     # -- replacement ----------------------------------------------------------------------------------
+    def _suggestion_budget(self, texts):
+        """Tokens generated for a title among ``texts``: the longest as prompts show it + the closing quote +
+        a margin (``PromptBuilder.suggestion_budget``), at most ``suggest_max_tokens`` when that is set."""
+        budget, cap = self.prompts.suggestion_budget(texts), self._key("suggest_max_tokens")
+        return budget if cap is None else min(budget, int(cap))
+
     def suggest(self, seqs, edits):
         from recbole_denoise.llm.grounding import Grounder, generate_suggestions
 
@@ -286,8 +291,8 @@ class LLM4DSR(Denoiser):
         for k, p in edits:
             history = self._window_texts(seqs, k, unit_of[(k, p)])
             prefixes.append(self.prompts.suggestion_prefix(history, self.texts[seqs.items[k][p]]))
-        # titles were cut to llm_title_max_tokens in training, so a suggestion needs at most that + the quote
-        budget = min(int(self._key("suggest_max_tokens", 32)), self.prompts.title_max_tokens + 2)
+        # a suggested title is a training item's (as in the instruction data), so the longest bounds it
+        budget = self._suggestion_budget(self.texts[i] for i in self.vocabulary)
         from recbole_denoise.distributed import sharded_map
 
         def write(path, texts):
@@ -309,6 +314,8 @@ class LLM4DSR(Denoiser):
         # candidates: training items and items of editable histories; never a target, never padding
         shown = {i for items, edit in zip(seqs.items, seqs.editable) for i, e in zip(items, edit) if e}
         known = {i: self.texts[i] for i in sorted(self.vocabulary | shown)}
+        # exact grounding compares whole titles: a suggestion that is a cut title shown in prompts becomes whole
+        texts = self.prompts.whole_titles(texts, list(known.values()))
         encoder = self._key("ground_encoder", "sentence_transformers")
         grounder = Grounder(known, encoder=encoder, encoder_path=self._key("ground_encoder_path"),
                             llm=self.model if encoder == "llm" else None,

@@ -6,9 +6,15 @@ LLM4DSR (§3.1, Eq. 1) tunes the LLM on instruction examples, prompt tokens ``x`
 The loss is the Hugging Face causal-LM loss, i.e. Eq. 1 averaged over the scored tokens of a batch
 rather than summed (a rescaling of each step, as in the Trainer-based official code).
 
-The defaults of :class:`LoraSettings` are those of the paper (§4.1.4) and its official code: LoRA rank 8,
-alpha 16, dropout 0.05 on ``q_proj`` and ``v_proj``, learning rate 1e-4, 50 epochs; the optimiser is the
-Trainer's AdamW with linear decay (no warm-up unless ``warmup_ratio`` is set). Training runs in the
+Where the settings come from: the paper (§4.1.4) gives only LoRA and 50 epochs (over 5,000 prompts, on
+LLaMA3-8B); LoRA rank 8, alpha 16, dropout 0.05 on ``q_proj`` and ``v_proj``, learning rate 1e-4, an
+effective batch of 128 (micro-batches of 16 on 8 GPUs), 20 warm-up steps, 512-token examples and the
+loss on prompt tokens too are the official code's (``train_denoise_model.py``). The defaults of
+:class:`LoraSettings` take the official LoRA values and learning rate, but batch 8, no gradient
+accumulation and no warm-up, which suit small CPU runs; ``properties/presets/LLM4DSR-official.yaml``
+sets the official schedule. The optimiser is the Trainer's AdamW (no weight decay) with ``warmup_steps``
+of linear warm-up, then linear decay to 0, as in the official code. One optimiser step sees
+``batch_size * grad_accum * processes`` examples. Training runs in the
 Hugging Face :class:`transformers.Trainer`, so the same code runs on one CPU, one GPU, or under
 ``torchrun`` / ``accelerate launch`` (DDP) unchanged; the model keeps its own dtype (float32 on CPU; a
 bf16/fp16 model on GPU trains with float32 LoRA weights, which peft casts up).
@@ -39,6 +45,7 @@ import torch
 
 from recbole_denoise.compat import import_peft
 from recbole_denoise.data.atomic import replace_atomically
+from recbole_denoise.errors import ConfigError
 
 CHECKPOINTS = "checkpoints"
 ADAPTER = "adapter"
@@ -47,9 +54,26 @@ RUN_FILE = "run.json"
 IGNORE_INDEX = -100  # label of tokens that the loss skips (torch cross_entropy's ignore_index)
 
 
+# LoraSettings field -> the LLM4DSR config key that sets it (see LoraSettings.from_config)
+CONFIG_KEYS = {"r": "lora_r", "alpha": "lora_alpha", "dropout": "lora_dropout",
+               "target_modules": "lora_target_modules", "learning_rate": "finetune_learning_rate",
+               "epochs": "finetune_epochs", "batch_size": "finetune_batch_size", "grad_accum": "finetune_grad_accum",
+               "warmup_steps": "finetune_warmup_steps", "loss_on_prompt": "loss_on_prompt",
+               "max_length": "finetune_max_length", "seed": "finetune_seed"}
+
+
 @dataclass
 class LoraSettings:
-    """LoRA and optimisation settings; the defaults are LLM4DSR's (§4.1.4 and the official code)."""
+    """LoRA and optimisation settings (see the module docstring for where each default comes from).
+
+    ``r``, ``alpha``, ``dropout``, ``target_modules``, ``learning_rate``: the official code's (the paper
+    gives none of them). ``epochs`` 50: the paper's §4.1.4 and the official code's. ``batch_size`` (per
+    process) x ``grad_accum`` x processes is the effective batch (official: 128); ``warmup_steps`` of
+    linear warm-up (official: 20). ``max_length`` bounds prompt + response (official: 512, cut from the
+    right; here the prompt loses its oldest history tokens, keeping its first ``keep_prompt_head`` tokens,
+    i.e. BOS and instruction). ``loss_on_prompt``: the official code's loss; the paper's Eq. 1 scores only
+    the response.
+    """
 
     r: int = 8
     alpha: int = 16
@@ -57,13 +81,49 @@ class LoraSettings:
     target_modules: tuple = ("q_proj", "v_proj")
     learning_rate: float = 1e-4
     epochs: int = 50
-    batch_size: int = 8  # per device
+    batch_size: int = 8  # per process
     grad_accum: int = 1
+    warmup_steps: int = 0
     loss_on_prompt: bool = False  # True: score prompt tokens too, as the official code does
     max_length: int = 1024  # prompt + response tokens; the prompt is cut from the left to fit
+    keep_prompt_head: int = 0  # leading prompt tokens never cut (BOS + instruction)
     seed: int = 2020
-    warmup_ratio: float = 0.0
     weight_decay: float = 0.0
+
+    def __post_init__(self):
+        for field, low in (("r", 1), ("alpha", 1), ("epochs", 1), ("batch_size", 1), ("grad_accum", 1),
+                           ("warmup_steps", 0), ("max_length", 1), ("keep_prompt_head", 0)):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"{CONFIG_KEYS.get(field, field)} must be an integer >= {low}, got {value!r}")
+        for field in ("dropout", "learning_rate", "weight_decay"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"{CONFIG_KEYS.get(field, field)} must be a number >= 0, got {value!r}")
+
+    @classmethod
+    def from_config(cls, get, **extra):
+        """Settings from config keys: ``get(key)`` returns a key's value or None (None keeps the default).
+
+        ``extra`` sets fields that are not config keys (``keep_prompt_head``). Values are checked and
+        a bad one raises :class:`ConfigError` naming its key.
+        """
+        kwargs = {}
+        for field, key in CONFIG_KEYS.items():
+            value = get(key)
+            if value is None:
+                continue
+            if field == "target_modules":
+                if isinstance(value, str) or not all(isinstance(m, str) for m in value):
+                    raise ConfigError(f"{key} must be a list of module names, got {value!r}")
+                value = tuple(value)
+            elif field == "loss_on_prompt":
+                if not isinstance(value, bool):
+                    raise ConfigError(f"{key} must be True or False, got {value!r}")
+            elif field in ("dropout", "learning_rate") and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            kwargs[field] = value
+        return cls(**kwargs, **extra)
 
     def as_dict(self):
         d = dataclasses.asdict(self)
@@ -71,21 +131,25 @@ class LoraSettings:
         return d
 
 
-def encode_example(prompt_ids, response_ids, max_length, loss_on_prompt=False, index=0):
+def encode_example(prompt_ids, response_ids, max_length, loss_on_prompt=False, index=0, keep_head=0):
     """``{"input_ids", "labels"}`` of one example: prompt + response, the prompt cut from the left.
 
-    The response is never cut (it is what the model learns to produce); a response longer than
-    ``max_length`` raises :class:`ValueError` naming example ``index``. Prompt labels are
-    :data:`IGNORE_INDEX` unless ``loss_on_prompt``.
+    The response is never cut (it is what the model learns to produce), nor the first ``keep_head``
+    prompt tokens (the BOS and instruction): a prompt too long loses the tokens right after them, i.e.
+    the oldest history. A response (plus that head) longer than ``max_length`` raises :class:`ValueError`
+    naming example ``index``. Prompt labels are :data:`IGNORE_INDEX` unless ``loss_on_prompt``.
     """
     prompt_ids, response_ids = list(prompt_ids), list(response_ids)
     if not response_ids:
         raise ValueError(f"example {index}: the response is empty")
-    if len(response_ids) > max_length:
-        raise ValueError(f"example {index}: the response alone has {len(response_ids)} tokens, more than "
-                         f"max_length={max_length}; raise max_length or shorten the response")
-    keep = max_length - len(response_ids)
-    prompt_ids = prompt_ids[len(prompt_ids) - keep:] if keep else []
+    head = prompt_ids[:keep_head]
+    if len(response_ids) + len(head) > max_length:
+        raise ValueError(f"example {index}: the response alone has {len(response_ids)} tokens (and the kept "
+                         f"prompt head {len(head)}), more than max_length={max_length}; raise max_length "
+                         f"(finetune_max_length) or shorten the response")
+    keep = max_length - len(response_ids) - len(head)
+    rest = prompt_ids[len(head):]
+    prompt_ids = head + (rest[len(rest) - keep:] if keep else [])
     prompt_labels = prompt_ids if loss_on_prompt else [IGNORE_INDEX] * len(prompt_ids)
     return {"input_ids": prompt_ids + response_ids, "labels": prompt_labels + response_ids}
 
@@ -217,7 +281,8 @@ def finetune_lora(model, examples, out_dir, settings, pad_id, logger=None, progr
     logger = logger or logging.getLogger(__name__)
     if not examples:
         raise ValueError("no training examples")
-    encoded = [encode_example(p, r, settings.max_length, settings.loss_on_prompt, index=i)
+    encoded = [encode_example(p, r, settings.max_length, settings.loss_on_prompt, index=i,
+                              keep_head=settings.keep_prompt_head)
                for i, (p, r) in enumerate(examples)]
 
     ckpt_dir = os.path.join(out_dir, CHECKPOINTS)
@@ -229,7 +294,7 @@ def finetune_lora(model, examples, out_dir, settings, pad_id, logger=None, progr
         gradient_accumulation_steps=settings.grad_accum,
         learning_rate=settings.learning_rate,
         weight_decay=settings.weight_decay,
-        warmup_ratio=settings.warmup_ratio,
+        warmup_steps=settings.warmup_steps,
         lr_scheduler_type="linear",
         optim="adamw_torch",
         seed=settings.seed,
