@@ -31,17 +31,21 @@ mask is the pre-augmentation one, which drops the two most recent items of an au
 projection matrices the official code leaves uninitialised are initialised; evaluation is deterministic
 (``hsd_stochastic_eval``).
 """
+from logging import getLogger
+
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from recbole_denoise.errors import ConfigError
 from recbole_denoise.model.relation_graphs import relation_graphs
 from recbole_denoise.model.sequential_recommender.hsd import HSD, pack
 
 __all__ = ["SSDRec"]
 
 GRAPHS = ("user_item", "item_user", "trans_out", "trans_in", "item_neg", "user_pos", "user_neg")
+POSITION_PICKS = ("sequence", "official")
 
 
 def masked_softmax(scores, mask):
@@ -49,7 +53,7 @@ def masked_softmax(scores, mask):
 
 
 class SSDRec(HSD):
-    decision_keys = HSD.decision_keys + ("ssdrec_min_cooccurrence", "ssdrec_user_neighbors")
+    decision_keys = HSD.decision_keys + ("ssdrec_min_cooccurrence", "ssdrec_user_neighbors", "ssdrec_position_pick")
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -82,7 +86,24 @@ class SSDRec(HSD):
         for layer in (self.att_in, self.att_out, self.user_cat, self.item_cat, self.user_proj, self.item_proj,
                       self.user_final, self.item_final):
             nn.init.xavier_normal_(layer.weight)
-        self.augmented = 0  # sequences augmented in the last training batch (logged by tests)
+        self.position_pick = config["ssdrec_position_pick"]
+        if self.position_pick not in POSITION_PICKS:
+            raise ConfigError(f"ssdrec_position_pick must be one of {POSITION_PICKS}, got {self.position_pick!r}")
+        self.augmented = 0  # sequences augmented in the last training batch
+        self.epoch_augmented = [0, 0]  # (augmented, seen) in the current training epoch
+        self.augmented_shares = []  # augmented share of each finished training epoch (also logged)
+
+    def train(self, mode=True):
+        """Close the epoch's augmentation count (RecBole calls ``eval()`` after each training epoch, ``train()``
+        before the next): its share goes to ``augmented_shares`` and the log."""
+        augmented, seen = getattr(self, "epoch_augmented", (0, 0))
+        if seen:
+            self.augmented_shares.append(augmented / seen)
+            getLogger().info(f"SSDRec epoch {len(self.augmented_shares) - 1}: augmented {augmented} of {seen} "
+                             f"training sequences ({100 * augmented / seen:.1f}%, "
+                             f"ssdrec_position_pick: {self.position_pick})")
+            self.epoch_augmented = [0, 0]
+        return super().train(mode)
 
     # -- 1. global relation encoder ---------------------------------------------------------------------
     def propagate(self, name, x):
@@ -118,7 +139,8 @@ class SSDRec(HSD):
 
     # -- 2. self-augmentation ---------------------------------------------------------------------------
     def position_noise(self, emb, mask):
-        """``1 - c_item * c_seq`` per position (padding: -inf, never picked)."""
+        """``1 - c_item * c_seq`` per position; padding: ``-inf`` (never picked) or, with
+        ``ssdrec_position_pick: official``, 1 (the official scores, whose softmaxes are 0 on padding)."""
         batch, length, d = emb.shape
         lengths = mask.sum(1).long()
         inputs = torch.cat([self.start.expand(batch, 1, d), emb * mask.unsqueeze(-1), emb.new_zeros(batch, 1, d)], 1)
@@ -129,12 +151,36 @@ class SSDRec(HSD):
         clipped = emb.clamp(-1, 1) * mask.unsqueeze(-1)
         gram = clipped @ clipped.transpose(1, 2)
         c_item = masked_softmax(gram.sum(-1) - gram.diagonal(dim1=1, dim2=2), mask)
-        return (1 - c_item * c_seq).masked_fill(mask == 0, float("-inf"))
+        noise = 1 - c_item * c_seq
+        return noise if self.position_pick == "official" else noise.masked_fill(mask == 0, float("-inf"))
+
+    def pick_position(self, emb, mask):
+        """The first pick: a hard Gumbel-softmax over the position noise, ``(one-hot (B, L), index)``. The
+        one-hot carries the straight-through gradient into :meth:`insert_around`, as in the official code."""
+        pick = F.gumbel_softmax(self.position_noise(emb, mask), tau=self.tau, hard=True)
+        return pick, pick.argmax(-1)
 
     def pick_items(self, query, g_items):
         """A hard Gumbel-softmax over the real items: ``(ids, straight-through embeddings)``."""
         onehot = F.gumbel_softmax(query @ g_items[1:].T, tau=self.tau, hard=True)
         return onehot.argmax(-1) + 1, onehot @ g_items[1:]
+
+    @staticmethod
+    def insert_around(emb, pick, p, new_before, new_after):
+        """``emb`` (B, L, d) with ``new_before`` / ``new_after`` (B, d) inserted around position ``p``:
+        ``(x_0 .. x_{p-1}, new_before, x_p, new_after, x_{p+1} ..)``, cut to ``L``. Every term is weighted by
+        the one-hot ``pick`` as in the official ``SeqOperation`` (``prepare_seq`` + ``insert_item``), so the
+        loss reaches the position scores through the straight-through estimator (the values are those of a
+        plain shift)."""
+        length = emb.size(1)
+        j = torch.arange(length, device=emb.device).unsqueeze(0)
+        at_p = (pick * F.one_hot(p, length)).sum(1, keepdim=True)  # 1, with the gradient of pick[p]
+        before, after = j < p.unsqueeze(1), (j > p.unsqueeze(1)) & (j <= length - 3)
+        left = torch.where(before, pick + at_p, torch.where(j == p.unsqueeze(1), torch.zeros_like(pick), pick))
+        right = torch.where(after, pick + at_p, torch.zeros_like(pick))
+        roll = lambda x, k: torch.roll(x, shifts=k, dims=1)  # noqa: E731
+        return (emb * left.unsqueeze(-1) + roll(emb * pick.unsqueeze(-1), 1) + roll(emb * right.unsqueeze(-1), 2)
+                + new_before.unsqueeze(1) * pick.unsqueeze(-1) + new_after.unsqueeze(1) * roll(pick, 2).unsqueeze(-1))
 
     def augment(self, item_seq, users):
         """Insert two items around one Gumbel-picked position, then maybe remove one of the three."""
@@ -143,29 +189,30 @@ class SSDRec(HSD):
         mask = (item_seq > 0).float()
         n = mask.sum(1)
         emb = g_items[item_seq] + (g_users[users] / n.clamp(min=1).unsqueeze(1)).unsqueeze(1) * mask.unsqueeze(-1)
-        pick = F.gumbel_softmax(self.position_noise(emb, mask), tau=self.tau, hard=True)
-        p = pick.argmax(-1)
+        pick, p = self.pick_position(emb, mask)
+        grow = (n <= length - 2) & (p < n)  # a pick in the padding (official pick only) augments nothing
+        self.augmented = int(grow.sum())
+        self.epoch_augmented[0] += self.augmented
+        self.epoch_augmented[1] += batch
         out, _ = self.aug_lstm(emb * mask.unsqueeze(-1))
         d = emb.size(-1)
-        rows = torch.arange(batch, device=item_seq.device)
-        before = torch.where((p > 0).unsqueeze(1), out[rows, (p - 1).clamp(min=0), :d], torch.zeros_like(emb[:, 0]))
-        after = torch.where((p + 1 < n).unsqueeze(1), out[rows, (p + 1).clamp(max=length - 1), d:],
-                            torch.zeros_like(emb[:, 0]))
-        id_before, emb_before = self.pick_items(before, g_items)
-        id_after, emb_after = self.pick_items(after, g_items)
-
-        grow = (n <= length - 2)
-        self.augmented = int(grow.sum())
         j = torch.arange(length, device=item_seq.device).unsqueeze(0)
+        # LSTM state before / after p, weighted by the shifted one-hot (official get_queries); zero at the edges
+        to_before = torch.roll(pick, -1, dims=1) * (j < length - 1)
+        to_after = torch.roll(pick, 1, dims=1) * (j > 0) * mask
+        id_before, emb_before = self.pick_items((out[..., :d] * to_before.unsqueeze(-1)).sum(1), g_items)
+        id_after, emb_after = self.pick_items((out[..., d:] * to_after.unsqueeze(-1)).sum(1), g_items)
+
+        rows = torch.arange(batch, device=item_seq.device)
         dest = torch.where(grow.unsqueeze(1), j + (j >= p.unsqueeze(1)).long() + (j > p.unsqueeze(1)).long(), j)
         dest = dest.masked_fill(mask == 0, length + 2)  # padding to the spare columns
         ids = item_seq.new_zeros(batch, length + 3).scatter(1, dest, item_seq)
-        aug = emb.new_zeros(batch, length + 3, d).scatter(1, dest.unsqueeze(-1).expand_as(emb), emb)
-        for offset, new_id, new_emb in ((0, id_before, emb_before), (2, id_after, emb_after)):
+        for offset, new_id in ((0, id_before), (2, id_after)):
             at = torch.where(grow, p + offset, torch.full_like(p, length + 2))
             ids = ids.index_put((rows, at), torch.where(grow, new_id, torch.zeros_like(new_id)))
-            aug = aug.index_put((rows, at), new_emb * grow.unsqueeze(1))
-        ids, aug = ids[:, :length], aug[:, :length]
+        ids = ids[:, :length]
+        grown = self.insert_around(emb * mask.unsqueeze(-1), pick, p, emb_before, emb_after)
+        aug = torch.where(grow.view(-1, 1, 1), grown, emb * mask.unsqueeze(-1))
 
         aug_mask = (ids > 0).float()
         second = F.gumbel_softmax(self.position_noise(aug, aug_mask), tau=self.tau, hard=True)
