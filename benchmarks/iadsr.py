@@ -171,7 +171,7 @@ def bench_beauty(args):
     write("iadsr_beauty_gru4rec.md", lines)
 
 
-def bench_eval_history(args):
+def bench_eval_history(args, dataset="ml-100k", extra=None):
     """Train once per seed, then evaluate the same best checkpoint under each evaluation setting."""
     import tempfile
 
@@ -187,11 +187,11 @@ def bench_eval_history(args):
     base = {"iadsr_backbone": "GRU4Rec", "encoder": "sentence_transformers", "short_term": "item",
             "MAX_ITEM_LIST_LENGTH": args.max_len, "epochs": args.epochs, "noise_ratio": 0.1,
             "stopping_step": 1000, "export_denoised": False, "cold_item_buckets": 0, "beyond_accuracy_k": 0,
-            "metric_decimal_place": 6, **QUIET}
+            "metric_decimal_place": 6, **QUIET, **(extra or {})}
     rows, t0 = [], time.time()
     for seed in [int(x) for x in args.seeds.split(",")]:
         ckpt = tempfile.mkdtemp(prefix="iadsr-eval-")
-        config = Config("IADSR", "ml-100k", config_dict={**base, "seed": seed, "checkpoint_dir": ckpt})
+        config = Config("IADSR", dataset, config_dict={**base, "seed": seed, "checkpoint_dir": ckpt})
         init_seed(config["seed"], config["reproducibility"])
         init_logger(config)
         data, _ = prepare_dataset(config)
