@@ -5,7 +5,9 @@ frozen text encoder (``model/semantic.py``). For a training row with history ``S
 
 1. ``x = item_embedding(S) * K_prev``: the mask learned in the previous epoch is applied to the
    *original* embeddings (progressive denoising, Eq. 19; no mask in the first epoch);
-2. the backbone gives per-position states ``h_t`` and its sequence representation ``e2``;
+2. the backbone gives per-position states ``h_t`` and its sequence representation ``e2`` (used for the
+   next-item prediction); the collaborative long-term interest is ``e2`` (``long_term_pool: last``, the
+   paper's ``e2 = SRS(S)``) or the max over the valid states (``max``);
 3. the semantic interests ``e1`` (whole training sequence) and ``l_t`` (prefix, or item) are projected
    to the backbone's space by two bias-free linear maps;
 4. users with ``cos(e1, e2) >= gate_theta`` (Eq. 12, default -0.9 as §4.4) get
@@ -21,16 +23,27 @@ frozen text encoder (``model/semantic.py``). For a training row with history ``S
    from the most context) and becomes ``K_prev`` in the next epoch. The epoch boundary is RecBole's
    ``model.train()`` call at the start of each training epoch.
 
-Evaluation is deterministic: no Gumbel noise, ``K = sigmoid(score / tau) > 0.5`` (i.e. ``score > 0``)
-computed on the original history, then the backbone predicts from the masked history
-(``predict`` / ``full_sort_predict`` follow RecBole's contract).
+Evaluation (the paper is silent) is deterministic, without Gumbel noise. ``iadsr_eval_history: masked``
+(default): the mask is computed on the original history and the backbone predicts from the kept items.
+An item is kept (``iadsr_eval_keep: probability``, default) iff the training mask would keep it with
+probability > 1/2: hard Gumbel-sigmoid keeps it iff ``score + g > 0``, ``g ~ Gumbel(0, 1)``, i.e. with
+probability ``1 - exp(-e^score)`` at any temperature, so iff ``score > ln ln 2 ~ -0.367``;
+``iadsr_eval_keep: sign`` is the former rule ``score > 0`` (P(keep) > 0.63). ``iadsr_eval_history:
+original`` predicts from the whole history, as the official evaluation scripts (``GRU_evaluation.py``,
+``SASevaluation.py``, ``Caser_evaluation.py``) do: they embed the raw sequence and apply no mask.
+``predict`` / ``full_sort_predict`` follow RecBole's contract.
 
-Differences from the official code, kept as options: ``gate_theta: -1.0`` (the code's value; the paper
-uses -0.9), ``long_term_pool: max`` (the code's max over GRU outputs as ``e2``; the paper's ``e2 = SRS(S)``
-is the backbone's sequence representation, ``last``), ``short_term: item`` (the code encodes items, the
-paper prefixes) and ``recon_target: input`` (the code reconstructs the masked input; the paper, Eq. 21,
-the original sequence). The official code resets its mask memory every epoch, so its progressive masks
-are never applied; here they are.
+Differences from the official code (Applied-Machine-Learning-Lab/IADSR, ``Beauty/Baseline/*.py``), kept as
+options where they are one: ``gate_theta: -1.0`` (the code's value; the paper uses -0.9);
+``long_term_pool: max`` (the code's long-term interest, in InfoNCE(e2, e1), the gate and cos(e2, l_t), is
+the max over all GRU/Transformer outputs; its prediction still uses the last output, as here; the code's
+max also covers the left-padding positions, ours only the valid ones); ``recon_target: input`` (the code
+reconstructs the masked input; the paper, Eq. 21, the original sequence); ``iadsr_eval_history:
+original`` (above). Short-term interests: the code reads one 4096-d vector per history position from
+``semantic_short.pt``; the script that writes it (``tointerest.py``) is not in the repository, and its README
+says it embeds "each item", so whether they encode the item or the prefix cannot be checked
+(``short_term: item`` | ``prefix``, the paper's Eq. 5). The official code resets its mask memory every
+epoch, so its progressive masks are never applied; here they are.
 """
 import math
 
