@@ -408,3 +408,18 @@ def test_whole_training_sequence_and_cut_counted(iadsr_cfg, caplog):
     with caplog.at_level("INFO"):
         SemanticInterests(config, ds, encoder=Recorder(build_encoder(config)))
     assert f"{longer} of {len(ds.user_sequences)} users' training sequences have more than 3 items" in caplog.text
+
+
+def test_score_is_the_sum_of_three_cosines_and_the_gate(iadsr_cfg):
+    """Eqs. 11-16 on random vectors: score(t) = cos(e1, h_t) + cos(e2, l_t) + cos(h_t, l_t), gate cos(e1, e2)."""
+    _, net, _, _ = build(iadsr_cfg(gate_theta=0.0))
+    torch.manual_seed(0)
+    h, short = torch.randn(3, 4, 16), torch.randn(3, 4, 16)
+    e2, e1 = torch.randn(3, 16), torch.randn(3, 16)
+    score, gate = net._scores(h, e2, e1, short)
+    cos = lambda a, b: float(a @ b / (a.norm() * b.norm()))  # noqa: E731
+    for u in range(3):
+        assert bool(gate[u]) == (cos(e1[u], e2[u]) >= 0.0)
+        for t in range(4):
+            want = cos(e1[u], h[u, t]) + cos(e2[u], short[u, t]) + cos(h[u, t], short[u, t])
+            assert float(score[u, t]) == pytest.approx(want, abs=1e-5)
