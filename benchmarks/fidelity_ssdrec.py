@@ -1,6 +1,6 @@
 """SSDRec fidelity before/after on ml-100k (issue 15), run by hand; writes results/fidelity_ssdrec_before_after.md.
 
-    python benchmarks/fidelity_ssdrec.py all [--before 7d1ba4c] [--epochs 2] [--max_len 20]
+    python benchmarks/fidelity_ssdrec.py all [--before 7d1ba4c] [--now <commit>] [--epochs 2] [--max_len 20]
         graphs: the share of "incompatible" edges that join two items of one training sequence / two users
                 who share an item, for the old recipe (reproduced below from relation_graphs.py at --before)
                 and the current one;
@@ -153,8 +153,9 @@ def run_variant(args, variant):
     cmd = [sys.executable, os.path.abspath(__file__), "train", "--variant", variant, "--epochs", str(args.epochs),
            "--max_len", str(args.max_len)]
     with tempfile.TemporaryDirectory() as tree:
-        if variant == "before":  # the package as it was at --before, first on the path
-            archive = subprocess.run(["git", "-C", ROOT, "archive", args.before, "recbole_denoise", "properties"],
+        commit = args.before if variant == "before" else args.now
+        if commit:  # the package as it was at that commit, first on the path
+            archive = subprocess.run(["git", "-C", ROOT, "archive", commit, "recbole_denoise", "properties"],
                                      check=True, capture_output=True).stdout
             subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
             env["PYTHONPATH"] = tree
@@ -176,6 +177,7 @@ def main():
     parser.add_argument("part", choices=("all", "graphs", "train"))
     parser.add_argument("--variant", choices=VARIANTS, default="now-sequence")
     parser.add_argument("--before", default="7d1ba4c", help="git commit of the 'before' code")
+    parser.add_argument("--now", default=None, help="git commit of the 'now' code (default: the working tree)")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--max_len", type=int, default=20)
     args = parser.parse_args()

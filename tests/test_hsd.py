@@ -50,6 +50,16 @@ def test_curriculum_and_temperature_schedules(tiny_cfg):
     assert net.tau == pytest.approx(max(0.001, tau * math.exp(-0.001 * 2)))
 
 
+def test_default_curriculum_is_the_official_linspace(tiny_cfg):
+    """The official trainer's drop rates: np.linspace(0.2, 0, 10) over epochs 0..9, then 0."""
+    net = build_model("HSD", tiny_cfg())[0]
+    rates = []
+    for _ in range(11):
+        net.train()
+        rates.append(net.drop_rate())
+    assert rates == pytest.approx([0.2 * (1 - e / 9) for e in range(10)] + [0.0])
+
+
 def test_loss_filter_leaves_out_the_largest_terms_only(tiny_cfg):
     net, train, _, _ = build_model("HSD", tiny_cfg())
     batch = next(iter(train))

@@ -7,8 +7,9 @@ transitions, as the official code reads ``MAX_ITEM_LIST_LENGTH``-long histories.
 ``scipy.sparse``; the official code builds dense ``U x U`` and ``I x I`` tensors (2 GB per ``U x U`` tensor
 on Amazon Beauty) and loops over user pairs in Python.
 
-* ``user_item``: interaction counts, row-normalised (the official code propagates raw counts);
-  ``item_user``: its transpose, row-normalised;
+* ``user_item``: interaction counts over the whole training sequence, row-normalised (as the official
+  ``graph_data_refine.py`` does after ``_get_graphs``; the official counts read the ``max_len``-long padded
+  histories, padding item 0 included); ``item_user``: its transpose, row-normalised;
 * ``trans_out`` / ``trans_in``: directed item transitions: every ordered pair ``p < q`` of a sequence of
   length ``n`` adds ``(n - (q - p)) / n``; pairs seen ``<= min_count`` times are dropped; row-normalised
   out-edges / row-normalised in-edges;
@@ -16,8 +17,8 @@ on Amazon Beauty) and loops over user pairs in Python.
   seen once is together), but two hops apart on the frequent co-occurrence graph ``G`` (``> min_count``,
   last ``max_len`` items), weighted by ``sum_c G[a, c] + G[b, c]`` over their common neighbours in ``G``
   (the official ``_get_graph_neg_item``; "never together" there reads the ``max_len``-long histories,
-  here the whole training sequence); rows of the ``cold_ratio`` least frequent items are empty;
-  row-normalised;
+  here the whole training sequence); rows of the ``int(cold_ratio * n_items)`` least frequent item ids
+  (padding included; official: ``ceil`` over the real items) are empty; row-normalised;
 * ``user_pos``: user similarity ``(|S_u in set(S_v)| + |S_v in set(S_u)|) / (|S_u| + |S_v|)``, pruned to
   each user's ``user_neighbors`` most similar users (our change: the full graph links every pair of users
   who share an item), symmetric, self loops, row-normalised;

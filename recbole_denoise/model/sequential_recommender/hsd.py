@@ -19,8 +19,9 @@ mask ``m``):
 * the kept items (straight-through, so the flags get gradients) are packed to the front and the
   sub-model encodes them (``model/backbones.py`` adapters); scores = its representation x ``E``;
 * **loss** = reconstruction + next-item cross-entropy over the sequences with the smallest ``R``
-  (curriculum: a share ``hsd_drop_start`` of the batch left out in the first epoch, down to 0 over
-  ``hsd_drop_epochs`` epochs) + a user-preference term ``-log sigmoid(<x_t, U[u]> - <E[neg], U[u]>)`` over
+  (curriculum: a share ``hsd_drop_start`` of the batch left out in the first epoch, falling linearly to 0 at
+  epoch ``hsd_drop_epochs``; the defaults 0.2 and 9 are the official ``np.linspace(0.2, 0, 10)``) + a
+  user-preference term ``-log sigmoid(<x_t, U[u]> - <E[neg], U[u]>)`` over
   the history (one uniformly sampled negative per row), whose largest ``(hsd_drop_start - drop) * |S|``
   values per sequence are left out (the official "loss filter"; it trains ``U``).
 
@@ -30,9 +31,13 @@ official code keeps sampling Gumbel noise at evaluation: ``hsd_stochastic_eval: 
 dataset by ``run_recbole_denoise``); the noise score is the probability that both levels say "noisy".
 
 Changes to the official code (besides ``predict``, which is broken there): a sequence whose items would
-all be dropped keeps its last item; the loss filter leaves nothing out when ``floor(rate * |S|) = 0``
-(the official slice then drops the whole sequence's loss); the negative is sampled inside the model
-(RecBole 1.2.1 allows no negative sampling with ``loss_type: CE``); packing is vectorised.
+all be dropped keeps its last item (official: its length is set to 1 and the sub-model reads an empty,
+all-padding sequence); the loss filter leaves nothing out when ``floor(rate * |S|) = 0`` (the official
+slice then drops the whole sequence's loss); the curriculum keeps ``ceil((1 - drop) * B)`` sequences of a
+batch (official: ``floor``); the negative is drawn uniformly inside the model and may be one of the user's
+items (RecBole 1.2.1 allows no negative sampling with ``loss_type: CE``; the official code reads RecBole's
+sampled negative); BERT4Rec's output bias is added to the scores (the official scores are the plain dot
+product); evaluation is deterministic (``hsd_stochastic_eval``, above); packing is vectorised.
 """
 import math
 

@@ -10,11 +10,16 @@
    ``DNA.agg_layer``).
 2. **Self-augmentation** (training only): each position's noise is ``1 - c_item * c_seq``, where
    ``c_item`` (agreement with the other items) and ``c_seq`` (agreement with a Bi-LSTM's left and right
-   context) are softmaxes over the sequence; a hard Gumbel-softmax picks one position ``p``, and two items
-   are inserted around ``x_p``, each a hard Gumbel-softmax over all items given the LSTM state before /
-   after ``p`` (straight-through: the item-level signal receives their graph embeddings). A second
-   Gumbel pick may then remove one item of the triple ``(inserted, x_p, inserted)``. Sequences longer than
-   ``MAX_ITEM_LIST_LENGTH - 2`` are not augmented.
+   context) are softmaxes over the sequence; a hard Gumbel-softmax picks one position ``p``
+   (``ssdrec_position_pick``: ``sequence``, among the sequence's items, or ``official``, among all
+   ``MAX_ITEM_LIST_LENGTH`` positions with padding scored at noise 1, where a pick in the padding leaves the
+   sequence as it is), and two items are inserted around ``x_p``, each a hard Gumbel-softmax over all items
+   given the LSTM state before / after ``p``. The augmented sequence is a sum of terms weighted by the
+   one-hot pick, as the official ``SeqOperation`` builds it, so the loss reaches the position scores
+   through the straight-through estimator (``insert_around``); the inserted items are straight-through
+   too. A second Gumbel pick may then remove one item of the triple ``(inserted, x_p, inserted)``.
+   Sequences longer than ``MAX_ITEM_LIST_LENGTH - 2`` are not augmented. The share of training sequences
+   augmented in each epoch is logged and kept in ``augmented_shares``.
 3. **Hierarchical denoising**: HSD on the augmented sequence; its item-level signal reads the graph
    embeddings (plus the user's over the sequence length), its auto-encoder and the sub-model the
    sub-model's item embeddings. The loss is HSD's.
@@ -22,14 +27,26 @@
 At evaluation (and for ``denoise_decisions``) there is no augmentation: HSD denoises the original
 history, its item-level signal reading the items' graph embeddings.
 
-Changes to the official code: the graphs are sparse and built from training rows only (see
-``relation_graphs.py``: the official dense ``U x U`` / ``I x I`` tensors take GBs and read the
-validation targets); the user-similarity graph keeps each user's ``ssdrec_user_neighbors`` most similar
-users; propagation is normalised; positions and inserted items are drawn among real positions and real
-items only (the official draw may pick padding); the HSD mask follows the augmented sequence (the official
-mask is the pre-augmentation one, which drops the two most recent items of an augmented sequence); two
-projection matrices the official code leaves uninitialised are initialised; evaluation is deterministic
-(``hsd_stochastic_eval``).
+Changes to the official code (HSD's own are in ``hsd.py``):
+
+* graphs (``relation_graphs.py``): sparse, built from the training rows (the official dense ``U x U`` /
+  ``I x I`` tensors take GBs and read the validation targets); the user-similarity view keeps each user's
+  ``ssdrec_user_neighbors`` most similar users (official: every pair sharing an item; the "incompatible"
+  users are built from the full graph, as there); user-item counts, user similarity and "never together"
+  read the whole training sequence (official: the ``MAX_ITEM_LIST_LENGTH``-long histories, whose padding
+  item 0 also enters the user-item counts);
+* position pick: ``ssdrec_position_pick: sequence`` by default (paper; the official scores padding at
+  noise 1 and so augments about ``n / L`` of the sequences: ``official``);
+* the LSTM queries of the inserted items are zero at the sequence's edges (official: the rolled one-hot
+  wraps around and reads the state at the other end); the user's share ``g_u / n`` is added to real
+  positions only (official: to padding too); inserted items are drawn among real items (official: the
+  padding item 0 too);
+* the second pick's removal packs the item out of the sequence and is straight-through (official: the
+  removed id is zeroed in place, the embeddings keep it, no gradient); the HSD mask follows the augmented
+  sequence (the official mask is the pre-augmentation one, which drops the two most recent items of an
+  augmented sequence);
+* two projection matrices the official code leaves uninitialised are initialised; evaluation is
+  deterministic (``hsd_stochastic_eval``).
 """
 from logging import getLogger
 
