@@ -423,3 +423,16 @@ def test_score_is_the_sum_of_three_cosines_and_the_gate(iadsr_cfg):
         for t in range(4):
             want = cos(e1[u], h[u, t]) + cos(e2[u], short[u, t]) + cos(h[u, t], short[u, t])
             assert float(score[u, t]) == pytest.approx(want, abs=1e-5)
+
+
+def test_paper_benchmark_has_the_iadsr_settings():
+    """§4.1.5 in the paper benchmark: lr 1e-4, batch 32, 2 GRU layers, llm2vec, e1 over the whole sequence
+    (tests/test_benchmark.py validates the whole spec)."""
+    import yaml
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "benchmarks", "paper.yaml")) as f:
+        c = yaml.safe_load(f)["methods"]["IADSR"]
+    assert (c["learning_rate"], c["train_batch_size"], c["num_layers"]) == (1e-4, 32, 2)
+    assert c["encoder"] == "llm2vec" and "Llama-3.1-8B" in c["encoder_path"]
+    assert c["semantic_max_items"] == 0 and c["encoder_max_length"] >= 1024
