@@ -237,3 +237,31 @@ def test_a_cut_prompt_keeps_its_head():
     assert encode_example([1, 2, 3], [8, 9], max_length=4, keep_head=2)["input_ids"] == [1, 2, 8, 9]
     with pytest.raises(ValueError, match="example 0: the response alone has 2 tokens"):
         encode_example([1, 2, 3], [8, 9], max_length=3, keep_head=2)
+
+
+class RecordEpochs(TrainerCallback):
+    def __init__(self):
+        self.epochs = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.epochs.append(round(state.epoch, 6))
+
+
+def test_accumulation_steps_end_with_each_epoch_and_equal_one_big_batch(tmp_path, llm_tokenizer):
+    """20 examples in optimiser batches of 4 x 2: 3 steps per epoch (8, 8, 4), on epoch boundaries (transformers'
+    own accumulation would carry the fifth micro-batch into the next epoch and stop after 2 x 2 steps).
+    With responses of equal length, 4 x 2 accumulated trains exactly as batches of 8 do."""
+    rng = torch.Generator().manual_seed(0)
+    ids = lambda n: torch.randint(20, 3000, (n,), generator=rng).tolist()  # noqa: E731
+    examples = [(ids(3 + i % 5), ids(3)) for i in range(20)]
+    pad = llm_tokenizer.pad_token_id
+    record = RecordEpochs()
+    accumulated = finetune_lora(build_tiny_llama(llm_tokenizer), examples, str(tmp_path / "a"),
+                                settings(epochs=2, batch_size=4, grad_accum=2, dropout=0.0), pad, callbacks=[record])
+    assert record.epochs == pytest.approx([1 / 3, 2 / 3, 1.0, 4 / 3, 5 / 3, 2.0])
+    big = finetune_lora(build_tiny_llama(llm_tokenizer), examples, str(tmp_path / "b"),
+                        settings(epochs=2, batch_size=8, grad_accum=1, dropout=0.0), pad)
+    a, b = lora_state(accumulated), lora_state(big)
+    assert a.keys() == b.keys() and a
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)

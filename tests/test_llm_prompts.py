@@ -174,3 +174,14 @@ def test_official_preset_reproduces_the_official_schedule(tiny_cfg):
     default = Config("GRU4Rec", "tiny", config_dict=tiny_cfg(), denoiser="LLM4DSR")
     assert default["finetune_grad_accum"] == 1 and default["finetune_warmup_steps"] == 0
     assert default["llm_title_max_tokens"] == 0
+
+
+def test_a_response_template_without_closing_text_stops_suggestions_at_a_line_break(llm_tokenizer):
+    official = "Noise Items: '{noise}'\nSuggested Replacements: {suggestion}"  # generate_suggested_data.py
+    b = PromptBuilder(llm_tokenizer, response_template=official)
+    assert b.stop_text == "\n" and b.after_ids == []
+    assert PromptBuilder(llm_tokenizer).stop_text == '"'
+    model = build_tiny_llama(llm_tokenizer)
+    out = grounding.generate_suggestions(model, llm_tokenizer, [b.suggestion_prefix(HISTORY, "Heat (1995)")],
+                                         max_new_tokens=b.suggestion_budget(HISTORY), stop=b.stop_text)
+    assert len(out) == 1 and "\n" not in out[0]

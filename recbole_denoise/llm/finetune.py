@@ -244,6 +244,45 @@ def _trainer_checkpoint_loading():
         yield
 
 
+def _make_trainer(micro_batch_size, **kwargs):
+    """A ``transformers.Trainer`` whose steps accumulate gradients over micro-batches of ``micro_batch_size``.
+
+    The Trainer gets whole optimiser batches (``batch_size * grad_accum`` examples per process) and its own
+    accumulation stays off; each training step splits its batch into consecutive micro-batches (padding
+    trimmed to each one's longest row), runs forward and backward on each in turn, and averages their
+    losses (the mean of the micro-batch means, as the official code's DDP over 8 GPUs of 16 examples does).
+    So an epoch is ``ceil(examples / (batch_size * grad_accum))`` optimiser steps whose boundaries fall on
+    epoch ends, whereas transformers 4.44's own accumulation carries micro-batches left at an epoch's end
+    into the next epoch, sizes the schedule by whole groups only (dropping the last ones) and, as a
+    checkpoint then falls inside a step, breaks exact resumption. Under DDP the gradients are all-reduced
+    once, after the last micro-batch.
+    """
+    from transformers import Trainer
+
+    class _MicroBatchTrainer(Trainer):
+        def training_step(self, model, inputs):
+            n = inputs["input_ids"].shape[0]
+            if n <= micro_batch_size:
+                return super().training_step(model, inputs)
+            model.train()
+            inputs = self._prepare_inputs(inputs)
+            starts = list(range(0, n, micro_batch_size))
+            total = 0.0
+            for i, start in enumerate(starts):
+                rows = slice(start, start + micro_batch_size)
+                width = int(inputs["attention_mask"][rows].sum(dim=1).max())
+                chunk = {k: v[rows, :width] for k, v in inputs.items()}
+                sync = contextlib.nullcontext() if i == len(starts) - 1 else self.accelerator.no_sync(model)
+                with sync:
+                    with self.compute_loss_context_manager():
+                        loss = self.compute_loss(model, chunk) / len(starts)
+                    self.accelerator.backward(loss)
+                total = total + loss.detach()
+            return total
+
+    return _MicroBatchTrainer(**kwargs)
+
+
 def _make_trainer_callback(logger):
     from transformers import TrainerCallback
 
@@ -276,7 +315,7 @@ def finetune_lora(model, examples, out_dir, settings, pad_id, logger=None, progr
         return load_adapter(model, out_dir)
 
     peft = import_peft()
-    from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
+    from transformers import PrinterCallback, TrainingArguments, set_seed
 
     logger = logger or logging.getLogger(__name__)
     if not examples:
@@ -290,8 +329,8 @@ def finetune_lora(model, examples, out_dir, settings, pad_id, logger=None, progr
         output_dir=ckpt_dir,
         logging_dir=os.path.join(ckpt_dir, "logs"),
         num_train_epochs=settings.epochs,
-        per_device_train_batch_size=settings.batch_size,
-        gradient_accumulation_steps=settings.grad_accum,
+        per_device_train_batch_size=settings.batch_size * settings.grad_accum,  # split by _make_trainer
+        gradient_accumulation_steps=1,
         learning_rate=settings.learning_rate,
         weight_decay=settings.weight_decay,
         warmup_steps=settings.warmup_steps,
@@ -325,9 +364,8 @@ def finetune_lora(model, examples, out_dir, settings, pad_id, logger=None, progr
         task_type=peft.TaskType.CAUSAL_LM, r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
         target_modules=list(settings.target_modules), bias="none"))
 
-    trainer = Trainer(model=peft_model, args=args, train_dataset=encoded,
-                      data_collator=PadCollator(pad_id),
-                      callbacks=[_make_trainer_callback(logger), *callbacks])
+    trainer = _make_trainer(settings.batch_size, model=peft_model, args=args, train_dataset=encoded,
+                            data_collator=PadCollator(pad_id), callbacks=[_make_trainer_callback(logger), *callbacks])
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts to stdout; we log to ``logger``
     with _trainer_checkpoint_loading():
         trainer.train(resume_from_checkpoint=resume)

@@ -93,7 +93,9 @@ class PromptBuilder:
         self.before_noise_ids = self._ids(before_noise)
         self.between_ids = self._ids(between)
         self.after_ids = self._ids(after)
-        self.stop_text = after.strip()[:1] or None  # what ends a generated suggestion (the closing quote)
+        # what ends a generated suggestion: the closing quote, or a line break when the template closes
+        # with nothing (the official ``Suggested Replacements: {suggestion}``, which ends with eos)
+        self.stop_text = after.strip()[:1] or "\n"
         self.eos_id = tokenizer.eos_token_id
         self._titles = {}
 
