@@ -7,7 +7,9 @@ generating its title ``T_k`` right after ``x`` (Eq. 2)::
     P_noise(s_k) = prod_j P(T_kj | x, T_k<j)
 
 ``x`` is a list of token ids that ends right before the title (e.g. with ``Noise Items: "``), each title
-a non-empty list of token ids. :func:`score_candidates` returns, per sequence, one log-score per
+a non-empty list of token ids. Positions count from the first token of ``x`` (0), which is the BOS when
+the prompt builder adds one (``llm/prompts.py``): nothing here assumes a BOS or its absence, so a
+prefix scores exactly as the same tokens did in fine-tuning. :func:`score_candidates` returns, per sequence, one log-score per
 candidate, higher meaning more likely noise, in one of three :data:`MODES`:
 
 ``first_token``
