@@ -184,7 +184,8 @@ def bench_eval_history(args, dataset="ml-100k", extra=None):
     from recbole_denoise.quick_start import build_dataset
 
     settings = [("masked", "probability"), ("masked", "sign"), ("original", "-")]
-    base = {"iadsr_backbone": "GRU4Rec", "encoder": "sentence_transformers", "short_term": "item",
+    backbone = args.backbones if args.backbones in ("GRU4Rec", "SASRec", "Caser") else "GRU4Rec"
+    base = {"iadsr_backbone": backbone, "encoder": "sentence_transformers", "short_term": "item",
             "MAX_ITEM_LIST_LENGTH": args.max_len, "epochs": args.epochs, "noise_ratio": 0.1,
             "stopping_step": 1000, "export_denoised": False, "cold_item_buckets": 0, "beyond_accuracy_k": 0,
             "metric_decimal_place": 6, **QUIET, **(extra or {})}
@@ -233,10 +234,13 @@ def bench_eval_history(args, dataset="ml-100k", extra=None):
             changed = float((tops[history, keep] != tops[settings[0]]).any(1).float().mean())
             rows.append((seed, history, keep, res["ndcg@10"], res["hit@10"], shares, changed, train_s))
             print(rows[-1], flush=True)
-    lines = ["# IADSR: prediction from the masked vs the original history (issue 15, items 13 and 16)", "",
+    title = ["# IADSR: prediction from the masked vs the original history (issue 15, items 13 and 16)", ""]
+    lines = [f"## IADSR-{backbone}", "",
              f"`nice -n 10 env OMP_NUM_THREADS=1 python benchmarks/iadsr.py eval_history --epochs {args.epochs} "
-             f"--seeds {args.seeds} --max_len {args.max_len}` on {machine()}; git commit `{args.commit}`.",
-             f"ml-100k, alpha = 0.1 noise, IADSR-GRU4Rec, encoder sentence_transformers (MiniLM), short_term item, "
+             f"--seeds {args.seeds} --max_len {args.max_len}"
+             + (f" --backbones {backbone}" if backbone != "GRU4Rec" else "") + (" --append" if args.append else "")
+             + f"` on {machine()}; git commit `{args.commit}`.",
+             f"ml-100k, alpha = 0.1 noise, IADSR-{backbone}, encoder sentence_transformers (MiniLM), short_term item, "
              f"MAX_ITEM_LIST_LENGTH {args.max_len}, {args.epochs} epochs (no early stop), every other key at its "
              "default. One model per seed, trained once; the best-validation checkpoint (validated with the "
              "defaults: masked history, keep rule probability) is evaluated on the test rows under each "
@@ -251,7 +255,11 @@ def bench_eval_history(args, dataset="ml-100k", extra=None):
                  "0 (would be " + ", ".join(f"{shares[r]:.3f} {r}" for r in shares) + ")")
         lines.append(f"| {seed} | {history} | {keep} | {ndcg:.6f} | {hit:.6f} | {share} | {changed:.3f} | "
                      f"{train_s:.0f} |")
-    write("fidelity_iadsr_before_after.md", lines)
+    path = os.path.join(RESULTS, "fidelity_iadsr_before_after.md")
+    if args.append and os.path.isfile(path):
+        with open(path) as f:
+            title = [f.read().rstrip("\n"), ""]
+    write("fidelity_iadsr_before_after.md", title + lines)
 
 
 def show(args):
@@ -288,6 +296,7 @@ def main():
     ap.add_argument("--users", type=int, default=3000)
     ap.add_argument("--seeds", default="2020,2021,2022")   # eval_history: pass --seeds 2020
     ap.add_argument("--encoder_max_length", type=int, default=64)
+    ap.add_argument("--append", action="store_true", help="eval_history: add to the results file")
     ap.add_argument("--commit", default=os.popen(f"git -C {ROOT} rev-parse --short HEAD").read().strip())
     args = ap.parse_args()
     sys.path.insert(0, ROOT)
