@@ -69,6 +69,23 @@ def bench_graphs(args):
     binary = item_graphs.user_item_matrix(*rows[:4], n)
     same = abs(item_graphs.similarity_graph(counts, 4) - item_graphs.similarity_graph(binary, 4)).max() < 1e-12
     out = {"repeated_pairs": int((counts.data > 1).sum()), "pairs": int(counts.nnz), "sim_graphs_equal": bool(same)}
+    # share of the transition graph's non-loop edges that each conformity_edges mode removes per training batch
+    import torch
+
+    from recbole_denoise.model.sequential_recommender.dcrec import DCRec
+
+    config["conformity_edges"] = "user_sequence"
+    net = DCRec(config, train._dataset)
+    off_diagonal = net.adj_indices[0] != net.adj_indices[1]
+    shares = {"history": [], "user_sequence": []}
+    for k, batch in enumerate(train):
+        if k == 5:
+            break
+        shares["history"].append(float(net.history_edges(batch[net.ITEM_SEQ])[off_diagonal].float().mean()))
+        shares["user_sequence"].append(float(net.removed_edges(batch)[off_diagonal].float().mean()))
+        shares.setdefault("users_in_batch", []).append(int(torch.unique(batch[net.USER_ID]).numel()))
+    out["removed_share"] = {k: sum(v) / len(v) for k, v in shares.items()}
+    out["n_users"] = int(train._dataset.user_num - 1)
     print(out)
     with open(os.path.join(RAW, "fidelity_dcrec_graphs.json"), "w") as f:
         json.dump(out, f)
@@ -110,6 +127,12 @@ def table(args):
         lines += ["", f"`sim_graph_weights: counts` on ml-100k: {graphs['repeated_pairs']} of {graphs['pairs']} "
                   f"training (user, item) pairs occur more than once, co-interaction graphs identical: "
                   f"{graphs['sim_graphs_equal']}."]
+        if "removed_share" in graphs:
+            r = graphs["removed_share"]
+            lines += ["", f"Edges removed for the conformity view (share of the transition graph's non-loop edges, mean "
+                      f"over 5 training batches of 2048 rows, {r['users_in_batch']:.0f} of {graphs['n_users']} users "
+                      f"per batch): `conformity_edges: history` {r['history']:.3f}, `user_sequence` "
+                      f"{r['user_sequence']:.3f}."]
     write("fidelity_dcrec_before_after.md", lines + [""] + args.reading)
 
 
