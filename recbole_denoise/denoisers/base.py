@@ -485,7 +485,8 @@ def denoise_stage(parent, out_dir, out_name, denoiser_cls, config, logger=None):
     if split not in DENOISE_SPLITS:
         raise DatasetError(f"denoise_split must be one of {list(DENOISE_SPLITS)}, got '{split}'")
     check_decision_keys(config)
-    seqs, tables = load_sequences(parent, split, config["edit_train_targets"] if "edit_train_targets" in config else True)
+    edit_targets = config["edit_train_targets"] if "edit_train_targets" in config else True
+    seqs, tables = load_sequences(parent, split, edit_targets)
     workdir = work_dir(config, out_name)
     denoiser = denoiser_cls(config)
     denoiser.bind(parent, workdir, logger)

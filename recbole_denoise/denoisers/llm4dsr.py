@@ -34,7 +34,8 @@ The stages, each following the paper (``../shared/papers/LLM4DSR-TOIS2025.txt``)
    official code's LLM hidden state); never to padding nor to an item the prompt shows
    (``suggest_exclude: none``: any item, as Eq. 4 and the official code); a held-out target the prompt does not show may be
    suggested, so the choice does not depend on it. An empty suggestion deletes the item. A replaced
-   training target becomes that window's target; a deleted one drops the window. ``delete`` and ``popularity`` give the §4.3.1 ablations.
+   training target becomes that window's target; a deleted one drops the window. ``delete`` and
+   ``popularity`` give the §4.3.1 ablations.
 
 Only training data reaches the instruction data; scoring prompts hold only editable positions (never a
 validation or test target), so ``denoise_split: train`` also keeps test histories out of every prompt.
