@@ -26,16 +26,16 @@ The stages, each following the paper (``../shared/papers/LLM4DSR-TOIS2025.txt``)
    window, highest first (``max_edits_test`` for validation/test histories; the official README uses
    b = 2 / 1). Window protocol: as in the official code, a training window is read whole, its target
    included (``edit_train_targets: false``: histories only); a validation/test target never is.
-   ``use_uncertainty: false`` (§4.3.1 "w/o uncertainty") flags instead the one
-   item the model generates as noise, matched to the window's items.
+   ``use_uncertainty: false`` (§4.3.1 "w/o uncertainty") flags instead the one item the model
+   generates as noise, matched to the window's items.
 5. **Replacement (§3.3 Eq. 4).** ``denoise_action: replace``: the model generates the suggested item
    after ``Noise Items: "<flagged>", Suggested Items: "`` (greedy, ``suggest_max_tokens``), grounded to an
    item by exact title, else by embedding similarity (``ground_encoder``: MiniLM by default, ``llm`` = the
    official code's LLM hidden state); never to padding nor to an item the prompt shows
-   (``suggest_exclude: none``: any item, as Eq. 4 and the official code); a held-out target the prompt does not show may be
-   suggested, so the choice does not depend on it. An empty suggestion deletes the item. A replaced
-   training target becomes that window's target; a deleted one drops the window. ``delete`` and
-   ``popularity`` give the §4.3.1 ablations.
+   (``suggest_exclude: none``: any item, as Eq. 4 and the official code); a held-out target the prompt
+   does not show may be suggested, so the choice does not depend on it. An empty suggestion deletes the
+   item. A replaced training target becomes that window's target; a deleted one drops the window.
+   ``delete`` and ``popularity`` give the §4.3.1 ablations.
 
 Only training data reaches the instruction data; scoring prompts hold only editable positions (never a
 validation or test target), so ``denoise_split: train`` also keeps test histories out of every prompt.
