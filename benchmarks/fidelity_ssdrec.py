@@ -1,12 +1,15 @@
 """SSDRec fidelity before/after on ml-100k (issue 15), run by hand; writes results/fidelity_ssdrec_before_after.md.
 
-    python benchmarks/fidelity_ssdrec.py all [--before 7d1ba4c] [--now <commit>] [--epochs 2] [--max_len 20]
+    python benchmarks/fidelity_ssdrec.py all [--before 7d1ba4c] [--now <commit>] [--epochs 1] [--max_len 20]
+                                             [--variants before,now-sequence,now-official] [--no_graphs]
         graphs: the share of "incompatible" edges that join two items of one training sequence / two users
                 who share an item, for the old recipe (reproduced below from relation_graphs.py at --before)
                 and the current one;
         train:  SSDRec (hsd_sub_model SASRec, noise_ratio 0.1) as it was at --before (the package exported with
                 ``git archive`` into a temporary folder), and now with ssdrec_position_pick sequence / official:
                 augmented share per epoch, test NDCG@10 / HR@10, exported noise P / R / F1 / AUC.
+    python benchmarks/fidelity_ssdrec.py shares [--share_lengths 20,50]
+        augmented share of one pass of the untrained augmentation, per position pick and length (no training)
     python benchmarks/fidelity_ssdrec.py graphs | train --variant now-sequence   (one part)
 """
 import argparse
@@ -118,6 +121,43 @@ def graphs(args):
     return rows
 
 
+# -- augmented share without training ---------------------------------------------------------------------
+def shares(args):
+    """One pass of the (untrained) augmentation over the training batches for each position pick, at each
+    ``--share_lengths`` MAX_ITEM_LIST_LENGTH; also the share of rows short enough to grow (``n <= L - 2``)."""
+    import torch
+    from recbole.data import data_preparation
+    from recbole.utils import init_seed
+
+    from recbole_denoise.config import Config
+    from recbole_denoise.data.prepare import prepare_dataset
+    from recbole_denoise.quick_start import build_dataset
+
+    rows = []
+    for length in map(int, args.share_lengths.split(",")):
+        for pick in ("sequence", "official"):
+            with tempfile.TemporaryDirectory() as tmp:
+                cfg = {**base_config(args, tmp), "MAX_ITEM_LIST_LENGTH": length, "ssdrec_position_pick": pick}
+                config = Config("SSDRec", "ml-100k", config_dict=cfg)
+                data, _ = prepare_dataset(config)
+                dataset = build_dataset(config, data)
+                train = data_preparation(config, dataset)[0]
+                init_seed(config["seed"], True)
+                net = config.model_class(config, train._dataset)
+            net.train()
+            short = seen = 0
+            with torch.no_grad():
+                for batch in train:
+                    seq = batch["item_id_list"]
+                    net.augment(seq, batch["user_id"])
+                    short += int(((seq > 0).sum(1) <= length - 2).sum())
+                    seen += len(seq)
+            net.eval()
+            rows.append((length, pick, net.augmented_shares[0], short / seen))
+            print(rows[-1], flush=True)
+    return rows
+
+
 # -- training ----------------------------------------------------------------------------------------------
 def train(args):
     """One SSDRec run with whatever ``recbole_denoise`` is on the path; prints a JSON line."""
@@ -174,16 +214,25 @@ def machine():
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=("all", "graphs", "train"))
+    parser.add_argument("part", choices=("all", "graphs", "train", "shares"))
+    parser.add_argument("--share_lengths", default="20,50", help="MAX_ITEM_LIST_LENGTHs of the 'shares' part")
     parser.add_argument("--variant", choices=VARIANTS, default="now-sequence")
     parser.add_argument("--before", default="7d1ba4c", help="git commit of the 'before' code")
     parser.add_argument("--now", default=None, help="git commit of the 'now' code (default: the working tree)")
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="variants 'all' trains (comma-separated)")
+    parser.add_argument("--no_graphs", action="store_true", help="'all' without the graph part")
+    parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--max_len", type=int, default=20)
     args = parser.parse_args()
     if args.part == "train":
         return train(args)
-    graph_rows = graphs(args)
+    if args.part == "shares":
+        lines = ["| MAX_ITEM_LIST_LENGTH | ssdrec_position_pick | augmented share (untrained, one pass) | rows with n <= L - 2 |",
+                 "|---|---|---|---|"]
+        lines += [f"| {n} | {p} | {100 * a:.1f}% | {100 * r:.1f}% |" for n, p, a, r in shares(args)]
+        print("\n".join(lines))
+        return
+    graph_rows = [] if args.no_graphs else graphs(args)
     lines = ["## Incompatible edges that join a pair seen together (ml-100k training sequences)", "",
              "| cold ratio | graph | before: joined / edges | now: joined / edges |", "|---|---|---|---|"]
     for cold, name, (bj, be), (nj, ne) in graph_rows:
@@ -196,10 +245,10 @@ def main():
               "hsd_sub_model SASRec", "",
               "| variant | augmented share per epoch | NDCG@10 | HR@10 | flagged | noise P | noise R | noise F1 | AUC "
               "| train s/epoch |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for variant in VARIANTS:
+    for variant in args.variants.split(","):
         r = run_variant(args, variant)
-        shares = ", ".join(f"{100 * s:.1f}%" for s in r["shares"])
-        lines.append(f"| {variant} | {shares} | {r['ndcg@10']:.4f} | {r['hit@10']:.4f} | {r['flagged']:.3f} "
+        per_epoch = ", ".join(f"{100 * s:.1f}%" for s in r["shares"])
+        lines.append(f"| {variant} | {per_epoch} | {r['ndcg@10']:.4f} | {r['hit@10']:.4f} | {r['flagged']:.3f} "
                      f"| {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {r['auc']:.3f} "
                      f"| {r['train_s'] or float('nan'):.1f} |")
         print(lines[-1], flush=True)

@@ -17,7 +17,8 @@
    given the LSTM state before / after ``p``. The augmented sequence is a sum of terms weighted by the
    one-hot pick, as the official ``SeqOperation`` builds it, so the loss reaches the position scores
    through the straight-through estimator (``insert_around``); the inserted items are straight-through
-   too. A second Gumbel pick may then remove one item of the triple ``(inserted, x_p, inserted)``.
+   too. A second Gumbel pick (the same scores over the augmented sequence, padding treated as in the
+   first) may then remove one item of the triple ``(inserted, x_p, inserted)``.
    Sequences longer than ``MAX_ITEM_LIST_LENGTH - 2`` are not augmented. The share of training sequences
    augmented in each epoch is logged and kept in ``augmented_shares``.
 3. **Hierarchical denoising**: HSD on the augmented sequence; its item-level signal reads the graph
