@@ -227,8 +227,8 @@ def main():
     if args.part == "train":
         return train(args)
     if args.part == "shares":
-        lines = ["| MAX_ITEM_LIST_LENGTH | ssdrec_position_pick | augmented share (untrained, one pass) | rows with n <= L - 2 |",
-                 "|---|---|---|---|"]
+        lines = ["| MAX_ITEM_LIST_LENGTH | ssdrec_position_pick | augmented share (untrained, one pass) "
+                 "| rows with n <= L - 2 |", "|---|---|---|---|"]
         lines += [f"| {n} | {p} | {100 * a:.1f}% | {100 * r:.1f}% |" for n, p, a, r in shares(args)]
         print("\n".join(lines))
         return
