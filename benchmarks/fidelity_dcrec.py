@@ -101,7 +101,7 @@ def table(args):
     epochs, max_len = rows[0]["epochs"], rows[0]["max_len"]
     lines = ["# DCRec: our defaults vs the official code's choices on ml-100k", "",
              f"`python benchmarks/fidelity_dcrec.py run --configs {','.join(dict.fromkeys(r['config'] for r in rows))} "
-             f"--seeds {','.join(map(str, seeds))} --epochs {epochs} --max_len {max_len}`, then "
+             f"--seeds S --epochs {epochs} --max_len {max_len}` once per seed S in {', '.join(map(str, seeds))}, then "
              "`python benchmarks/fidelity_dcrec.py graphs` and `... table`; "
              f"git commit {commit}; {machine()} (2-core AMD EPYC, CPU, torch 2.13).",
              f"Budget: RecBole's packaged ml-100k, natural noise (alpha = 0), leave-one-out, MAX_ITEM_LIST_LENGTH "
