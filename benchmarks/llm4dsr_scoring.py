@@ -8,7 +8,7 @@ Prompts: the first ``--windows`` training windows of ``dataset/amazon-toy`` (ben
 ``amazon-toy.train.inter``, file order) whose history has exactly 10 items that all have a title in
 ``amazon-toy.item``; built with :class:`PromptBuilder` exactly as the LLM4DSR denoiser builds them
 (``scoring_prefix(history)``, ``title_ids`` per item, ``shared_prefix``; paper templates,
-``llm_title_max_tokens`` 24 = the denoiser default). Zero-shot weights (no fine-tuning): the cost of a
+``llm_title_max_tokens`` 24, the default when this was measured; the denoiser now defaults to whole titles, 0). Zero-shot weights (no fine-tuning): the cost of a
 forward pass does not depend on the weights.
 
 Variants (all ``--batch-size`` rows per forward pass, float32, ``torch.set_num_threads(--threads)``):
@@ -162,7 +162,7 @@ def main():
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3, help="timed passes per variant (median reported)")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    ap.add_argument("--title-max-tokens", type=int, default=24, help="llm_title_max_tokens (denoiser default 24)")
+    ap.add_argument("--title-max-tokens", type=int, default=24, help="llm_title_max_tokens (0 = whole titles, the denoiser default)")
     ap.add_argument("--variants", default="abcde", help="subset of a b c d e, in run order")
     ap.add_argument("--out", default=os.path.join(ROOT, "results", "llm4dsr_scoring_throughput.md"))
     ap.add_argument("--child", nargs=3, metavar=("VARIANT", "DATA", "OUT"), help=argparse.SUPPRESS)

@@ -273,3 +273,22 @@ def test_paper_preset_gives_hsd_and_ssdrec_the_official_sizes(tmp_path):
     assert all((c["embedding_size"], c["hidden_size"], c["inner_size"]) == (100, 100, 100) for c in paper)
     quick = [c for r, c in resolved_runs(tmp_path, "quick", methods) if r.model in methods]
     assert all(c["embedding_size"] == own_yaml("HSD")["embedding_size"] for c in quick)
+
+
+def test_a_method_can_set_keys_per_dataset(tmp_path):
+    """IADSR §4.1.5: max length 32 on Amazon, 50 on MovieLens; a method's ``datasets`` mapping sets such keys."""
+    import shutil
+
+    (tmp_path / "data" / "tiny-copy").mkdir(parents=True)
+    for suffix in ("inter", "item"):
+        shutil.copy(os.path.join(FIXTURES, "tiny", f"tiny.{suffix}"), tmp_path / "data" / "tiny-copy" / f"tiny-copy.{suffix}")
+    datasets = {"tiny": {"data_path": FIXTURES}, "tiny-copy": {"data_path": str(tmp_path / "data")}}
+    methods = {"None": {}, "CoocOutlier": {"denoiser": "CoocOutlier", "MAX_ITEM_LIST_LENGTH": 7,
+                                           "datasets": {"tiny": {"MAX_ITEM_LIST_LENGTH": 4}, "tiny-copy": None}}}
+    runs = load_spec(write_spec(tmp_path, datasets=datasets, methods=methods)).runs
+    lengths = {(r.method, r.dataset): r.config_dict.get("MAX_ITEM_LIST_LENGTH") for r in runs}
+    assert lengths[("CoocOutlier", "tiny")] == 4 and lengths[("CoocOutlier", "tiny-copy")] == 7
+    assert lengths[("None", "tiny")] not in (4, 7)
+    methods["CoocOutlier"]["datasets"] = {"tiny": {"MAX_ITEM_LIST_LENGHT": 5}}
+    message = str(pytest.raises(SpecError, load_spec, write_spec(tmp_path, datasets=datasets, methods=methods)).value)
+    assert "methods.CoocOutlier.datasets.tiny: unknown key 'MAX_ITEM_LIST_LENGHT' (did you mean MAX_ITEM_LIST_LENGTH" in message

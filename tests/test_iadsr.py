@@ -436,3 +436,4 @@ def test_paper_benchmark_has_the_iadsr_settings():
     assert (c["learning_rate"], c["train_batch_size"], c["num_layers"]) == (1e-4, 32, 2)
     assert c["encoder"] == "llm2vec" and "Llama-3.1-8B" in c["encoder_path"]
     assert c["semantic_max_items"] == 0 and c["encoder_max_length"] >= 1024
+    assert c["datasets"]["amazon-beauty"]["MAX_ITEM_LIST_LENGTH"] == 32 and "ml-100k" in c["datasets"]

@@ -20,12 +20,14 @@ A spec (see ``benchmarks/quick.yaml``)::
     config: {epochs: 2}          # keys for every run
 
 A method's keys may also restrict it to some ``backbones``, ``datasets``, ``noise_ratios`` or
-``protocols`` of the spec, and ``sweep`` a key over values: each value is a variant of the method, and
+``protocols`` of the spec (``datasets`` may also map each dataset to keys for this method on it only, e.g.
+``datasets: {amazon-beauty: {MAX_ITEM_LIST_LENGTH: 32}, ml-100k: {}}``), and ``sweep`` a key over values: each value is a variant of the method, and
 the tables keep the variant with the best validation score (model selection on validation only).
 
 Priority of the keys of one run, lowest first: RecBole's and our property files, the preset, the preset's
 ``models.<backbone>`` and ``models.<model>``, ``config``, ``config_files``, ``datasets.<d>``,
-``models.<backbone>``, ``models.<model>``, the method's keys, the sweep value, then the harness's own
+``models.<backbone>``, ``models.<model>``, the method's keys, the method's ``datasets.<d>`` keys, the sweep
+value, then the harness's own
 (``seed``, ``noise_ratio``, ``protocol``, ``denoise_seed``, output folders). Each run is keyed by a hash of
 its resolved config (``run_id``).
 
@@ -179,7 +181,7 @@ class Spec:
 
 
 def _as_list(value):
-    return list(value) if isinstance(value, (list, tuple)) else [value]
+    return list(value) if isinstance(value, (list, tuple, dict)) else [value]
 
 
 def _mapping(problems, where, value):
@@ -274,6 +276,9 @@ def _parse(path, raw, problems):
     for name, keys in methods.items():
         _check_keys(problems, f"methods.{name}", [k for k in keys if k not in METHOD_KEYS], known)
         _check_keys(problems, f"methods.{name}.sweep", dict(keys.get("sweep") or {}), known)
+        if isinstance(keys.get("datasets"), dict):
+            for dataset, dataset_keys in _mapping(problems, f"methods.{name}.datasets", keys["datasets"]).items():
+                _check_keys(problems, f"methods.{name}.datasets.{dataset}", dataset_keys, known)
     output = raw.get("output") or os.path.join("results", str(raw.get("name") or "benchmark"))
     return Spec(path=os.path.abspath(path), name=str(raw.get("name") or os.path.splitext(os.path.basename(path))[0]),
                 preset=preset, output=output, datasets=datasets, noise_ratios=[float(r) for r in ratios if
@@ -367,6 +372,7 @@ def expand(spec, problems):
         ratios = _restricted(problems, name, keys, "noise_ratios", spec.noise_ratios)
         protocols = _restricted(problems, name, keys, "protocols", spec.protocols)
         own = {k: v for k, v in keys.items() if k not in METHOD_KEYS and k not in ("model", "denoiser")}
+        own_per_dataset = keys["datasets"] if isinstance(keys.get("datasets"), dict) else {}
         for variant in _variants(problems, name, keys.get("sweep")):
             label = name + ("[" + ",".join(f"{k}={v}" for k, v in variant.items()) + "]" if variant else "")
             for dataset, protocol, ratio, backbone, seed in itertools.product(
@@ -377,7 +383,8 @@ def expand(spec, problems):
                     cfg.update(layer)
                 cfg.update(spec.config)
                 for layer in (spec.datasets[dataset], spec.models.get(backbone, {}),
-                              spec.models.get(model, {}) if model != backbone else {}, own, variant):
+                              spec.models.get(model, {}) if model != backbone else {}, own,
+                              own_per_dataset.get(dataset) or {}, variant):
                     cfg.update(copy.deepcopy(layer))
                 if wrap_key:
                     cfg[wrap_key] = backbone
