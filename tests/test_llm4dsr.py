@@ -359,7 +359,7 @@ def test_a_target_the_prompt_does_not_show_can_be_suggested(tiny_cfg, tiny_llm_d
     # every suggestion names item i22, user u1's test target; exact grounding takes it unless it is excluded
     monkeypatch.setattr(grounding, "generate_suggestions", lambda model, tok, prefixes, **kw: ["Item number 22"] * len(prefixes))
     cfg = llm_cfg(tiny_cfg, tiny_llm_dir, tuning="zero_shot", threshold_quantile=0.0, max_edits=3,
-                  ground_encoder_path=tiny_st_dir, suggest_exclude=exclude)
+                  ground_encoder_path=tiny_st_dir, suggest_exclude=exclude, suggest_mode="free")
     data, info = prepare_dataset(Config("GRU4Rec", "tiny", config_dict=cfg, denoiser="LLM4DSR"))
     scores = read_atomic(data.file("denoise_scores"))
     u1 = scores[(scores["user_id"] == "u1") & (scores["flagged"] == 1)]

@@ -142,3 +142,47 @@ def test_everything_or_all_but_one_excluded(setup):
         constrained_suggestions(model, trie, prefixes, beam_width=0)
     with pytest.raises(ValueError, match="exclude has 1 sets"):
         constrained_suggestions(model, trie, prefixes[:2], [set()])
+
+
+# -- LLM4DSR end to end ----------------------------------------------------------------------------------
+def llm4dsr_run(tiny_cfg, llm_dir, **kw):
+    from recbole_denoise.config import Config
+    from recbole_denoise.data.atomic import read_atomic
+    from recbole_denoise.data.prepare import prepare_dataset
+
+    cfg = tiny_cfg(llm_path=llm_dir, tuning="zero_shot", threshold_quantile=0.0, max_edits=3, llm_batch_size=8,
+                   llm_title_max_tokens=8, llm_window=6, **kw)
+    data, info = prepare_dataset(Config("GRU4Rec", "tiny", config_dict=cfg, denoiser="LLM4DSR"))
+    return info["denoise"], read_atomic(data.file("denoise_scores"))
+
+
+def test_llm4dsr_suggestions_are_exact_items_the_prompt_does_not_show(tiny_cfg, tiny_llm_dir, monkeypatch):
+    import numpy as np
+
+    from recbole_denoise.denoisers import llm4dsr as mod
+    from recbole_denoise.llm import grounding
+
+    monkeypatch.setattr(grounding, "Grounder", None)  # the constrained path grounds nothing
+    d, scores = llm4dsr_run(tiny_cfg, tiny_llm_dir)
+    assert d["suggest_mode"] == "constrained"
+    assert d["suggestions"] == {"exact": d["replaced"], "grounded": 0, "empty": d["deleted"]} and d["replaced"] > 0
+    flagged = scores[scores["flagged"] == 1]
+    assert set(flagged["suggestion"]) <= {"exact", "empty"}
+    items = set(scores["item_id"])
+    for _, rows in scores.groupby("seq_id"):
+        rows = rows.sort_values("position")
+        seq = rows["item_id"].tolist()
+        for pos in mod.windows_of(np.arange(len(rows)), 6):
+            shown = {seq[p] for p in pos}
+            for p in pos:
+                if rows["flagged"].iloc[p] and rows["suggestion"].iloc[p] == "exact":
+                    assert rows["replacement"].iloc[p] in items and rows["replacement"].iloc[p] not in shown
+
+
+def test_llm4dsr_bad_suggest_keys(tiny_cfg, tiny_llm_dir):
+    from recbole_denoise.errors import UserInputError
+
+    with pytest.raises(UserInputError, match="suggest_mode must be one of"):
+        llm4dsr_run(tiny_cfg, tiny_llm_dir, suggest_mode="greedy")
+    with pytest.raises(UserInputError, match="suggest_beam_width must be an integer >= 1"):
+        llm4dsr_run(tiny_cfg, tiny_llm_dir, suggest_beam_width=0)

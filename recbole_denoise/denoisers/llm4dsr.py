@@ -28,10 +28,13 @@ The stages, each following the paper (``../shared/papers/LLM4DSR-TOIS2025.txt``)
    included (``edit_train_targets: false``: histories only); a validation/test target never is.
    ``use_uncertainty: false`` (§4.3.1 "w/o uncertainty") flags instead the one item the model
    generates as noise, matched to the window's items.
-5. **Replacement (§3.3 Eq. 4).** ``denoise_action: replace``: the model generates the suggested item
-   after ``Noise Items: "<flagged>", Suggested Items: "`` (greedy, ``suggest_max_tokens``), grounded to an
+5. **Replacement (§3.3 Eq. 4).** ``denoise_action: replace``: the model names the suggested item after
+   ``Noise Items: "<flagged>", Suggested Items: "``. ``suggest_mode: constrained`` (default) decodes over a
+   trie of the candidate items' answer tokens (``llm/constrained.py``; greedy, or beam search with
+   ``suggest_beam_width`` > 1), so every suggestion is an item's exact title; ``free`` (the official code)
+   generates text (greedy, ``suggest_max_tokens``) and grounds it to an
    item by exact title, else by embedding similarity (``ground_encoder``: MiniLM by default, ``llm`` = the
-   official code's LLM hidden state); never to padding nor to an item the prompt shows
+   official code's LLM hidden state). Either way never padding nor an item the prompt shows
    (``suggest_exclude: none``: any item, as Eq. 4 and the official code); a held-out target the prompt
    does not show may be suggested, so the choice does not depend on it. An empty suggestion deletes the
    item. A replaced training target becomes that window's target; a deleted one drops the window.
@@ -50,11 +53,12 @@ import numpy as np
 from recbole_denoise.data.text import item_texts
 from recbole_denoise.denoisers.base import Denoiser, excluded_items, register_denoiser
 from recbole_denoise.errors import ConfigError, DatasetError
-from recbole_denoise.llm.grounding import normalize_title
+from recbole_denoise.llm.grounding import GROUND_KINDS, normalize_title
 from recbole_denoise.llm.loader import model_fingerprint
 
 PNOISE_MODES = ("first_token", "full_title", "ppl")
 TUNINGS = ("denoise", "zero_shot")
+SUGGEST_MODES = ("constrained", "free")
 
 PROMPT_KEYS = ("llm_instruction", "llm_prompt_template", "llm_response_template", "llm_item_template",
                "llm_title_max_tokens", "llm_window", "item_text_field")
@@ -117,7 +121,7 @@ def _match_in_window(text, window_texts):
 class LLM4DSR(Denoiser):
     config_keys = PROMPT_KEYS + FINETUNE_KEYS + (
         "llm_path", "llm_dtype", "pnoise_mode", "use_uncertainty", "suggest_max_tokens", "ground_encoder",
-        "ground_encoder_path")
+        "ground_encoder_path", "suggest_mode", "suggest_beam_width")
 
     # -- setup ----------------------------------------------------------------------------------------
     def _key(self, key, default=None):
@@ -131,8 +135,10 @@ class LLM4DSR(Denoiser):
         tuning = self._key("tuning", "denoise")
         if tuning not in TUNINGS:
             raise ConfigError(f"tuning must be one of {list(TUNINGS)}, got '{tuning}'")
+        if self._key("suggest_mode", "constrained") not in SUGGEST_MODES:
+            raise ConfigError(f"suggest_mode must be one of {list(SUGGEST_MODES)}, got '{self._key('suggest_mode')}'")
         for key in ("llm_window", "finetune_samples", "finetune_epochs", "llm_batch_size", "score_shard_size",
-                    "suggest_max_tokens"):
+                    "suggest_max_tokens", "suggest_beam_width"):
             value = self._key(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ConfigError(f"{key} must be an integer >= 1, got {value!r}")
@@ -292,8 +298,6 @@ class LLM4DSR(Denoiser):
         for k, p in edits:
             history = self._window_texts(seqs, k, unit_of[(k, p)])
             prefixes.append(self.prompts.suggestion_prefix(history, self.texts[seqs.items[k][p]]))
-        # a suggested title is a training item's (as in the instruction data), so the longest bounds it
-        budget = self._suggestion_budget(self.texts[i] for i in self.vocabulary)
         from recbole_denoise.distributed import sharded_map
 
         def write(path, texts):
@@ -304,6 +308,37 @@ class LLM4DSR(Denoiser):
             with open(path, encoding="utf-8") as f:
                 return json.load(f)
 
+        # candidates: training items and items of editable histories; never a target, never padding
+        shown = {i for items, edit in zip(seqs.items, seqs.editable) for i, e in zip(items, edit) if e}
+        known = {i: self.texts[i] for i in sorted(self.vocabulary | shown)}
+        # suggest_exclude prompt: never an item the prompt shows (the flagged one included); a held-out
+        # target the prompt does not show may be suggested. none: any item (paper Eq. 4, official code)
+        exclude = excluded_items(self, seqs, edits, self.config)
+        mode = self._key("suggest_mode", "constrained")
+        self.info["suggest_mode"] = mode
+        if mode == "constrained":
+            # decode over the trie of what fine-tuning trains after 'Suggested Items: "' (llm/constrained.py):
+            # every suggestion is an allowed item named exactly; None (delete) only when all are excluded
+            from recbole_denoise.llm.constrained import TitleTrie, answer_ids, constrained_suggestions
+
+            trie = TitleTrie([answer_ids(self.prompts, t) for t in known.values()], list(known))
+            beam = int(self._key("suggest_beam_width", 1))
+            decode = lambda part: constrained_suggestions(  # noqa: E731
+                self.model, trie, [prefixes[n] for n in part], [exclude[n] for n in part], beam_width=beam,
+                batch_size=int(self._key("llm_batch_size", 16)), pad_id=self.pad_id,
+                shared_prefix=self.prompts.shared_prefix, logger=self.logger, progress=self.progress)
+            parts, reused, computed = sharded_map(list(range(len(edits))), os.path.join(self.workdir, "suggest-trie"),
+                                                  int(self._key("score_shard_size", 256)), decode, write, read, ".json")
+            self.info.setdefault("shards", {})["suggest"] = {"total": len(parts), "reused": reused,
+                                                             "computed_here": computed}
+            items = [i for part in parts for i in part]
+            self.suggestion_kinds = ["empty" if i is None else "exact" for i in items]
+            self.info["suggestions"] = {kind: self.suggestion_kinds.count(kind) for kind in GROUND_KINDS}
+            self.logger.info(f"LLM4DSR suggestions (constrained, beam {beam}): {self.info['suggestions']}")
+            return items
+        # free (official): generate text, then ground it. A suggested title is a training item's (as in the
+        # instruction data), so the longest bounds the generation
+        budget = self._suggestion_budget(self.texts[i] for i in self.vocabulary)
         generate = lambda part: generate_suggestions(  # noqa: E731
             self.model, self.tokenizer, part, max_new_tokens=budget, batch_size=int(self._key("llm_batch_size", 16)),
             stop=self.prompts.stop_text, logger=self.logger, progress=self.progress)
@@ -312,18 +347,13 @@ class LLM4DSR(Denoiser):
         self.info.setdefault("shards", {})["suggest"] = {"total": len(parts), "reused": reused,
                                                          "computed_here": computed}
         texts = [t for part in parts for t in part]
-        # candidates: training items and items of editable histories; never a target, never padding
-        shown = {i for items, edit in zip(seqs.items, seqs.editable) for i, e in zip(items, edit) if e}
-        known = {i: self.texts[i] for i in sorted(self.vocabulary | shown)}
         # exact grounding compares whole titles: a suggestion that is a cut title shown in prompts becomes whole
         texts = self.prompts.whole_titles(texts, list(known.values()))
         encoder = self._key("ground_encoder", "sentence_transformers")
         grounder = Grounder(known, encoder=encoder, encoder_path=self._key("ground_encoder_path"),
                             llm=self.model if encoder == "llm" else None,
                             tokenizer=self.tokenizer if encoder == "llm" else None, logger=self.logger)
-        # suggest_exclude prompt: never an item the prompt shows (the flagged one included); a held-out
-        # target the prompt does not show may be suggested. none: any item (paper Eq. 4, official code)
-        grounded = grounder.ground(texts, exclude=excluded_items(self, seqs, edits, self.config))
+        grounded = grounder.ground(texts, exclude=exclude)
         self.suggestion_kinds = [kind for _, kind in grounded]
         self.info["suggestions"] = grounder.summary()
         self.logger.info(f"LLM4DSR suggestions: {self.info['suggestions']}")
