@@ -437,3 +437,22 @@ def test_paper_benchmark_has_the_iadsr_settings():
     assert c["encoder"] == "llm2vec" and "Llama-3.1-8B" in c["encoder_path"]
     assert c["semantic_max_items"] == 0 and c["encoder_max_length"] >= 1024
     assert c["datasets"]["amazon-beauty"]["MAX_ITEM_LIST_LENGTH"] == 32 and "ml-100k" in c["datasets"]
+
+
+# -- issue 16: encoder_dtype / encoder_batching reach the encoder ---------------------------------------------
+def test_encoder_dtype_and_batching_keys(iadsr_cfg, monkeypatch):
+    from recbole_denoise.llm import encoders
+
+    config = Config("IADSR", "tiny", config_dict=iadsr_cfg())
+    assert config["encoder_dtype"] == "auto" and config["encoder_batching"] == "sorted"
+    monkeypatch.setattr(encoders, "cpu_native_bf16", lambda: True)
+    enc = build_encoder(config)
+    assert (enc.dtype, enc.batching) == ("bfloat16", "sorted") and enc.identity.endswith(":dtype=bfloat16")
+    config["encoder_dtype"], config["encoder_batching"] = "float32", "library"
+    enc = build_encoder(config)
+    assert (enc.dtype, enc.batching) == ("float32", "library") and "dtype" not in enc.identity
+    for key, bad in (("encoder_dtype", "fp8"), ("encoder_batching", "chunked")):
+        config[key] = bad
+        with pytest.raises(ConfigError, match=key):
+            build_encoder(config)
+        config[key] = "float32" if key == "encoder_dtype" else "sorted"

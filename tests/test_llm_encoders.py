@@ -305,3 +305,84 @@ def test_cache_key_names_the_new_options(tiny_llm_dir, l2v_encoder):
            TextEncoder("llm2vec", path=tiny_llm_dir, max_length=64, pooling="last").identity,
            TextEncoder("llm2vec", path=tiny_llm_dir, max_length=64, bidirectional=False).identity}
     assert len(ids) == 3
+
+
+# -- issue 16: sorted batches without duplicates, encoder_dtype (bf16), the dtype in the cache key -----------
+def test_sorted_batching_keeps_order_and_encodes_each_text_once(st_encoder, monkeypatch):
+    enc = TextEncoder("sentence_transformers", batch_size=2, batching="sorted")
+    texts = ["Pride and Prejudice; Star Wars; The Matrix (1999); Alien", "x", "Star Wars", "x",
+             "Sense and Sensibility (1995)", "Star Wars", ""]
+    batches = []
+    real = enc.model.encode
+    monkeypatch.setattr(enc.model, "encode", lambda b, **kw: batches.append(list(b)) or real(b, **kw))
+    out = enc.encode(texts)
+    seen = [t for b in batches for t in b]
+    assert sorted(seen) == sorted(set(texts)) and all(len(b) <= 2 for b in batches)   # each distinct text once
+    lengths = [len(enc._tokenizer(t)["input_ids"]) for t in seen]
+    assert lengths == sorted(lengths, reverse=True)                                  # longest first
+    alone = np.concatenate([st_encoder.encode([t]) for t in texts])                  # one text at a time
+    np.testing.assert_allclose(out, alone, atol=1e-5)                               # the caller's order
+    old = TextEncoder("sentence_transformers", batch_size=2, batching="library")
+    np.testing.assert_allclose(old.encode(texts), out, atol=1e-5)
+    with pytest.raises(ConfigError, match="encoder_batching"):
+        TextEncoder("sentence_transformers", batching="chunked")
+
+
+def test_cache_encodes_duplicates_once(tmp_path, st_encoder, monkeypatch):
+    texts = ["Star Wars", "Alien", "Star Wars", "Alien", "Heat"]
+    calls = _counting(monkeypatch, st_encoder)
+    a = cached_embeddings(st_encoder, texts, tmp_path, "dup", shard_size=2)
+    assert sum(calls) == 3 and a.shape == (5, st_encoder.dim)
+    np.testing.assert_array_equal(a[0], a[2])
+    np.testing.assert_array_equal(a[1], a[3])
+    np.testing.assert_allclose(a, st_encoder.encode(texts), atol=1e-5)
+
+
+def test_encoder_dtype_auto_and_bf16_close_to_float32(st_encoder, tmp_path, monkeypatch):
+    from recbole_denoise.llm import encoders
+
+    monkeypatch.setattr(encoders, "cpu_native_bf16", lambda: False)
+    assert encoders.resolve_encoder_dtype("auto", "cpu") == "float32"
+    assert encoders.resolve_encoder_dtype("float32", "cpu") == "float32"
+    monkeypatch.setattr(encoders, "cpu_native_bf16", lambda: True)
+    assert encoders.resolve_encoder_dtype("auto", "cpu") == "bfloat16"
+    assert encoders.resolve_encoder_dtype(None, "cpu") == "bfloat16"
+    for bad in ("half", "int8", 16):
+        with pytest.raises(ConfigError, match="encoder_dtype"):
+            TextEncoder("sentence_transformers", dtype=bad)
+    bf = TextEncoder("sentence_transformers", batch_size=8, dtype="auto")
+    assert bf.dtype == "bfloat16" and bf.identity == st_encoder.identity + ":dtype=bfloat16"
+    texts = ["Star Wars", "Star Wars: A New Hope; Pride and Prejudice; Heat (1995); Alien", "Pride and Prejudice"]
+    a, b = bf.encode(texts), st_encoder.encode(texts)
+    assert a.dtype == np.float32 and not np.array_equal(a, b)
+    _unit_rows(a)
+    assert (a * b).sum(1).min() > 0.999                       # the stated tolerance (measured: >= 0.9999)
+    # a bf16 embedding is never served to a float32 request: another cache file
+    calls = _counting(monkeypatch, st_encoder)  # patches the class: counts both encoders
+    cached_embeddings(st_encoder, texts, tmp_path, "seq")
+    cached_embeddings(bf, texts, tmp_path, "seq")
+    assert calls == [3, 3] and len(list(tmp_path.glob("seq-*.npy"))) == 2
+
+
+def test_cpu_native_bf16_reads_the_flags(tmp_path, monkeypatch):
+    import torch
+
+    from recbole_denoise.llm import encoders
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 amx_tile\n")
+    assert encoders.cpu_native_bf16(str(info)) is True
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n")
+    assert encoders.cpu_native_bf16(str(info)) is False
+    assert encoders.cpu_native_bf16(str(tmp_path / "missing")) is False
+
+
+def test_llm2vec_bf16_close_to_float32(tiny_llm_dir, l2v_encoder):
+    bf = TextEncoder("llm2vec", path=tiny_llm_dir, batch_size=4, max_length=64, dtype="bfloat16")
+    assert next(bf.model.model.parameters()).dtype.__repr__() == "torch.bfloat16"
+    texts = ["Star Wars", "Pride and Prejudice", "The Matrix (1999)", ""]
+    a, b = bf.encode(texts), l2v_encoder.encode(texts)
+    assert a.dtype == np.float32 and ":dtype=bfloat16" in bf.identity
+    _unit_rows(a)
+    assert (a * b).sum(1).min() > 0.99

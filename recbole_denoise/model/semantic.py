@@ -16,7 +16,9 @@ A sequence text is its item texts in time order joined by ``semantic_separator``
 ``encoder_max_length`` tokens, so the most recent items always survive. Both cuts are counted in the log
 (users cut by ``semantic_max_items``; texts cut by ``encoder_max_length``, also on a cache hit).
 The encoder keys ``encoder_bidirectional``, ``encoder_pooling`` and ``encoder_adapter`` go to
-``llm.encoders.TextEncoder`` and into the cache key. With ``semantic_center`` (default) the mean of each table is subtracted before use (see :func:`center`).
+``llm.encoders.TextEncoder`` and into the cache key, as do ``encoder_dtype`` (``auto``: bfloat16 on GPUs and
+on CPUs with native bf16, float32 elsewhere; a non-float32 dtype is in the cache key) and ``encoder_batching``
+(``sorted``: distinct texts once, token-length-sorted batches | ``library``: the old path). With ``semantic_center`` (default) the mean of each table is subtracted before use (see :func:`center`).
 Embeddings are cached by ``llm.encoders.cached_embeddings`` under
 ``semantic_cache_dir`` (default ``<derived_data_path>/.embeddings``), one file per (dataset, text field,
 kind of text, mode) whose key hashes the encoder identity and every text: a change of data, encoder or
@@ -47,7 +49,8 @@ def build_encoder(config, logger=None):
                        batch_size=config["encoder_batch_size"], max_length=config["encoder_max_length"],
                        device=str(config["device"]), logger=logger, progress=bool(config["show_progress"]),
                        truncation_side="left", bidirectional=config["encoder_bidirectional"] is not False,
-                       pooling=config["encoder_pooling"] or "mean", adapter=config["encoder_adapter"])
+                       pooling=config["encoder_pooling"] or "mean", adapter=config["encoder_adapter"],
+                       dtype=config["encoder_dtype"] or "auto", batching=config["encoder_batching"] or "sorted")
 
 
 class SemanticInterests:
