@@ -16,6 +16,7 @@ from recbole_denoise.errors import ConfigError
 from recbole_denoise.data.atomic import read_atomic
 from recbole_denoise.data.dataset import WindowDataset
 from recbole_denoise.data.prepare import prepare_dataset
+from recbole_denoise.denoisers.base import release_memory
 from recbole_denoise.evaluator.beyond_accuracy import beyond_accuracy, item_categories
 from recbole_denoise.evaluator.cold_items import cold_item_analysis
 from recbole_denoise.log import init_logger
@@ -73,6 +74,7 @@ def run_recbole_denoise(model=None, dataset=None, denoiser=None, config_file_lis
     timings = {"config": time.time() - t0}
 
     data, info = prepare_dataset(config, logger)
+    release_memory()  # a denoising stage's models (LLM, encoders) are gone before the backbone loads
     timings.update(info["timings"])
     category_table = load_category_table(config, data)  # checked before training: bad keys fail fast
 
@@ -160,6 +162,10 @@ def run_recbole_denoise(model=None, dataset=None, denoiser=None, config_file_lis
         result["beyond_accuracy"] = extra
     if config["result_file"]:
         write_result(config, result)
+    # the next run of this process (e.g. the next --denoiser of a list) starts without this one's model,
+    # trainer, optimiser and loaders (RecBole's objects reference each other, so only a collection frees them)
+    del net, trainer, train_data, valid_data, test_data, recbole_dataset
+    release_memory()
     return result
 
 

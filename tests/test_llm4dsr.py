@@ -373,3 +373,42 @@ def test_a_target_the_prompt_does_not_show_can_be_suggested(tiny_cfg, tiny_llm_d
                 if rows["flagged"].iloc[p]:
                     # none (paper Eq. 4, official code): even an item the prompt shows
                     assert (rows["replacement"].iloc[p] == "i22") == (exclude == "none" or "i22" not in shown)
+
+
+# -- memory (issue 16) ----------------------------------------------------------------------------------
+def test_the_stage_leaves_no_llm_trainer_or_encoder_alive(tiny_cfg, tiny_llm_dir, monkeypatch):
+    """After the denoising stage the denoiser holds no model and the LLM (with its LoRA layers), the
+    fine-tuning Trainer (optimiser) and any grounding encoder are freed by the stage itself (no gc here)."""
+    import weakref
+
+    from recbole_denoise.llm import grounding, loader
+
+    refs, denoisers = {}, []
+    load, make_trainer, ground = loader.load_llm, finetune._make_trainer, grounding.Grounder.ground
+
+    def recording_load(*a, **k):
+        model, tok = load(*a, **k)
+        refs["llm"] = weakref.ref(model)
+        return model, tok
+
+    def recording_trainer(*a, **k):
+        trainer = make_trainer(*a, **k)
+        refs["trainer"] = weakref.ref(trainer)
+        return trainer
+
+    def recording_ground(self, *a, **k):
+        refs["grounder"] = weakref.ref(self)
+        return ground(self, *a, **k)
+
+    real_bind = mod.LLM4DSR.bind
+    monkeypatch.setattr(loader, "load_llm", recording_load)
+    monkeypatch.setattr(finetune, "_make_trainer", recording_trainer)
+    monkeypatch.setattr(grounding.Grounder, "ground", recording_ground)
+    monkeypatch.setattr(mod.LLM4DSR, "bind", lambda self, *a, **k: (denoisers.append(self), real_bind(self, *a, **k))[1])
+    cfg = llm_cfg(tiny_cfg, tiny_llm_dir, noise_ratio=0.15)  # fine-tunes, scores and suggests
+    _, info = prepare_dataset(Config("GRU4Rec", "tiny", config_dict=cfg, denoiser="LLM4DSR"))
+    assert info["denoise"]["edited"] > 0 and {"llm", "trainer"} <= set(refs)
+    (denoiser,) = denoisers  # still referenced here, as a caller (or a traceback) may keep it
+    assert not any(hasattr(denoiser, name) for name in ("model", "tokenizer", "prompts"))
+    alive = sorted(name for name, ref in refs.items() if ref() is not None)
+    assert alive == [], f"still alive after the stage: {alive}"

@@ -14,8 +14,15 @@ Writing a denoiser::
         def fit(self, train): ...              # train: Sequences (training data only)
         def score(self, seqs): ...             # -> one float array per sequence, higher = noisier
         def suggest(self, seqs, edits): ...    # optional: replacement items, for denoise_action: replace
+        def release(self): ...                 # optional: drop models / encoders once the stage is done
+
+Memory: the stage runs in the process that trains the backbone afterwards, so it frees what the denoiser
+held between its steps (:func:`release_memory` after ``fit``, ``score`` and ``suggest``; :meth:`Denoiser.release`
+once the edits are known), and hands freed heap pages back to the OS (``malloc_trim``).
 """
 import abc
+import ctypes
+import gc
 import importlib
 import os
 import shutil
@@ -37,6 +44,18 @@ BASE_KEYS = ("threshold_quantile", "threshold_quantile_test", "max_edits", "max_
 ACTIONS = ("delete", "replace", "popularity")
 SUGGEST_EXCLUDES = ("prompt", "none")
 DENOISE_SPLITS = ("train", "test", "all")
+
+
+def release_memory():
+    """Collect garbage (the reference cycles of Hugging Face / peft / Trainer objects) and give freed heap
+    memory back to the OS: glibc keeps freed chunks (e.g. a fine-tuning step's activations) in its arenas,
+    so without ``malloc_trim`` the resident size never shrinks. Returns the objects collected."""
+    collected = gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): the collection is all we can do
+        pass
+    return collected
 
 
 def denoise_seed(config):
@@ -146,6 +165,11 @@ class Denoiser(abc.ABC):
         cannot suggest keep this default."""
         raise DatasetError(f"denoiser '{self.name or type(self).__name__}' cannot suggest replacements; "
                            f"use denoise_action: delete")
+
+    def release(self):
+        """Drop every model, encoder or other large object :meth:`fit`, :meth:`score` and :meth:`suggest`
+        hold; called by the stage once the edits are known (and when the stage fails), so the backbone
+        trains in the memory they took. ``info`` and the ``suggestion_kinds`` stay. Default: nothing held."""
 
     @classmethod
     def hash_params(cls, config, extra_keys=()):
@@ -492,29 +516,35 @@ def denoise_stage(parent, out_dir, out_name, denoiser_cls, config, logger=None):
     denoiser.bind(parent, workdir, logger)
     train = training_sequences(seqs, parent.kind)
     timings = {}
-    t = time.time()
-    denoiser.fit(train)
-    timings["fit"] = time.time() - t
-    t = time.time()
-    scores, reused = cached_scores(parent, denoiser_cls, config, lambda: denoiser.score(seqs))
-    timings["score"] = time.time() - t
-    if reused:
-        denoiser.info["scores_reused"] = True
-    if len(scores) != len(seqs) or any(len(s) != len(i) for s, i in zip(scores, seqs.items)):
-        raise DatasetError(f"denoiser '{denoiser_cls.__name__}'.score must return one score per position")
-    flags = decide_units(denoiser, seqs, scores, config)
-    edits = [(k, int(p)) for k, f in enumerate(flags) for p in np.flatnonzero(f)]
-    t = time.time()
-    replacements, kinds = {}, {}
-    if action == "replace" and edits:
-        suggested = denoiser.suggest(seqs, edits)
-        replacements = dict(zip(edits, suggested))
-        kinds = dict(zip(edits, getattr(denoiser, "suggestion_kinds", None) or ["suggested"] * len(edits)))
-    elif action == "popularity" and edits:
-        replacements = dict(zip(edits, popularity_replacements(train, seqs, edits, denoise_seed(config),
-                                                               excluded_items(denoiser, seqs, edits, config))))
-        kinds = {e: "popularity" for e in edits}
-    timings["suggest"] = time.time() - t
+    try:
+        t = time.time()
+        denoiser.fit(train)
+        release_memory()  # e.g. LLM4DSR's Trainer, optimiser and fine-tuning activations
+        timings["fit"] = time.time() - t
+        t = time.time()
+        scores, reused = cached_scores(parent, denoiser_cls, config, lambda: denoiser.score(seqs))
+        release_memory()
+        timings["score"] = time.time() - t
+        if reused:
+            denoiser.info["scores_reused"] = True
+        if len(scores) != len(seqs) or any(len(s) != len(i) for s, i in zip(scores, seqs.items)):
+            raise DatasetError(f"denoiser '{denoiser_cls.__name__}'.score must return one score per position")
+        flags = decide_units(denoiser, seqs, scores, config)
+        edits = [(k, int(p)) for k, f in enumerate(flags) for p in np.flatnonzero(f)]
+        t = time.time()
+        replacements, kinds = {}, {}
+        if action == "replace" and edits:
+            suggested = denoiser.suggest(seqs, edits)
+            replacements = dict(zip(edits, suggested))
+            kinds = dict(zip(edits, getattr(denoiser, "suggestion_kinds", None) or ["suggested"] * len(edits)))
+        elif action == "popularity" and edits:
+            replacements = dict(zip(edits, popularity_replacements(train, seqs, edits, denoise_seed(config),
+                                                                   excluded_items(denoiser, seqs, edits, config))))
+            kinds = {e: "popularity" for e in edits}
+        timings["suggest"] = time.time() - t
+    finally:  # the edits are known (or the stage failed): the denoiser's models are no longer needed
+        denoiser.release()
+        release_memory()
     info = write_denoised(parent, tables, seqs, scores, flags, out_dir, out_name, replacements, kinds)
     info.update({"action": action, "timings": timings, **denoiser.info})
     from recbole_denoise import distributed
