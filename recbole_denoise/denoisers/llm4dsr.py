@@ -358,3 +358,16 @@ class LLM4DSR(Denoiser):
         self.info["suggestions"] = grounder.summary()
         self.logger.info(f"LLM4DSR suggestions: {self.info['suggestions']}")
         return [item for item, _ in grounded]
+
+    # -- memory ---------------------------------------------------------------------------------------
+    def release(self):
+        """Drop the LLM (with its LoRA layers), tokenizer and prompt builder once the stage has its edits
+        (``Denoiser.release``; the stage then collects and trims the heap), so the backbone trains in their
+        memory; the grounding encoder and the fine-tuning Trainer are locals of ``suggest`` / ``fit`` and go
+        with them. ``fit`` must run again before ``score`` / ``suggest``."""
+        import torch
+
+        for name in ("model", "tokenizer", "prompts"):
+            self.__dict__.pop(name, None)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
