@@ -105,6 +105,10 @@ def instrument(mon):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", default=None, help="write the stage table and the samples here")
+    parser.add_argument("--no-release", action="store_true",
+                        help="the old behaviour: no Denoiser.release, no collection / malloc_trim between stages")
+    parser.add_argument("--full-logits-loss", action="store_true",
+                        help="the old fine-tuning loss: the model's own labels= loss over the full logits")
     args, extra = parser.parse_known_args()
     if not any(a.startswith("--derived_data_path=") for a in extra):
         parser.error("give a fresh --derived_data_path=/tmp/<x> (cached stages would hide their memory)")
@@ -113,6 +117,19 @@ def main():
     mon = Monitor()
     mon.thread.start()
     instrument(mon)
+    if args.full_logits_loss:
+        import recbole_denoise.llm.finetune as finetune
+
+        finetune.labelled_loss = lambda model, inputs: model(**inputs).loss
+    if args.no_release:
+        import recbole_denoise.denoisers.base as base
+        import recbole_denoise.quick_start as quick_start
+
+        base.release_memory = quick_start.release_memory = lambda: 0
+        base.Denoiser.release = lambda self: None
+        from recbole_denoise.denoisers.llm4dsr import LLM4DSR
+
+        LLM4DSR.release = lambda self: None
     import run_recbole_denoise
 
     argv = MAIN_JOB + ["--show_progress=False"] + extra

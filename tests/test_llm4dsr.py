@@ -412,3 +412,34 @@ def test_the_stage_leaves_no_llm_trainer_or_encoder_alive(tiny_cfg, tiny_llm_dir
     assert not any(hasattr(denoiser, name) for name in ("model", "tokenizer", "prompts"))
     alive = sorted(name for name, ref in refs.items() if ref() is not None)
     assert alive == [], f"still alive after the stage: {alive}"
+
+
+def test_the_loss_on_labelled_positions_equals_the_models_loss_and_gradients(tiny_llm_dir):
+    """finetune.labelled_loss runs the LM head only where a label exists (memory); in float32 its loss and
+    LoRA gradients equal the model's own ``labels=`` loss over the full logits."""
+    import torch
+
+    from recbole_denoise.llm.loader import load_llm
+
+    model, _ = load_llm(tiny_llm_dir, dtype=torch.float32)
+    peft = finetune.import_peft()
+    torch.manual_seed(0)
+    model = peft.get_peft_model(model, peft.LoraConfig(task_type=peft.TaskType.CAUSAL_LM, r=4, lora_alpha=8,
+                                                       lora_dropout=0.0, target_modules=["q_proj", "v_proj"]))
+    for p in model.parameters():  # B starts at zero: make the LoRA path count
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.02)
+    batch = finetune.PadCollator(0)([{"input_ids": list(range(5, 5 + n)), "labels": [finetune.IGNORE_INDEX] * (n - 3)
+                                      + list(range(5 + n - 3, 5 + n))} for n in (7, 12, 9)])
+    rows = []  # hidden states that reach the LM head per call
+    model.get_output_embeddings().register_forward_hook(lambda m, args, out: rows.append(args[0].shape[:-1].numel()))
+    grads = []
+    for loss_fn in (lambda: model(**batch).loss, lambda: finetune.labelled_loss(model, batch)):
+        model.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        grads.append((loss.item(), [p.grad.clone() for p in model.parameters() if p.requires_grad]))
+    (full, g_full), (labelled, g_labelled) = grads
+    assert rows == [3 * 12, 3 * 3]  # full logits, then only the 9 labelled positions
+    assert abs(full - labelled) < 1e-5
+    assert all(torch.allclose(a, b, atol=1e-6, rtol=1e-4) for a, b in zip(g_full, g_labelled))

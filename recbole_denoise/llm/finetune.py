@@ -244,6 +244,29 @@ def _trainer_checkpoint_loading():
         yield
 
 
+def labelled_loss(model, inputs):
+    """The causal-LM loss of ``inputs`` (mean cross-entropy of the next tokens whose label is not
+    ``IGNORE_INDEX``, as the model's own ``labels=`` loss) with the LM head run only at those positions.
+
+    Issue 16 (memory): with the loss on the response only (the paper's Eq. 1), the ``batch x length x vocab``
+    logits of the prompt (and their copies in the loss and backward) were most of a step's memory, and wasted
+    compute. The model (peft / DDP wrappers included) is called as usual; a pre-hook on its output embedding
+    selects the rows (``scoring._HeadOnSelected``); if the model bypasses that module the full logits are cut.
+    """
+    from recbole_denoise.llm.scoring import _HeadOnSelected
+
+    targets = inputs["labels"][:, 1:]
+    keep = targets != IGNORE_INDEX
+    head = _HeadOnSelected(getattr(model, "module", model))  # DDP keeps the model in .module
+    head.index = keep.nonzero(as_tuple=True)  # hidden state t predicts token t + 1
+    try:
+        logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+    finally:
+        head.remove()
+    logits = logits[0] if head.fired else logits[:, :-1][keep]
+    return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
+
+
 def _make_trainer(micro_batch_size, **kwargs):
     """A ``transformers.Trainer`` whose steps accumulate gradients over micro-batches of ``micro_batch_size``.
 
@@ -260,6 +283,11 @@ def _make_trainer(micro_batch_size, **kwargs):
     from transformers import Trainer
 
     class _MicroBatchTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False):
+            if return_outputs or "labels" not in inputs:
+                return super().compute_loss(model, inputs, return_outputs)
+            return labelled_loss(model, inputs)  # the LM head only where a label exists (memory)
+
         def training_step(self, model, inputs):
             n = inputs["input_ids"].shape[0]
             if n <= micro_batch_size:
