@@ -265,3 +265,120 @@ def test_accumulation_steps_end_with_each_epoch_and_equal_one_big_batch(tmp_path
     assert a.keys() == b.keys() and a
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+# -- throughput and precision (issue 16) ----------------------------------------------------------------
+def test_length_grouped_sampler_cuts_padding_and_is_deterministic():
+    import numpy as np
+
+    from recbole_denoise.llm.finetune import LengthGroupedSampler, padding_share
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(20, 400, size=203).tolist()
+    s = LengthGroupedSampler(lengths, group_size=8, seed=5, mega=10)
+    epoch0 = list(s)
+    assert sorted(epoch0) == list(range(203)) and list(s) == epoch0  # a permutation, drawn from (seed, epoch)
+    s.set_epoch(1)
+    epoch1 = list(s)
+    assert epoch1 != epoch0 and sorted(epoch1) == list(range(203))
+    s.set_epoch(0)
+    assert list(s) == epoch0  # a resumed run draws the same order whatever the global RNG did
+    cut = lambda order: [order[i:i + 8] for i in range(0, len(order), 8)]  # noqa: E731
+    shuffled = cut(rng.permutation(203).tolist())
+    assert padding_share(lengths, cut(epoch0)) < 0.1 < padding_share(lengths, shuffled)
+    assert len(cut(epoch0)[-1]) == 3  # the partial group is the last batch
+    starts = {min(lengths[i] for i in g) for g in cut(epoch0)[:5]}
+    assert len(starts) > 1  # batches are not in length order: groups are shuffled
+
+
+def test_grouped_batches_have_less_padding_than_shuffled_ones(tmp_path, llm_tokenizer, examples, monkeypatch):
+    """What the Trainer really batches: length-grouped (default) wastes fewer slots than the old shuffle."""
+    from recbole_denoise.llm import finetune as ft
+
+    tok = llm_tokenizer
+    varied = [(p + tok.encode(" and more" * ((i * 3) % 5) * 6, add_special_tokens=False), r)
+              for i, (p, r) in enumerate(examples)]
+    original, seen = ft.PadCollator.__call__, []
+    monkeypatch.setattr(ft.PadCollator, "__call__",
+                        lambda self, features: seen.append([len(f["input_ids"]) for f in features]) or original(self, features))
+    waste = {}
+    for group in (True, False):
+        seen.clear()
+        finetune_lora(build_tiny_llama(tok), varied, str(tmp_path / f"g{group}"),
+                      settings(epochs=2, batch_size=4, group_by_length=group), tok.pad_token_id)
+        assert sorted(n for b in seen for n in b) == sorted([len(p) + len(r) for p, r in varied] * 2)
+        waste[group] = sum(len(b) * max(b) - sum(b) for b in seen)
+    assert waste[True] < waste[False] / 2
+
+
+def test_bf16_base_trains_float32_lora_under_bf16_autocast(tmp_path, llm_tokenizer, examples):
+    """bf16 base weights: LoRA weights stay float32 (the optimiser's master copy), the LoRA matmuls run
+    under bf16 autocast, and the loss still falls; ``finetune_autocast: none`` keeps them in float32."""
+    seen = {}
+    for autocast in ("auto", "none"):
+        model = build_tiny_llama(llm_tokenizer).to(torch.bfloat16)
+        dtypes = []
+
+        class Spy(TrainerCallback):
+            def on_train_begin(self, args, state, control, model=None, **kwargs):
+                lora_a = next(m for n, m in model.named_modules() if n.endswith("lora_A.default"))
+                lora_a.register_forward_hook(lambda mod, inp, out: dtypes.append(out.dtype) if mod.training else None)
+
+        before = response_nll(model, examples, llm_tokenizer.pad_token_id)
+        peft_model = finetune_lora(model, examples, str(tmp_path / autocast),
+                                   settings(epochs=3, autocast=autocast), llm_tokenizer.pad_token_id, callbacks=[Spy()])
+        lora = {n: p for n, p in peft_model.named_parameters() if "lora_" in n}
+        assert lora and all(p.dtype == torch.float32 for p in lora.values())
+        assert all(p.dtype == torch.bfloat16 for n, p in peft_model.named_parameters() if "lora_" not in n)
+        assert response_nll(peft_model, examples, llm_tokenizer.pad_token_id) < before
+        with open(os.path.join(tmp_path / autocast, ADAPTER, DONE)) as f:
+            seen[autocast] = (set(dtypes), json.load(f)["autocast"])
+    assert seen["auto"] == ({torch.bfloat16}, "bfloat16")
+    assert seen["none"] == ({torch.float32}, "none")
+
+
+def test_float32_base_has_no_autocast_by_default(llm_tokenizer):
+    from recbole_denoise.llm.finetune import resolve_autocast
+
+    model = build_tiny_llama(llm_tokenizer)
+    assert resolve_autocast(settings(), model) == "none"
+    assert resolve_autocast(settings(autocast="bfloat16"), model) == "bfloat16"
+    assert resolve_autocast(settings(), model.to(torch.bfloat16)) == "bfloat16"
+
+
+@pytest.mark.parametrize("key,value", [("finetune_autocast", "fp16"), ("finetune_group_by_length", "yes")])
+def test_new_keys_name_bad_values(key, value):
+    from recbole_denoise.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=key):
+        LoraSettings.from_config({key: value}.get)
+
+
+def test_a_float32_run_after_a_bf16_run_in_one_process_is_float32(tmp_path, llm_tokenizer, examples):
+    """transformers leaves ACCELERATE_MIXED_PRECISION=bf16 in the environment after a bf16 run; the next
+    float32 run must not inherit bf16 autocast, and no run leaves autocast on the returned model's forward."""
+    def q_proj_dtypes(model, call):
+        seen = []
+        layer = next(m for n, m in model.named_modules() if n.endswith("q_proj.base_layer"))
+        handle = layer.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+        call()
+        handle.remove()
+        return set(seen)
+
+    x = PadCollator(llm_tokenizer.pad_token_id)([encode_example(p, r, 1024) for p, r in examples[:2]])
+    first = finetune_lora(build_tiny_llama(llm_tokenizer), examples, str(tmp_path / "a"),
+                          settings(epochs=1, autocast="bfloat16"), llm_tokenizer.pad_token_id)
+    with torch.no_grad():
+        assert q_proj_dtypes(first, lambda: first(**x)) == {torch.float32}
+    training = []
+
+    class Spy(TrainerCallback):
+        def on_step_begin(self, args, state, control, model=None, **kwargs):
+            if not training:
+                layer = next(m for n, m in model.named_modules() if n.endswith("q_proj.base_layer"))
+                training.append(layer.register_forward_hook(lambda m, i, o: training.append(o.dtype)))
+
+    finetune_lora(build_tiny_llama(llm_tokenizer), examples, str(tmp_path / "b"), settings(epochs=1),
+                  llm_tokenizer.pad_token_id, callbacks=[Spy()])
+    training[0].remove()
+    assert set(training[1:]) == {torch.float32}

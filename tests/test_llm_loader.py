@@ -123,3 +123,65 @@ def test_cache_root_override(tmp_path, monkeypatch):
     monkeypatch.setenv("RECBOLE_DENOISE_CACHE", str(tmp_path / "c"))
     assert loader.cache_root() == str(tmp_path / "c" / "llm")
     assert loader.cache_root(str(tmp_path / "x")) == str(tmp_path / "x")
+
+
+# -- precision: llm_dtype auto (issue 16) ---------------------------------------------------------------
+def _no_torch_probes(monkeypatch):
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, probe, lambda: False, raising=False)
+
+
+@pytest.mark.parametrize("flags,native", [
+    ("flags\t\t: fpu sse avx2 avx512f avx512bw\n", False),          # AVX-512 without bf16: emulated
+    ("flags\t\t: fpu avx512f avx512_bf16 avx512_vnni\n", True),
+    ("flags\t\t: fpu amx_bf16 amx_tile\n", True),
+    ("Features\t: fp asimd sve bf16 i8mm\n", True),                  # Arm v8.6
+    ("Features\t: fp asimd\n", False),
+])
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, monkeypatch, flags, native):
+    _no_torch_probes(monkeypatch)
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\n" + flags)
+    assert loader.cpu_native_bf16(str(info))[0] is native
+    assert loader.cpu_native_bf16(str(tmp_path / "missing"))[0] is False
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert loader.cpu_native_bf16(str(info)) == (True, "torch.cpu._is_avx512_bf16_supported()")
+
+
+def test_auto_dtype_is_bf16_on_gpus_and_native_bf16_cpus_only(monkeypatch):
+    monkeypatch.setattr(loader, "cpu_native_bf16", lambda: (False, "test"))
+    assert loader.resolve_dtype("auto", "cpu") == torch.float32 and loader.resolve_dtype(None) == torch.float32
+    assert loader.resolve_dtype("auto", "cuda:0") == torch.bfloat16
+    monkeypatch.setattr(loader, "cpu_native_bf16", lambda: (True, "test"))
+    assert loader.resolve_dtype("auto", "cpu") == torch.bfloat16
+    assert loader.resolve_dtype("float32", "cpu") == torch.float32  # an explicit value is kept
+    assert loader.resolve_dtype("float16", "cpu") == torch.float16
+    for bad in ("fp32", "int8", 3):
+        with pytest.raises(ConfigError, match="llm_dtype"):
+            loader.resolve_dtype(bad, "cpu")
+    with pytest.raises(ConfigError, match="encoder_dtype"):
+        loader.resolve_dtype("half", "cpu", key="encoder_dtype")
+
+
+def test_llm4dsr_stage_runs_in_the_auto_dtype(tiny_cfg, tiny_llm_dir, monkeypatch):
+    """LLM4DSR end to end with ``llm_dtype: auto``: bf16 weights (float32 LoRA, bf16 autocast) on a CPU with
+    native bf16, float32 elsewhere; the two train separate cached adapters."""
+    from recbole_denoise.config import Config
+    from recbole_denoise.data.prepare import prepare_dataset
+
+    cfg = tiny_cfg(llm_path=tiny_llm_dir, finetune_samples=16, finetune_epochs=1, finetune_batch_size=8,
+                   llm_batch_size=8, threshold_quantile=0.8, max_edits=1, suggest_max_tokens=6,
+                   llm_title_max_tokens=8, llm_window=6, llm_dtype="auto")
+    adapters = []
+    for native in (True, False):
+        monkeypatch.setattr(loader, "cpu_native_bf16", lambda native=native: (native, "test"))
+        # another threshold: the denoised dataset (cached by its keys, "auto" included) is made anew
+        _, info = prepare_dataset(Config("GRU4Rec", "tiny", config_dict={**cfg, "threshold_quantile": 0.8 - 0.1 * native},
+                                         denoiser="LLM4DSR"))
+        d = info["denoise"]
+        assert d["llm_dtype"] == ("bfloat16" if native else "float32")
+        with open(os.path.join(d["adapter"], "adapter", "DONE.json")) as f:
+            done = json.load(f)
+        assert (done["autocast"], done["base_dtype"]) == (("bfloat16", "bfloat16") if native else ("none", "float32"))
+        adapters.append(d["adapter"])
+    assert adapters[0] != adapters[1]

@@ -244,3 +244,25 @@ def test_progress_bar(llamas, data, capsys):
     prefixes, candidates, _ = data
     score_candidates(llamas["sdpa"], prefixes, candidates, batch_size=2, progress=True)
     assert "LLM noise scores" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_bf16_weights_score_close_to_float32(llamas, data, brute, caplog, mode):
+    """llm_dtype auto picks bf16 on CPUs with native bf16: scores move by bf16 rounding only, packing and
+    prefix reuse still hold (no fallback warning), and every window ranks its items almost as in float32."""
+    import copy
+
+    from recbole_denoise.llm import scoring
+
+    prefixes, candidates, shared = data
+    model = copy.deepcopy(llamas["sdpa"]).to(torch.bfloat16)
+    scoring._PACKING_VERIFIED.pop(model, None)
+    with caplog.at_level(logging.WARNING):
+        got = score_candidates(model, prefixes, candidates, mode=mode, batch_size=2, pad_id=0,
+                               shared_prefix=shared, logger=LOG)
+    assert not caplog.records
+    want = brute["sdpa"][mode]
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=0, atol=0.1 * (1 if mode != "full_title" else 4))
+    flat_g, flat_w = np.concatenate(got), np.concatenate(want)
+    assert np.corrcoef(np.argsort(np.argsort(flat_g)), np.argsort(np.argsort(flat_w)))[0, 1] > 0.95

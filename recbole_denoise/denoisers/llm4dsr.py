@@ -10,7 +10,10 @@ The stages, each following the paper (``../shared/papers/LLM4DSR-TOIS2025.txt``)
 2. **LoRA fine-tuning (§3.1 Eq. 1):** ``finetune_epochs`` (§4.1.4: 50) and LoRA r=8, alpha=16, dropout
    0.05 on q_proj/v_proj, lr 1e-4 (the official code's values; §4.1.4 gives none), loss on the response
    tokens (``loss_on_prompt: true`` = official code); ``finetune_grad_accum``, ``finetune_warmup_steps``
-   (``properties/presets/LLM4DSR-official.yaml``: the official batch 128, 20 warm-up steps). Prompts start
+   (``properties/presets/LLM4DSR-official.yaml``: the official batch 128, 20 warm-up steps). Under
+   ``llm_dtype: auto`` on a CPU with native bf16 (or a GPU) the weights are bf16 and the steps run under bf16
+   autocast with float32 LoRA weights (``finetune_autocast``); batches group examples of similar length
+   (``finetune_group_by_length``). Prompts start
    with the tokenizer's BOS when it adds one by default; titles are whole unless
    ``llm_title_max_tokens`` > 0 (``llm/prompts.py``). Checkpointed per epoch (a killed run resumes); the adapter is cached by a hash of (training
    data, LLM, prompt and fine-tuning keys) under ``<derived_data_path>/adapters/``, so a second run
@@ -65,7 +68,7 @@ PROMPT_KEYS = ("llm_instruction", "llm_prompt_template", "llm_response_template"
 FINETUNE_KEYS = ("tuning", "finetune_samples", "finetune_seed", "finetune_epochs", "finetune_batch_size",
                  "finetune_grad_accum", "finetune_warmup_steps",
                  "finetune_learning_rate", "finetune_max_length", "lora_r", "lora_alpha", "lora_dropout",
-                 "lora_target_modules", "loss_on_prompt")
+                 "lora_target_modules", "loss_on_prompt", "finetune_autocast", "finetune_group_by_length")
 
 
 def windows_of(positions, size):
@@ -149,12 +152,10 @@ class LLM4DSR(Denoiser):
         device = self._key("llm_device", "auto")
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = self._key("llm_dtype", "auto")
-        if dtype == "auto":
-            dtype = "bfloat16" if str(device).startswith("cuda") else "float32"
-        if not isinstance(getattr(torch, str(dtype), None), torch.dtype):
-            raise ConfigError(f"llm_dtype must be auto or a torch dtype name (float32, bfloat16, ...), got '{dtype}'")
-        return device, getattr(torch, dtype)
+        from recbole_denoise.llm.loader import resolve_dtype
+
+        # auto: bfloat16 on GPU and on CPUs with native bf16 (loader.cpu_native_bf16), else float32
+        return device, resolve_dtype(self._key("llm_dtype", "auto"), device, "llm_dtype")
 
     def _load(self):
         from recbole_denoise.llm.loader import load_llm, resolve_llm_path
@@ -163,6 +164,7 @@ class LLM4DSR(Denoiser):
         self.llm_path = resolve_llm_path(self._key("llm_path"), self._key("llm_cache_dir"), self.logger)
         device, dtype = self._device_dtype()
         self.model, self.tokenizer = load_llm(self.llm_path, dtype=dtype, device=device)
+        self.info["llm_dtype"] = str(dtype).replace("torch.", "")
         self.prompts = PromptBuilder(
             self.tokenizer, instruction=self._key("llm_instruction", PAPER_INSTRUCTION),
             prompt_template=self._key("llm_prompt_template", PAPER_PROMPT),
@@ -174,7 +176,8 @@ class LLM4DSR(Denoiser):
     def adapter_dir(self):
         """Cache folder of the LoRA adapter: a hash of (training data, LLM, prompt and fine-tuning keys)."""
         params = {"data": self.dataset.fingerprint(), "llm": model_fingerprint(self.llm_path),
-                  "keys": {k: self._key(k) for k in PROMPT_KEYS + FINETUNE_KEYS}}
+                  "keys": {k: self._key(k) for k in PROMPT_KEYS + FINETUNE_KEYS},
+                  "dtype": str(self._device_dtype()[1])}  # bf16 and float32 weights train different adapters
         digest = hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:10]
         root = os.path.join(os.path.abspath(self.config["derived_data_path"]), "adapters")
         return os.path.join(root, f"{self.dataset.name}-LLM4DSR-{digest}")

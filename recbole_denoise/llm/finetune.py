@@ -16,8 +16,17 @@ sets the official schedule. The optimiser is the Trainer's AdamW (no weight deca
 of linear warm-up, then linear decay to 0, as in the official code. One optimiser step sees
 ``batch_size * grad_accum * processes`` examples. Training runs in the
 Hugging Face :class:`transformers.Trainer`, so the same code runs on one CPU, one GPU, or under
-``torchrun`` / ``accelerate launch`` (DDP) unchanged; the model keeps its own dtype (float32 on CPU; a
-bf16/fp16 model on GPU trains with float32 LoRA weights, which peft casts up).
+``torchrun`` / ``accelerate launch`` (DDP) unchanged.
+
+Precision and throughput (issue 16): the base model keeps its own dtype (``llm_dtype``: bfloat16 on a GPU or
+on a CPU with native bf16, see :func:`recbole_denoise.llm.loader.resolve_dtype`); the LoRA weights are
+float32 whatever the base dtype (peft's ``autocast_adapter_dtype`` upcasts them; checked here), so the
+optimiser updates float32 master weights. :attr:`LoraSettings.autocast` (``finetune_autocast``): ``auto``
+runs the steps under bf16 autocast when the base weights are bf16 (the LoRA matmuls then run in bf16 too,
+their gradients land in the float32 weights), ``bfloat16`` always, ``none`` never (the old path).
+:attr:`LoraSettings.group_by_length` (``finetune_group_by_length``, default on): :class:`LengthGroupedSampler`
+draws every optimiser batch from examples of similar length, so padding costs little; off = the old
+uniformly shuffled batches. Either way each micro-batch is padded only to its own longest row.
 
 Layout of ``out_dir`` (nothing is written elsewhere)::
 
@@ -59,7 +68,9 @@ CONFIG_KEYS = {"r": "lora_r", "alpha": "lora_alpha", "dropout": "lora_dropout",
                "target_modules": "lora_target_modules", "learning_rate": "finetune_learning_rate",
                "epochs": "finetune_epochs", "batch_size": "finetune_batch_size", "grad_accum": "finetune_grad_accum",
                "warmup_steps": "finetune_warmup_steps", "loss_on_prompt": "loss_on_prompt",
-               "max_length": "finetune_max_length", "seed": "finetune_seed"}
+               "max_length": "finetune_max_length", "seed": "finetune_seed",
+               "autocast": "finetune_autocast", "group_by_length": "finetune_group_by_length"}
+AUTOCASTS = ("auto", "none", "bfloat16")
 
 
 @dataclass
@@ -72,7 +83,8 @@ class LoraSettings:
     linear warm-up (official: 20). ``max_length`` bounds prompt + response (official: 512, cut from the
     right; here the prompt loses its oldest history tokens, keeping its first ``keep_prompt_head`` tokens,
     i.e. BOS and instruction). ``loss_on_prompt``: the official code's loss; the paper's Eq. 1 scores only
-    the response.
+    the response. ``autocast``: ``auto`` (bf16 autocast when the base weights are bf16), ``bfloat16``
+    or ``none``; ``group_by_length``: optimiser batches of similar-length examples (see the module docstring).
     """
 
     r: int = 8
@@ -89,8 +101,14 @@ class LoraSettings:
     keep_prompt_head: int = 0  # leading prompt tokens never cut (BOS + instruction)
     seed: int = 2020
     weight_decay: float = 0.0
+    autocast: str = "auto"  # auto | none | bfloat16
+    group_by_length: bool = True  # False: uniformly shuffled batches (the old behaviour)
 
     def __post_init__(self):
+        if self.autocast not in AUTOCASTS:
+            raise ConfigError(f"finetune_autocast must be one of {', '.join(AUTOCASTS)}, got {self.autocast!r}")
+        if not isinstance(self.group_by_length, bool):
+            raise ConfigError(f"finetune_group_by_length must be True or False, got {self.group_by_length!r}")
         for field, low in (("r", 1), ("alpha", 1), ("epochs", 1), ("batch_size", 1), ("grad_accum", 1),
                            ("warmup_steps", 0), ("max_length", 1), ("keep_prompt_head", 0)):
             value = getattr(self, field)
@@ -117,7 +135,7 @@ class LoraSettings:
                 if isinstance(value, str) or not all(isinstance(m, str) for m in value):
                     raise ConfigError(f"{key} must be a list of module names, got {value!r}")
                 value = tuple(value)
-            elif field == "loss_on_prompt":
+            elif field in ("loss_on_prompt", "group_by_length"):
                 if not isinstance(value, bool):
                     raise ConfigError(f"{key} must be True or False, got {value!r}")
             elif field in ("dropout", "learning_rate") and isinstance(value, int) and not isinstance(value, bool):
@@ -171,6 +189,54 @@ class PadCollator:
             labels[row, :n] = torch.tensor(f["labels"], dtype=torch.long)
             attention_mask[row, :n] = 1
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+class LengthGroupedSampler(torch.utils.data.Sampler):
+    """Example order in which every run of ``group_size`` consecutive indices has similar lengths.
+
+    Each epoch: a permutation drawn from ``(seed, epoch)`` (so a resumed run and every DDP rank draw the
+    same one, whatever the global RNG did), cut into mega-batches of ``mega`` groups; within a
+    mega-batch the examples are sorted by length (longest first) and cut into groups of ``group_size``,
+    and the full groups are shuffled. A last, partial group stays last, so the Trainer's batches of
+    ``group_size`` are exactly these groups. Epoch ``e`` is set by the Trainer (``set_epoch``).
+    """
+
+    def __init__(self, lengths, group_size, seed, mega=50):
+        self.lengths = np.asarray(lengths)
+        self.group_size, self.seed, self.mega, self.epoch = int(group_size), int(seed), int(mega), 0
+
+    def set_epoch(self, epoch):
+        self.epoch = int(epoch)
+
+    def __len__(self):
+        return len(self.lengths)
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        perm = rng.permutation(len(self.lengths))
+        span = self.group_size * self.mega
+        out = []
+        for start in range(0, len(perm), span):
+            chunk = perm[start:start + span]
+            chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
+            full = len(chunk) // self.group_size
+            groups = [chunk[g * self.group_size:(g + 1) * self.group_size] for g in range(full)]
+            groups = [groups[g] for g in rng.permutation(full)] + [chunk[full * self.group_size:]]
+            out.extend(int(i) for g in groups for i in g)
+        return iter(out)
+
+
+def resolve_autocast(settings, model):
+    """``"bfloat16"`` or ``"none"``: what :attr:`LoraSettings.autocast` means for ``model``'s weights."""
+    if settings.autocast != "auto":
+        return settings.autocast
+    return "bfloat16" if next(model.parameters()).dtype == torch.bfloat16 else "none"
+
+
+def padding_share(lengths, batches):
+    """Share of the token slots of ``batches`` (lists of example indices) that are padding."""
+    slots = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    return 1 - sum(lengths[i] for b in batches for i in b) / slots
 
 
 def adapter_done(out_dir):
@@ -244,6 +310,32 @@ def _trainer_checkpoint_loading():
         yield
 
 
+@contextlib.contextmanager
+def _accelerate_precision(autocast):
+    """Make transformers/accelerate use ``autocast`` (``bfloat16`` | ``none``) whatever ran before in this process.
+
+    transformers 4.44's ``TrainingArguments`` writes ``ACCELERATE_MIXED_PRECISION`` into the environment and
+    never clears it, and accelerate's ``AcceleratorState`` is a process-wide singleton that refuses another
+    precision: without this, a bf16 fine-tune followed by a float32 one in the same process would silently
+    run under bf16 autocast (or raise). The variable is set for the Trainer's construction and restored on
+    exit; a state left with another precision is reset (its process group, ``PartialState``, is kept).
+    """
+    from accelerate.state import AcceleratorState
+
+    key, want = "ACCELERATE_MIXED_PRECISION", "bf16" if autocast == "bfloat16" else "no"
+    old = os.environ.get(key)
+    os.environ[key] = want
+    if AcceleratorState._shared_state.get("_mixed_precision", want) != want:
+        AcceleratorState._reset_state()
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old
+
+
 def labelled_loss(model, inputs):
     """The causal-LM loss of ``inputs`` (mean cross-entropy of the next tokens whose label is not
     ``IGNORE_INDEX``, as the model's own ``labels=`` loss) with the LM head run only at those positions.
@@ -267,7 +359,7 @@ def labelled_loss(model, inputs):
     return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
 
 
-def _make_trainer(micro_batch_size, **kwargs):
+def _make_trainer(micro_batch_size, sampler=None, **kwargs):
     """A ``transformers.Trainer`` whose steps accumulate gradients over micro-batches of ``micro_batch_size``.
 
     The Trainer gets whole optimiser batches (``batch_size * grad_accum`` examples per process) and its own
@@ -278,11 +370,15 @@ def _make_trainer(micro_batch_size, **kwargs):
     epoch ends, whereas transformers 4.44's own accumulation carries micro-batches left at an epoch's end
     into the next epoch, sizes the schedule by whole groups only (dropping the last ones) and, as a
     checkpoint then falls inside a step, breaks exact resumption. Under DDP the gradients are all-reduced
-    once, after the last micro-batch.
+    once, after the last micro-batch. ``sampler`` (e.g. a :class:`LengthGroupedSampler`) replaces the
+    Trainer's shuffling when given.
     """
     from transformers import Trainer
 
     class _MicroBatchTrainer(Trainer):
+        def _get_train_sampler(self):
+            return sampler if sampler is not None else super()._get_train_sampler()
+
         def compute_loss(self, model, inputs, return_outputs=False):
             if return_outputs or "labels" not in inputs:
                 return super().compute_loss(model, inputs, return_outputs)
@@ -336,15 +432,15 @@ def finetune_lora(model, examples, out_dir, settings, pad_id, logger=None, progr
     :class:`ValueError`. ``callbacks`` are extra ``transformers.TrainerCallback`` objects; ``progress``
     shows the Trainer's progress bar; the loss of each epoch goes to ``logger``.
     """
-    run = {"settings": settings.as_dict(), "n_examples": len(examples), "examples_sha256": _examples_digest(examples)}
+    autocast = resolve_autocast(settings, model)
+    run = {"settings": settings.as_dict(), "n_examples": len(examples), "examples_sha256": _examples_digest(examples),
+           "autocast": autocast, "base_dtype": str(next(model.parameters()).dtype).replace("torch.", "")}
     if adapter_done(out_dir):
         with open(os.path.join(out_dir, ADAPTER, DONE)) as f:
             _check_same_run(json.load(f), run, os.path.join(out_dir, ADAPTER))
         return load_adapter(model, out_dir)
 
     peft = import_peft()
-    from transformers import PrinterCallback, TrainingArguments, set_seed
-
     logger = logger or logging.getLogger(__name__)
     if not examples:
         raise ValueError("no training examples")
@@ -353,6 +449,15 @@ def finetune_lora(model, examples, out_dir, settings, pad_id, logger=None, progr
                for i, (p, r) in enumerate(examples)]
 
     ckpt_dir = os.path.join(out_dir, CHECKPOINTS)
+    with _accelerate_precision(autocast):
+        return _train(peft, model, encoded, run, autocast, out_dir, ckpt_dir, settings, pad_id, logger, progress,
+                      callbacks)
+
+
+def _train(peft, model, encoded, run, autocast, out_dir, ckpt_dir, settings, pad_id, logger, progress, callbacks):
+    """The Trainer part of :func:`finetune_lora` (inside :func:`_accelerate_precision`)."""
+    from transformers import PrinterCallback, TrainingArguments, set_seed
+
     args = TrainingArguments(
         output_dir=ckpt_dir,
         logging_dir=os.path.join(ckpt_dir, "logs"),
@@ -373,6 +478,7 @@ def finetune_lora(model, examples, out_dir, settings, pad_id, logger=None, progr
         eval_strategy="no",
         report_to=[],
         use_cpu=not torch.cuda.is_available(),
+        bf16=autocast == "bfloat16",  # torch.autocast(bf16) around each forward (cpu_amp on CPU)
         dataloader_num_workers=0,
         remove_unused_columns=False,
         disable_tqdm=not progress,
@@ -390,13 +496,22 @@ def finetune_lora(model, examples, out_dir, settings, pad_id, logger=None, progr
     set_seed(settings.seed)  # the LoRA A matrices are initialised randomly
     peft_model = peft.get_peft_model(model, peft.LoraConfig(
         task_type=peft.TaskType.CAUSAL_LM, r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-        target_modules=list(settings.target_modules), bias="none"))
+        target_modules=list(settings.target_modules), bias="none"), autocast_adapter_dtype=True)
+    low = [n for n, p in peft_model.named_parameters() if p.requires_grad and p.dtype != torch.float32]
+    if low:  # the optimiser must update float32 master weights
+        raise RuntimeError(f"LoRA parameters are not float32 after get_peft_model: {low[:3]}")
+    sampler = None
+    if settings.group_by_length:
+        sampler = LengthGroupedSampler([len(e["input_ids"]) for e in encoded], settings.batch_size * settings.grad_accum,
+                                       settings.seed)
 
-    trainer = _make_trainer(settings.batch_size, model=peft_model, args=args, train_dataset=encoded,
+    trainer = _make_trainer(settings.batch_size, sampler=sampler, model=peft_model, args=args, train_dataset=encoded,
                             data_collator=PadCollator(pad_id), callbacks=[_make_trainer_callback(logger), *callbacks])
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts to stdout; we log to ``logger``
     with _trainer_checkpoint_loading():
         trainer.train(resume_from_checkpoint=resume)
+    # accelerate wrapped the forward in bf16 autocast: scoring and generation get the model's own forward back
+    trainer.accelerator.unwrap_model(peft_model, keep_fp32_wrapper=False)
 
     epoch_losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     if trainer.is_world_process_zero():

@@ -12,6 +12,11 @@ the gpt2-style vocabulary into a sentencepiece-style Llama tokenizer, hence our 
 tied input/output embeddings (the GGUF has no ``output.weight``); eos is ``<|im_end|>`` (id 2), also used
 for padding, bos ``<|im_start|>`` (id 1), which is not prepended to inputs.
 
+Precision: :func:`resolve_dtype` turns a dtype key (``llm_dtype``; ``auto`` by default) into a torch dtype.
+``auto`` is bfloat16 on a GPU and on a CPU with native bf16 arithmetic (:func:`cpu_native_bf16`: the x86
+``avx512_bf16`` or ``amx_bf16`` instructions, or Arm's ``bf16`` extension), float32 elsewhere (a CPU without
+them emulates bf16 and gains nothing).
+
 Cache: ``$RECBOLE_DENOISE_CACHE/llm/<name>`` (default ``~/.cache/recbole_denoise``), or the key
 ``llm_cache_dir``. The folder name carries a hash of the GGUF file, so another version converts anew.
 """
@@ -39,6 +44,61 @@ def cache_root(override=None):
         return os.path.abspath(os.path.expanduser(override))
     root = os.environ.get("RECBOLE_DENOISE_CACHE") or os.path.join("~", ".cache", "recbole_denoise")
     return os.path.join(os.path.abspath(os.path.expanduser(root)), "llm")
+
+
+DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")
+
+
+def _cpuinfo_flags(path="/proc/cpuinfo"):
+    """The CPU feature flags of ``/proc/cpuinfo`` (x86 ``flags``, Arm ``Features``); empty if unreadable."""
+    try:
+        with open(path) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip().lower() in ("flags", "features"):
+                    return set(value.split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_native_bf16(cpuinfo="/proc/cpuinfo"):
+    """``(supported, evidence)``: whether this CPU computes bfloat16 natively (so bf16 matmuls are fast).
+
+    Evidence, first found wins: torch's own cpuinfo probes ``torch.cpu._is_avx512_bf16_supported()`` /
+    ``_is_amx_tile_supported()`` (x86, any OS; AMX tiles come with AMX-BF16 on every CPU that has them),
+    then the flags of ``/proc/cpuinfo`` (Linux): ``avx512_bf16`` or ``amx_bf16`` (x86), ``bf16`` (Arm
+    v8.6+). ``torch.backends.cpu.get_cpu_capability()`` is not used: it says ``AVX512`` on CPUs with and
+    without bf16 alike. Without native support oneDNN emulates bf16, which is no faster than float32.
+    """
+    probes = (("avx512_bf16", "_is_avx512_bf16_supported"), ("amx_bf16", "_is_amx_tile_supported"))
+    for name, probe in probes:
+        fn = getattr(torch.cpu, probe, None)
+        try:
+            if fn is not None and fn():
+                return True, f"torch.cpu.{probe}()"
+        except Exception:  # a torch build without the probe
+            pass
+    flags = _cpuinfo_flags(cpuinfo)
+    found = sorted(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    if found:
+        return True, f"{cpuinfo} flags {', '.join(found)}"
+    return False, "no avx512_bf16 / amx_bf16 / bf16 CPU flag"
+
+
+def resolve_dtype(value, device="cpu", key="llm_dtype"):
+    """The torch dtype a dtype key names; ``auto`` (or None) = bfloat16 on a GPU or on a CPU with native bf16
+    (:func:`cpu_native_bf16`), float32 elsewhere. A bad value raises :class:`ConfigError` naming ``key``."""
+    value = "auto" if value is None else value
+    if isinstance(value, torch.dtype):
+        return value
+    if value not in DTYPES:
+        raise ConfigError(f"{key} must be one of {', '.join(DTYPES)}, got {value!r}")
+    if value == "auto":
+        if str(device).startswith("cuda"):
+            return torch.bfloat16
+        return torch.bfloat16 if cpu_native_bf16()[0] else torch.float32
+    return getattr(torch, value)
 
 
 def packaged_gguf():
