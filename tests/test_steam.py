@@ -137,3 +137,30 @@ def test_fast_path_gives_the_old_losses_generation_and_scores(tiny_cfg):
 def test_fast_path_key_is_checked(tiny_cfg):
     with pytest.raises(ConfigError, match="steam_fast_path"):
         build_model("STEAM", tiny_cfg(steam_fast_path="yes"))
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_generator_last_position_alone_equals_the_full_pass(tiny_cfg, heads):
+    net, _, _, _ = build_model("STEAM", tiny_cfg(n_heads=heads))
+    net.eval()
+    g = torch.Generator().manual_seed(heads)
+    h = torch.randn(9, net.hidden_size, generator=g)
+    for k in range(net.max_insert):
+        previous = torch.randint(1, net.n_items, (9, k), generator=g)
+        with torch.no_grad():
+            assert torch.allclose(net.generator_last(h, previous), net.generator_states(h, previous)[:, -1],
+                                  atol=1e-5)
+
+
+def test_mask_dropout_keeps_the_dropout_distribution(tiny_cfg):
+    from recbole_denoise.model.sequential_recommender.steam import _MaskDropout
+
+    net, _, _, _ = build_model("STEAM", tiny_cfg(hidden_dropout_prob=0.3))
+    drops = [m for m in net.modules() if isinstance(m, torch.nn.Dropout)]
+    assert drops and all(type(m) is _MaskDropout for m in drops)
+    x = torch.ones(200_000)
+    drop = _MaskDropout(0.3).train()
+    y = drop(x)
+    kept = y > 0
+    assert abs(kept.float().mean() - 0.7) < 0.01 and torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.7))
+    assert torch.equal(drop.eval()(x), x)
