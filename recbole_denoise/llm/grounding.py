@@ -5,6 +5,9 @@ the prompt ``<user interactions> Noise Items: "<title>", Suggested Items: "`` is
 (:func:`generate_suggestions`) up to the closing quote. The generated text may name no real item (a
 hallucination), so :class:`Grounder` maps it to an existing one (Eq. 4): the item with the same
 normalized title if there is one, else the item whose text embedding is the most cosine-similar.
+This is LLM4DSR's ``suggest_mode: free`` (the paper's and the official code's way); the default,
+``constrained``, decodes over a trie of the item titles instead (``llm/constrained.py``) and needs no
+grounding.
 
 Embeddings: the official LLM4DSR code grounds with the LLM's own last-layer hidden state of each title
 (``encoder="llm"`` here). Our default is the sentence encoder all-MiniLM-L6-v2
