@@ -18,7 +18,7 @@ from recbole_denoise.llm import finetune, prompts, scoring
 def llm_cfg(make, llm_dir, **kw):
     base = dict(llm_path=llm_dir, finetune_samples=16, finetune_epochs=1, finetune_batch_size=8,
                 llm_batch_size=8, threshold_quantile=0.8, max_edits=1, suggest_max_tokens=6,
-                llm_title_max_tokens=8, llm_window=6)
+                llm_title_max_tokens=8, llm_window=6, llm_dtype="float32")  # exact numbers on any CPU (auto: bf16 where native)
     base.update(kw)
     return make(**base)
 
