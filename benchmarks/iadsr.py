@@ -1,7 +1,9 @@
 """IADSR benchmarks (run by hand; results go to results/iadsr_*.md).
 
-    python benchmarks/iadsr.py encoders [--n 1000]
-        embedding time per 1,000 ml-100k sequence texts (the short-term prefixes IADSR encodes), per encoder
+    python benchmarks/iadsr.py encoders [--n 1000] [--reps 2] [--llm2vec_n 0] [--full]
+        MiniLM embedding time per 1,000 ml-100k prefix texts (the short-term texts IADSR encodes): the old path
+        (encoder_batching library, float32, batch 32) vs the new ones side by side, bf16-vs-float32 agreement,
+        duplicate counts; --full also encodes all 99,057 prefixes with the new default
     python benchmarks/iadsr.py epochs [--epochs 2] [--max_len 50] [--backbones GRU4Rec,SASRec,Caser]
         per-epoch training time of IADSR-<backbone> vs <backbone> on ml-100k (target: at most 2x)
     python benchmarks/iadsr.py beauty [--users 3000] [--seeds 2020,2021,2022]
@@ -66,28 +68,126 @@ def ml100k_prefix_texts(n, max_items=20, sep="; "):
     return texts[::step][:n], len(texts)
 
 
+def ml100k_all_texts(max_items=20, sep="; "):
+    """Every ml-100k prefix text and every long-term (e1) text, built as IADSR builds them."""
+    texts, _ = ml100k_prefix_texts(10 ** 9, max_items, sep)
+    import pandas as pd
+    import recbole
+
+    from recbole_denoise.model.semantic import sequence_text
+
+    folder = os.path.join(os.path.dirname(recbole.__file__), "dataset_example", "ml-100k")
+    inter = pd.read_csv(os.path.join(folder, "ml-100k.inter"), sep="\t")
+    inter.columns = [c.split(":")[0] for c in inter.columns]
+    items = pd.read_csv(os.path.join(folder, "ml-100k.item"), sep="\t")
+    items.columns = [c.split(":")[0] for c in items.columns]
+    title = dict(zip(items["item_id"], items["movie_title"].astype(str)))
+    inter = inter.sort_values(["user_id", "timestamp"], kind="mergesort")
+    longs = [sequence_text(title, seq.tolist()[:-2], sep, max_items) for _, seq in inter.groupby("user_id")["item_id"]]
+    return texts, longs
+
+
+ENCODER_SETTINGS = [  # (label, encoder_batching, encoder_dtype, encoder_batch_size); the first is the old path
+    ("old: library, float32, batch 32", "library", "float32", 32),
+    ("sorted, float32, batch 32", "sorted", "float32", 32),
+    ("sorted, bfloat16, batch 128", "sorted", "bfloat16", 128),
+    ("new default: sorted, auto (bfloat16 here), batch 32", "sorted", "auto", 32),
+]
+
+
 def bench_encoders(args):
+    """Old vs new encoder paths side by side on the same ml-100k prefix texts (interleaved repetitions),
+    the cosine agreement of bf16 with float32, the duplicate counts, and optionally the whole prefix set."""
+    import numpy as np
+    import torch
+
     from recbole_denoise.llm.encoders import TextEncoder
 
     texts, total = ml100k_prefix_texts(args.n)
-    rows = []
-    for kind in ("sentence_transformers", "llm2vec"):
-        t = time.time()
-        enc = TextEncoder(kind=kind, max_length=128, batch_size=32, truncation_side="left")
-        load = time.time() - t
-        t = time.time()
-        emb = enc.encode(texts)
-        sec = time.time() - t
-        rows.append((kind, enc.identity.split(":")[1], emb.shape[1], load, sec * 1000 / len(texts),
-                     sec * total / len(texts) / 60))
+    all_prefixes, longs = ml100k_all_texts()
+    dup_prefix = len(all_prefixes) - len(set(all_prefixes))
+    long_in_prefix = sum(t in set(all_prefixes) for t in longs)
+    encs, times, emb = {}, {}, {}
+    for label, batching, dtype, bs in ENCODER_SETTINGS:
+        encs[label] = TextEncoder(kind="sentence_transformers", max_length=128, batch_size=bs,
+                                  truncation_side="left", dtype=dtype, batching=batching)
+        times[label] = []
+    for rep in range(args.reps):
+        for label, *_ in (ENCODER_SETTINGS if rep % 2 == 0 else ENCODER_SETTINGS[::-1]):
+            t = time.perf_counter()
+            emb[label] = encs[label].encode(texts)
+            times[label].append(time.perf_counter() - t)
+            print(rep, label, f"{times[label][-1] * 1000 / len(texts):.1f} s/1000", flush=True)
+    old = ENCODER_SETTINGS[0][0]
+    per_k = {k: [v * 1000 / len(texts) for v in vs] for k, vs in times.items()}
     lines = ["# IADSR: text-encoder throughput", "",
-             f"`python benchmarks/iadsr.py encoders --n {args.n}` on {machine()}.",
-             f"{len(texts)} ml-100k short-term prefix texts (last 20 titles joined by '; ', cut from the left to "
-             f"128 tokens), batch 32, float32, CPU. ml-100k has {total} such texts in all.", "",
-             "| encoder | model | dim | load s | s per 1,000 texts | est. min for all ml-100k prefixes |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {k} | {m} | {d} | {lo:.1f} | {s:.1f} | {tot:.1f} |" for k, m, d, lo, s, tot in rows]
-    write("iadsr_encoder_throughput.md", lines)
+             f"`nice -n 10 env OMP_NUM_THREADS=1 python benchmarks/iadsr.py encoders --n {args.n} --reps {args.reps}"
+             + (f" --llm2vec_n {args.llm2vec_n}" if args.llm2vec_n else "") + (" --full" if args.full else "") + f"` on {machine()}, torch threads {torch.get_num_threads()}; "
+             f"git commit `{args.commit}`.",
+             f"all-MiniLM-L6-v2 (sentence_transformers), encoder_max_length 128, cut from the left; {len(texts)} "
+             f"ml-100k short-term prefix texts (every {max(total // args.n, 1)}th of the {total}; last 20 titles "
+             f"joined by '; '), the same texts for every setting, {args.reps} interleaved repetitions (order "
+             "reversed every other one). Minutes for all prefixes = median s per 1,000 x the whole set; the "
+             "sorted path also skips the duplicates (below), which this projection does not count.", "",
+             "| setting (encoder_batching, encoder_dtype, encoder_batch_size) | min s / 1,000 texts | median s / "
+             "1,000 | speed-up vs old (median) | est. min for all 99,057 prefixes |", "|---|---|---|---|---|"]
+    for label, *_ in ENCODER_SETTINGS:
+        med = statistics.median(per_k[label])
+        lines.append(f"| {label} | {min(per_k[label]):.1f} | {med:.1f} | "
+                     f"{statistics.median(per_k[old]) / med:.2f}x | {med * total / 1000 / 60:.1f} |")
+    ref = emb[ENCODER_SETTINGS[1][0]]  # float32, sorted (== old path to 1e-6, checked below)
+    lines += ["", f"Agreement with float32 (against \"{ENCODER_SETTINGS[1][0]}\", same texts):", ""]
+
+    def centred(x):
+        x = x - x.mean(0, keepdims=True)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    for label, *_ in ENCODER_SETTINGS:
+        if label == ENCODER_SETTINGS[1][0]:
+            continue
+        cos = (emb[label] * ref).sum(1)
+        s_new, s_ref = centred(emb[label]) @ centred(emb[label]).T, centred(ref) @ centred(ref).T
+        diff = np.abs(s_new - s_ref)[np.triu_indices(len(texts), 1)]
+        top_new = np.argsort(-s_new + 2 * np.eye(len(texts)), 1)[:, :10]
+        top_ref = np.argsort(-s_ref + 2 * np.eye(len(texts)), 1)[:, :10]
+        overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top_new, top_ref)])
+        lines.append(f"- {label}: cosine to the float32 embedding min {cos.min():.6f}, 0.1% quantile "
+                     f"{np.quantile(cos, 0.001):.6f}, median {np.median(cos):.6f}; IADSR's text similarities "
+                     f"(centred, as `semantic_center` uses them) over {len(diff)} pairs: max |diff| "
+                     f"{diff.max():.4f}, mean |diff| {diff.mean():.5f}; top-10 most similar texts shared "
+                     f"{overlap:.3f}")
+    lines += ["", f"Duplicates in ml-100k (whole set): {dup_prefix} of {total} prefix texts are repeats of another "
+              f"prefix ({100 * dup_prefix / total:.2f}%), encoded once by `encoder_batching: sorted`; "
+              f"{long_in_prefix} of {len(longs)} long-term (e1) texts equal a prefix text (they are encoded in "
+              "their own table, so still once more)."]
+    if args.llm2vec_n:  # the IADSR default encoder (packaged SmolLM2 through llm2vec): old vs new, interleaved
+        sub = texts[::max(len(texts) // args.llm2vec_n, 1)][:args.llm2vec_n]
+        pair = [ENCODER_SETTINGS[0], ENCODER_SETTINGS[-1]]
+        l2v = {label: TextEncoder(kind="llm2vec", max_length=128, batch_size=bs, truncation_side="left", dtype=dt,
+                                  batching=b) for label, b, dt, bs in pair}
+        secs, out = {label: [] for label, *_ in pair}, {}
+        for rep in range(args.reps):
+            for label, *_ in (pair if rep % 2 == 0 else pair[::-1]):
+                t = time.perf_counter()
+                out[label] = l2v[label].encode(sub)
+                secs[label].append((time.perf_counter() - t) * 1000 / len(sub))
+        cos = (out[pair[0][0]] * out[pair[1][0]]).sum(1)
+        med = {k: statistics.median(v) for k, v in secs.items()}
+        lines += ["", f"SmolLM2-135M through llm2vec (IADSR's default `encoder`), {len(sub)} of the same texts, "
+                  f"{args.reps} interleaved repetitions:", "",
+                  "| setting | min s / 1,000 texts | median s / 1,000 | speed-up vs old (median) | est. min for all |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {k} | {min(secs[k]):.1f} | {med[k]:.1f} | {med[pair[0][0]] / med[k]:.2f}x | "
+                  f"{med[k] * total / 1000 / 60:.0f} |" for k in secs]
+        lines += ["", f"llm2vec new vs old: cosine min {cos.min():.5f}, median {np.median(cos):.5f}."]
+    if args.full:
+        enc = encs[ENCODER_SETTINGS[-1][0]]
+        t = time.perf_counter()
+        full = enc.encode(all_prefixes)
+        sec = time.perf_counter() - t
+        lines += ["", f"Whole set, new default, one run: {len(all_prefixes)} prefix texts ({len(set(all_prefixes))} "
+                  f"distinct) encoded in {sec / 60:.1f} min ({full.shape[0]} x {full.shape[1]})."]
+    write("iadsr_encoder_throughput.md", lines + ["", args.before.rstrip("\n")] if args.before else lines)
 
 
 def run(model, dataset, cfg):
@@ -297,8 +397,18 @@ def main():
     ap.add_argument("--seeds", default="2020,2021,2022")   # eval_history: pass --seeds 2020
     ap.add_argument("--encoder_max_length", type=int, default=64)
     ap.add_argument("--append", action="store_true", help="eval_history: add to the results file")
+    ap.add_argument("--reps", type=int, default=2, help="encoders: interleaved repetitions")
+    ap.add_argument("--full", action="store_true", help="encoders: also encode every ml-100k prefix (new path)")
+    ap.add_argument("--llm2vec_n", type=int, default=0, help="encoders: also time llm2vec (SmolLM2) on this many")
     ap.add_argument("--commit", default=os.popen(f"git -C {ROOT} rev-parse --short HEAD").read().strip())
     args = ap.parse_args()
+    args.before = ""
+    before = os.path.join(RESULTS, "iadsr_encoder_throughput.md")
+    if args.what == "encoders" and os.path.isfile(before):  # keep the first (pre-issue-16) table as "before"
+        with open(before) as f:
+            old = f.read()
+        i = old.find("## Before")
+        args.before = old[i:] if i >= 0 else "## Before (issue 16)\n\n" + old.replace("# IADSR: text-encoder throughput\n\n", "")
     sys.path.insert(0, ROOT)
     {"encoders": bench_encoders, "epochs": bench_epochs, "beauty": bench_beauty, "eval_history": bench_eval_history,
      "show": show}[args.what](args)

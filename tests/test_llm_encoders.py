@@ -364,20 +364,6 @@ def test_encoder_dtype_auto_and_bf16_close_to_float32(st_encoder, tmp_path, monk
     assert calls == [3, 3] and len(list(tmp_path.glob("seq-*.npy"))) == 2
 
 
-def test_cpu_native_bf16_reads_the_flags(tmp_path, monkeypatch):
-    import torch
-
-    from recbole_denoise.llm import encoders
-
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
-    info = tmp_path / "cpuinfo"
-    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 amx_tile\n")
-    assert encoders.cpu_native_bf16(str(info)) is True
-    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n")
-    assert encoders.cpu_native_bf16(str(info)) is False
-    assert encoders.cpu_native_bf16(str(tmp_path / "missing")) is False
-
-
 def test_llm2vec_bf16_close_to_float32(tiny_llm_dir, l2v_encoder):
     bf = TextEncoder("llm2vec", path=tiny_llm_dir, batch_size=4, max_length=64, dtype="bfloat16")
     assert next(bf.model.model.parameters()).dtype.__repr__() == "torch.bfloat16"

@@ -14,7 +14,7 @@ adapter, then its supervised one). llm2vec itself cuts texts over ``doc_max_leng
 ``count_truncated`` counts the texts that cut touches; ``cached_embeddings`` logs that count.
 
 Speed (issue 16): ``dtype`` (key ``encoder_dtype``): ``auto`` = bfloat16 on a GPU and on a CPU with native
-bf16 arithmetic (AVX512-BF16 / AMX, :func:`cpu_native_bf16`), float32 elsewhere; ``float32`` | ``bfloat16`` |
+bf16 arithmetic (AVX512-BF16 / AMX: ``llm.loader.cpu_native_bf16``), float32 elsewhere; ``float32`` | ``bfloat16`` |
 ``float16`` explicitly. Only the transformer body runs in that dtype: its last hidden states are cast to
 float32 before pooling (a bf16 mean over 128 tokens alone costs ~0.002 of cosine) and the rows are normalised
 in float32. A dtype other than float32 is part of ``identity`` and so of the cache key. ``batching`` (key
@@ -39,7 +39,6 @@ from recbole_denoise.errors import ConfigError
 from recbole_denoise.llm.loader import model_fingerprint
 
 ENCODERS = ("llm2vec", "sentence_transformers")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 BATCHINGS = ("sorted", "library")
 POOLINGS = {"mean": "mean", "last": "last_token", "weighted_mean": "weighted_mean"}  # ours -> llm2vec's
 
@@ -52,41 +51,23 @@ def _normalise(x):
     return (x / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-def cpu_native_bf16(cpuinfo="/proc/cpuinfo"):
-    """Whether this CPU computes bfloat16 natively (x86 flags avx512_bf16 or amx_bf16; torch's own probe
-    where it has one). Without it, bf16 matmuls are emulated and slower than float32."""
-    import torch
+def cpu_native_bf16():
+    """Whether this CPU computes bfloat16 natively: ``llm.loader.cpu_native_bf16`` (the same test as
+    ``llm_dtype``). Without it, bf16 matmuls are emulated and no faster than float32."""
+    from recbole_denoise.llm.loader import cpu_native_bf16 as probe
 
-    probe = getattr(getattr(torch, "cpu", None), "_is_avx512_bf16_supported", None)
-    try:
-        if probe is not None and probe():
-            return True
-    except RuntimeError:
-        pass
-    try:
-        with open(cpuinfo) as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
+    return bool(probe()[0])
 
 
 def resolve_encoder_dtype(value, device="cpu"):
-    """``encoder_dtype`` -> one of float32 / bfloat16 / float16 (``auto``/None: bfloat16 on GPUs and on CPUs
-    with native bf16, float32 elsewhere)."""
-    value = "auto" if value is None else value
-    if value not in DTYPES:
-        raise ConfigError(f"encoder_dtype must be one of {list(DTYPES)}, got {value!r}")
-    if value != "auto":
-        return value
-    if str(device).startswith("cuda"):
-        import torch
+    """``encoder_dtype`` -> ``float32`` / ``bfloat16`` / ``float16`` (``auto`` or None: bfloat16 on GPUs and on
+    CPUs with native bf16, float32 elsewhere; ``llm.loader.resolve_dtype`` with the key's name in errors)."""
+    from recbole_denoise.llm.loader import resolve_dtype
 
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    return "bfloat16" if cpu_native_bf16() else "float32"
+    value = "auto" if value is None else value
+    if value == "auto" and not str(device).startswith("cuda"):
+        return "bfloat16" if cpu_native_bf16() else "float32"
+    return str(resolve_dtype(value, device, key="encoder_dtype")).replace("torch.", "")
 
 
 def _float32_hidden_states(module, args, output):
