@@ -96,7 +96,13 @@ def instrument(mon):
     mon.wrap(loader, "convert_gguf", "GGUF conversion")
     mon.wrap(finetune, "finetune_lora", "LoRA fine-tune")
     mon.wrap(scoring, "score_candidates", "P_noise scoring")
-    mon.wrap(grounding, "generate_suggestions", "suggestion generation")
+    mon.wrap(grounding, "generate_suggestions", "suggestion generation (free)")
+    try:
+        import recbole_denoise.llm.constrained as constrained
+
+        mon.wrap(constrained, "constrained_suggestions", "suggestion decoding (constrained)")
+    except ImportError:  # code before suggest_mode
+        pass
     mon.wrap(grounding.Grounder, "ground", "grounding (encoder)")
     mon.wrap(Trainer, "fit", "RecBole Trainer.fit")
     mon.wrap(prepare, "denoise_stage", "denoise_stage (whole)")  # prepare.py calls it by its own name
@@ -106,7 +112,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", default=None, help="write the stage table and the samples here")
     parser.add_argument("--no-release", action="store_true",
-                        help="the old behaviour: no Denoiser.release, no collection / malloc_trim between stages")
+                        help="the old behaviour: no Denoiser.release, no collection / malloc_trim between stages, "
+                             "glibc's dynamic mmap threshold")
     parser.add_argument("--full-logits-loss", action="store_true",
                         help="the old fine-tuning loss: the model's own labels= loss over the full logits")
     args, extra = parser.parse_known_args()
@@ -126,6 +133,7 @@ def main():
         import recbole_denoise.quick_start as quick_start
 
         base.release_memory = quick_start.release_memory = lambda: 0
+        base.mmap_large_allocations = lambda *a, **k: False
         base.Denoiser.release = lambda self: None
         from recbole_denoise.denoisers.llm4dsr import LLM4DSR
 

@@ -156,3 +156,37 @@ def test_deleting_a_training_target_drops_its_window(tiny_cfg):
     old, _ = prepare_dataset(Config("GRU4Rec", "tiny", config_dict={**cfg, "edit_train_targets": False},
                                     denoiser=Counting))
     assert read_atomic(old.file("train.inter"))["item_id"].tolist() == src["item_id"].tolist()
+
+
+def test_large_allocations_are_mmapped_after_the_stage_setting(monkeypatch):
+    """denoisers.base.mmap_large_allocations (issue 16 memory): on glibc a 4 MB block is then its own
+    mmap (returned to the OS when freed), not carved from the heap; glibc's env variable wins."""
+    import ctypes
+
+    from recbole_denoise.denoisers import base
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallinfo2 = libc.mallinfo2
+    except (OSError, AttributeError):
+        pytest.skip("not glibc >= 2.33")
+
+    class Mallinfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                         "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    mallinfo2.restype = Mallinfo2
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    assert base.mmap_large_allocations() is False
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    big = libc.malloc(16 << 20)  # once freed, glibc's dynamic threshold rises to 16 MB
+    libc.free(big)
+    assert base.mmap_large_allocations() is True
+    before = mallinfo2().hblks
+    block = libc.malloc(4 << 20)
+    try:
+        assert mallinfo2().hblks == before + 1
+    finally:
+        libc.free(block)

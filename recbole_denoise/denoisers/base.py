@@ -18,7 +18,9 @@ Writing a denoiser::
 
 Memory: the stage runs in the process that trains the backbone afterwards, so it frees what the denoiser
 held between its steps (:func:`release_memory` after ``fit``, ``score`` and ``suggest``; :meth:`Denoiser.release`
-once the edits are known), and hands freed heap pages back to the OS (``malloc_trim``).
+once the edits are known), and hands freed heap pages back to the OS (``malloc_trim``); large allocations are
+served by ``mmap`` during and after the stage (:func:`mmap_large_allocations`), so activations of varying
+sizes do not fragment the heap.
 """
 import abc
 import ctypes
@@ -56,6 +58,26 @@ def release_memory():
     except (OSError, AttributeError):  # not glibc (macOS, musl): the collection is all we can do
         pass
     return collected
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+MMAP_THRESHOLD = 1 << 20
+
+
+def mmap_large_allocations(threshold=MMAP_THRESHOLD):
+    """glibc only: serve every allocation of ``threshold`` bytes or more by its own ``mmap``, so freeing it
+    returns its pages to the OS at once. glibc's default raises this threshold (up to 32 MB) each time a
+    large block is freed; after that, a fine-tuning step's activations (1-30 MB tensors of varying sizes)
+    come from the heap and fragment it: the resident size of the README main job grew ~0.7-1.3 GB beyond
+    the live tensors (``results/memory_main_job.md``). Process-wide and permanent (glibc cannot return to
+    its dynamic threshold); skipped when the environment sets glibc's own ``MALLOC_MMAP_THRESHOLD_``.
+    Returns whether the threshold was set."""
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_"):
+        return False
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, int(threshold)))
+    except (OSError, AttributeError):
+        return False
 
 
 def denoise_seed(config):
@@ -516,6 +538,7 @@ def denoise_stage(parent, out_dir, out_name, denoiser_cls, config, logger=None):
     denoiser.bind(parent, workdir, logger)
     train = training_sequences(seqs, parent.kind)
     timings = {}
+    mmap_large_allocations()  # LLM / encoder activations: freed pages go back to the OS
     try:
         t = time.time()
         denoiser.fit(train)
