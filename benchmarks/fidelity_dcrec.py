@@ -103,7 +103,7 @@ def table(args):
              f"`python benchmarks/fidelity_dcrec.py run --configs {','.join(dict.fromkeys(r['config'] for r in rows))} "
              f"--seeds S --epochs {epochs} --max_len {max_len}` once per seed S in {', '.join(map(str, seeds))}, then "
              "`python benchmarks/fidelity_dcrec.py graphs` and `... table`; "
-             f"git commit {commit}; {machine()} (2-core AMD EPYC, CPU, torch 2.13).",
+             f"git commit {commit}; {machine()} (2-core Intel Xeon (AVX512-BF16, AMX; /proc/cpuinfo), CPU, torch 2.13).",
              f"Budget: RecBole's packaged ml-100k, natural noise (alpha = 0), leave-one-out, MAX_ITEM_LIST_LENGTH "
              f"{max_len}, {epochs} epoch(s) per run, seeds {', '.join(map(str, seeds))}, every other key at DCRec's "
              "yaml defaults (official Beauty settings, batch 2048). Test NDCG@10 / HR@10 over all items after the last "

@@ -120,7 +120,7 @@ def main():
         f"--{k}={v}" for k, v in vars(args).items() if k not in ("out", "workdir", "commit"))
     text = f"""# LLM4DSR: training-window targets, before / after (issue 15 item 7)
 
-Command (commit `{commit}`; machine: 2-core AMD EPYC, CPU, torch 2.13):
+Command (commit `{commit}`; machine: 2-core Intel Xeon (AVX512-BF16, AMX; /proc/cpuinfo), CPU, torch 2.13):
 
 ```bash
 {cmd}

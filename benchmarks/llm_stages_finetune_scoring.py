@@ -261,7 +261,7 @@ def write_md(args, res):
                     f"{part['wall_s'] / 60:.1f} min)")
     lines = ["# LLM4DSR fine-tuning throughput and P_noise scoring: float32 vs bfloat16 (issue 16, items 1, 3)", "",
              "Commands:", "", *[f"- {c}" for c in cmds], "",
-             f"Machine: 2-core AMD EPYC (AVX512-BF16, AMX-BF16), CPU, torch {res['torch']}, "
+             f"Machine: 2-core Intel Xeon (AVX512-BF16, AMX-BF16; /proc/cpuinfo), CPU, torch {res['torch']}, "
              f"{res['threads']} thread(s), shared with other jobs; native bf16 detected: {res['cpu_bf16']}.  ",
              "Model: packaged SmolLM2-135M-Instruct, zero-shot weights. Data: amazon-toy training windows "
              "(10-item histories, all titles, file order), paper templates, whole titles.", ""]
