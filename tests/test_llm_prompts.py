@@ -126,7 +126,7 @@ def _long_titles(data, n_words=30):
 
 def _llm_cfg(make, llm_dir, **kw):
     base = dict(llm_path=llm_dir, tuning="zero_shot", llm_batch_size=16, threshold_quantile=0.9, max_edits=1,
-                llm_window=8, denoise_action="replace", ground_encoder="llm")
+                llm_window=8, denoise_action="replace", ground_encoder="llm", suggest_mode="free")  # the free path's budget and grounding
     return make(**{**base, **kw})
 
 
