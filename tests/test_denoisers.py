@@ -172,8 +172,10 @@ libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
 libc.free.argtypes = [ctypes.c_void_p]
 big = libc.malloc(16 << 20)  # once freed, glibc's dynamic threshold rises to 16 MB
 libc.free(big)
-if sys.argv[1] == "set":
+if sys.argv[1] in ("set", "after"):
     assert base.mmap_large_allocations() is True
+if sys.argv[1] == "after":  # what the stage sets when it ends: glibc's 32 MB ceiling
+    assert base.mmap_large_allocations(base.MMAP_THRESHOLD_AFTER) is True
 before = libc.mallinfo2().hblks
 block = libc.malloc(4 << 20)
 print(libc.mallinfo2().hblks - before)
@@ -198,5 +200,5 @@ def test_large_allocations_are_mmapped_after_the_stage_setting(monkeypatch):
     assert base.mmap_large_allocations() is False
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
     mmapped = {mode: subprocess.run([sys.executable, "-c", _MMAP_CHECK, mode], capture_output=True, text=True,
-                                    check=True).stdout.strip() for mode in ("dynamic", "set")}
-    assert mmapped == {"dynamic": "0", "set": "1"}
+                                    check=True).stdout.strip() for mode in ("dynamic", "set", "after")}
+    assert mmapped == {"dynamic": "0", "set": "1", "after": "0"}

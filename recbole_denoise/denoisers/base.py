@@ -18,9 +18,10 @@ Writing a denoiser::
 
 Memory: the stage runs in the process that trains the backbone afterwards, so it frees what the denoiser
 held between its steps (:func:`release_memory` after ``fit``, ``score`` and ``suggest``; :meth:`Denoiser.release`
-once the edits are known), and hands freed heap pages back to the OS (``malloc_trim``); large allocations are
-served by ``mmap`` during and after the stage (:func:`mmap_large_allocations`), so activations of varying
-sizes do not fragment the heap.
+once the edits are known), and hands freed heap pages back to the OS (``malloc_trim``); allocations of 1 MB or
+more are served by ``mmap`` during the stage (:func:`mmap_large_allocations`), so activations of varying sizes
+do not fragment the heap; after it the threshold is glibc's own ceiling (32 MB), where a long-running
+process's dynamic threshold ends up anyway, so the backbone trains as before.
 """
 import abc
 import ctypes
@@ -61,7 +62,8 @@ def release_memory():
 
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-MMAP_THRESHOLD = 1 << 20
+MMAP_THRESHOLD = 1 << 20  # during the denoising stage
+MMAP_THRESHOLD_AFTER = 32 << 20  # after it: glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit
 
 
 def mmap_large_allocations(threshold=MMAP_THRESHOLD):
@@ -70,7 +72,8 @@ def mmap_large_allocations(threshold=MMAP_THRESHOLD):
     large block is freed; after that, a fine-tuning step's activations (1-30 MB tensors of varying sizes)
     come from the heap and fragment it: the resident size of the README main job grew ~0.7-1.3 GB beyond
     the live tensors (``results/memory_main_job.md``). Process-wide and permanent (glibc cannot return to
-    its dynamic threshold); skipped when the environment sets glibc's own ``MALLOC_MMAP_THRESHOLD_``.
+    its dynamic threshold, so the stage ends by setting :data:`MMAP_THRESHOLD_AFTER`, the ceiling the dynamic
+    threshold reaches); skipped when the environment sets glibc's own ``MALLOC_MMAP_THRESHOLD_``.
     Returns whether the threshold was set."""
     if os.environ.get("MALLOC_MMAP_THRESHOLD_"):
         return False
@@ -568,6 +571,7 @@ def denoise_stage(parent, out_dir, out_name, denoiser_cls, config, logger=None):
     finally:  # the edits are known (or the stage failed): the denoiser's models are no longer needed
         denoiser.release()
         release_memory()
+        mmap_large_allocations(MMAP_THRESHOLD_AFTER)  # the backbone's tensors: glibc's usual ceiling
     info = write_denoised(parent, tables, seqs, scores, flags, out_dir, out_name, replacements, kinds)
     info.update({"action": action, "timings": timings, **denoiser.info})
     from recbole_denoise import distributed
