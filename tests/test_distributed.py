@@ -163,8 +163,10 @@ def test_two_machines_recipe_with_offsets(tmp_path):
     port = free_port()
     procs = []
     for offset in (0, 1):
+        # each "machine" has its own disk: RecBole saves a checkpoint on every local_rank 0, named by the second
+        # it started in, so two processes sharing one folder could write (and load) the same file at once
         keys = tiny_config(tmp_path, result_file=str(tmp_path / f"r{offset}.json"), nproc=1, world_size=2,
-                           offset=offset, ip="127.0.0.1", port=port)
+                           offset=offset, ip="127.0.0.1", port=port, checkpoint_dir=str(tmp_path / f"saved{offset}"))
         cmd = [sys.executable, os.path.join(root, "run_recbole_denoise.py"), "--model", "SASRec", "--dataset", "tiny"]
         procs.append(subprocess.Popen(cmd + [f"--{k}={v}" for k, v in keys.items()], cwd=tmp_path,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
