@@ -92,6 +92,8 @@ def run_recbole_denoise(model=None, dataset=None, denoiser=None, config_file_lis
     os.makedirs(config["checkpoint_dir"], exist_ok=True)  # RecBole's exists-then-makedirs races between ranks
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
     trainer.saved_model_file = distributed.broadcast(trainer.saved_model_file)  # RecBole names it by each rank's clock
+    if not distributed.is_main():  # RecBole saves on every local rank 0 (one per machine): only global rank 0
+        trainer._save_checkpoint = lambda *args, **kwargs: None  # writes the one shared file, the others read it
     epoch_times = []
     _time_epochs(trainer, epoch_times)
 
