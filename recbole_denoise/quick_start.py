@@ -18,7 +18,8 @@ from recbole_denoise.data.dataset import WindowDataset
 from recbole_denoise.data.prepare import prepare_dataset
 from recbole_denoise.denoisers.base import release_memory
 from recbole_denoise.evaluator.beyond_accuracy import beyond_accuracy, item_categories
-from recbole_denoise.evaluator.cold_items import cold_item_analysis
+from recbole_denoise.evaluator.cold_items import cold_item_analysis, target_ranks
+from recbole_denoise.benchmark.stats import per_user_path, write_per_user
 from recbole_denoise.log import init_logger
 from recbole_denoise.model.export import export_decisions
 
@@ -64,6 +65,9 @@ def run_recbole_denoise(model=None, dataset=None, denoiser=None, config_file_lis
     when no denoiser ran first); ``cold_item_buckets`` > 0 adds ``cold_items`` (IADSR Fig. 1 view);
     ``beyond_accuracy_k`` > 0 adds ``beyond_accuracy`` (ILD, novelty, warm / cold users: LLM4DSR §4).
     With the key ``result_file`` the same summary, with the resolved config, is written as JSON.
+    Every run records the 0-based test rank of each test row (``per_user``: users, items, ranks; in the
+    returned dict only) and writes it to ``per_user_file`` or, with ``result_file``, next to it as
+    ``<stem>.users.csv.gz`` (``per_user_file`` in the summary: its path); see ``benchmark.stats``.
     """
     t0 = time.time()
     config = Config(model, dataset, config_file_list, config_dict, cmd_args=cmd_args, denoiser=denoiser)
@@ -137,6 +141,12 @@ def run_recbole_denoise(model=None, dataset=None, denoiser=None, config_file_lis
             extra = beyond_accuracy(net, test_data, train_data._dataset, int(config["beyond_accuracy_k"]), categories,
                                     float(config["user_group_share"]))
             timings["beyond_accuracy"] = time.time() - t
+        t = time.time()
+        per_user = per_user_ranks(net, test_data)
+        users_file = config["per_user_file"] or (per_user_path(config["result_file"]) if config["result_file"] else None)
+        if users_file:
+            write_per_user(users_file, per_user["user"], per_user["item"], per_user["rank"])
+        timings["per_user"] = time.time() - t
     timings["total"] = time.time() - t0
     denoise = info.get("denoise") or model_denoise or {"edited": 0, "edited_fraction": 0.0}
     result = {
@@ -162,13 +172,25 @@ def run_recbole_denoise(model=None, dataset=None, denoiser=None, config_file_lis
         result["cold_items"] = cold_items
     if extra is not None:
         result["beyond_accuracy"] = extra
+    if users_file:
+        result["per_user_file"] = os.path.abspath(users_file)
     if config["result_file"]:
         write_result(config, result)
+    result["per_user"] = per_user  # in memory only (the CLI's per-user p-values), not in the JSON
     # the next run of this process (e.g. the next --denoiser of a list) starts without this one's model,
     # trainer, optimiser and loaders (RecBole's objects reference each other, so only a collection frees them)
     del net, trainer, train_data, valid_data, test_data, recbole_dataset
     release_memory()
     return result
+
+
+def per_user_ranks(net, test_data):
+    """``{"user", "item": tokens, "rank": 0-based ranks}`` of every test row (RecBole's full sort: padding
+    and the history excluded; a target tied with other items gets the best rank of the tie)."""
+    dataset = test_data._dataset
+    items, ranks, users, _ = target_ranks(net, test_data, topk=1)  # topk > 0 returns the rows' users too
+    return {"user": dataset.id2token(dataset.uid_field, users), "item": dataset.id2token(dataset.iid_field, items),
+            "rank": ranks}
 
 
 def unsharded_loader(config, loader):
