@@ -50,3 +50,123 @@ def test_per_user_file_key_names_the_file(tiny_cfg, tmp_path):
     path = str(tmp_path / "ranks.npz")
     result = run_recbole_denoise("SASRec", "tiny", config_dict=tiny_cfg(per_user_file=path), saved=False)
     assert read_per_user(path)["rank"].tolist() == result["per_user"]["rank"].tolist()
+
+
+# -- statistics against hand computations and scipy --------------------------------------------------------
+import math  # noqa: E402
+
+import pandas as pd  # noqa: E402
+from scipy import stats as sps  # noqa: E402
+
+from recbole_denoise.benchmark.stats import (compare_users, holm, metric_of_ranks, pair_users,  # noqa: E402
+                                             paired_tests, relative_improvement, user_means, user_metric)
+
+# five users: the method's and the baseline's per-user NDCG (binary fractions, so every difference is exact)
+BASE = np.array([0.5, 0.25, 0.0, 1.0, 0.75])
+METHOD = np.array([0.75, 0.75, 0.0, 1.0, 0.5])       # differences 0.25, 0.5, 0, 0, -0.25
+
+
+def test_metrics_of_ranks_by_hand():
+    ranks = np.array([0, 1, 9, 10])
+    assert metric_of_ranks(ranks, "ndcg@10") == pytest.approx([1.0, 1 / math.log2(3), 1 / math.log2(11), 0.0])
+    assert metric_of_ranks(ranks, "hit@10").tolist() == [1, 1, 1, 0]
+    assert metric_of_ranks(ranks, "HR@2").tolist() == [1, 1, 0, 0]
+    assert metric_of_ranks(ranks, "mrr@10") == pytest.approx([1.0, 0.5, 0.1, 0.0])
+    with pytest.raises(ValueError, match="recall@10"):
+        metric_of_ranks(ranks, "recall@10")
+
+
+def test_user_means_average_rows_then_seeds():
+    seed1 = pd.DataFrame({"user": ["a", "a", "b"], "item": ["x", "y", "z"], "rank": [0, 10, 1]})
+    seed2 = pd.DataFrame({"user": ["a", "b", "c"], "item": ["x", "z", "w"], "rank": [1, 1, 0]})
+    assert user_metric(seed1, "ndcg@10").to_dict() == pytest.approx({"a": 0.5, "b": 1 / math.log2(3)})
+    means = user_means([seed1, seed2], "ndcg@10")
+    assert means.to_dict() == pytest.approx({"a": (0.5 + 1 / math.log2(3)) / 2, "b": 1 / math.log2(3), "c": 1.0})
+
+
+def test_pairing_keeps_common_users_and_names_the_runs():
+    users, x, y = pair_users(pd.Series({"b": 1.0, "a": 0.5, "z": 0.0}), pd.Series({"a": 0.25, "b": 0.0, "q": 1.0}))
+    assert list(users) == ["a", "b"] and x.tolist() == [0.5, 1.0] and y.tolist() == [0.25, 0.0]
+    with pytest.raises(ValueError, match="run-A.*run-B"):
+        pair_users(pd.Series({"a": 1.0}), pd.Series({"b": 1.0}), names=("run-A", "run-B"))
+
+
+def test_paired_tests_by_hand_and_against_scipy():
+    out = paired_tests(METHOD, BASE)
+    assert out["n"] == 5
+    # t: mean difference 0.1, sample variance 0.325 / 4, t = 0.1 / sqrt(0.08125 / 5), 4 degrees of freedom
+    t = 0.1 / math.sqrt(0.08125 / 5)
+    assert out["t_p"] == pytest.approx(2 * sps.t.sf(t, 4))
+    assert out["t_p"] == pytest.approx(sps.ttest_rel(METHOD, BASE).pvalue)
+    # Wilcoxon, zeros dropped: |d| = 0.25, 0.5, 0.25 -> ranks 1.5, 3, 1.5; W- = 1.5. With three users scipy
+    # takes the exact distribution over the 8 sign patterns of these ranks: W- in {0, 1.5, 1.5, 3, 3, 4.5,
+    # 4.5, 6}, P(W- <= 1.5) = 3/8, two-sided 0.75
+    assert out["wilcoxon_p"] == pytest.approx(0.75)
+    assert out["wilcoxon_p"] == pytest.approx(sps.wilcoxon(METHOD, BASE, zero_method="wilcox").pvalue)
+    # many users: the normal approximation. 120 differences of +0.25, 80 of -0.25, 40 zeros (dropped):
+    # all 200 tie at rank 100.5, W- = 80 * 100.5 = 8040; mean 200*201/4 = 10050, variance
+    # 200*201*401/24 - (200^3 - 200)/48 = 505012.5 (tie correction)
+    d = np.r_[np.full(120, 0.25), np.full(80, -0.25), np.zeros(40)]
+    big = paired_tests(0.5 + d, np.full(240, 0.5))
+    assert big["n"] == 240
+    assert big["wilcoxon_p"] == pytest.approx(2 * sps.norm.cdf((8040 - 10050) / math.sqrt(505012.5)))
+    assert big["t_p"] == pytest.approx(sps.ttest_rel(0.5 + d, np.full(240, 0.5)).pvalue)
+
+
+def test_paired_tests_degenerate_cases():
+    same = paired_tests(BASE, BASE.copy())
+    assert same["t_p"] == 1.0 and same["wilcoxon_p"] == 1.0           # no difference at all
+    shifted = paired_tests(BASE + 0.25, BASE)
+    assert math.isnan(shifted["t_p"]) and 0 < shifted["wilcoxon_p"] < 1  # zero variance: t undefined
+    # differences of rounding only (seed means summed in another order) count as zero
+    a = np.array([0.1 + 0.2 + 0.3, 0.5, 0.25])
+    b = np.array([0.3 + 0.2 + 0.1, 0.5, 0.25])
+    assert a[0] != b[0] and paired_tests(a, b)["t_p"] == 1.0
+
+
+def test_holm_by_hand():
+    # sorted 0.005, 0.01, 0.03, 0.04 -> 4*0.005, 3*0.01, 2*0.03, max(1*0.04, 0.06)
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    out = holm([0.01, None, float("nan"), 0.6])                       # family of two
+    assert out[0] == pytest.approx(0.02) and out[1] is None and math.isnan(out[2]) and out[3] == pytest.approx(0.6)
+    assert holm([0.5, 0.4]) == [0.8, 0.8] and holm([0.9, 0.7]) == [1.0, 1.0]  # monotone, capped at 1
+    assert holm([]) == []
+
+
+def test_relative_improvement_and_bootstrap_ci():
+    delta, low, high = relative_improvement(METHOD, BASE)
+    assert delta == pytest.approx(0.6 / 0.5 - 1)
+    assert low < delta < high and (low, high) == relative_improvement(METHOD, BASE)[1:]  # fixed seed
+    # the vectorised resampling equals a plain loop over the same draws (chunks of 250 resamples)
+    rng, ratios = np.random.default_rng(0), []
+    for _ in range(8):
+        for idx in rng.integers(0, 5, size=(250, 5)):
+            if BASE[idx].sum() > 0:
+                ratios.append(METHOD[idx].sum() / BASE[idx].sum() - 1)
+    assert (low, high) == pytest.approx(tuple(np.percentile(ratios, [2.5, 97.5])))
+    assert all(math.isnan(v) for v in relative_improvement(METHOD, np.zeros(5)))
+    # against scipy's percentile bootstrap of the same statistic (paired resampling) on 300 users
+    rng = np.random.default_rng(3)
+    y = (rng.random(300) < 0.3) * rng.random(300)
+    x = np.clip(y + rng.normal(0.03, 0.1, 300), 0, 1)
+    d, lo, hi = relative_improvement(x, y, n_boot=4000)
+    ref = sps.bootstrap((x, y), lambda a, b, axis=-1: a.mean(axis) / b.mean(axis) - 1, paired=True,
+                        vectorized=True, n_resamples=4000, method="percentile", random_state=0).confidence_interval
+    assert d == pytest.approx(x.mean() / y.mean() - 1)
+    assert lo == pytest.approx(ref.low, abs=0.02) and hi == pytest.approx(ref.high, abs=0.02)
+    assert 0.1 < hi - lo  # a real interval, not a point
+    assert relative_improvement(x, y, n_boot=4000, seed=1)[1:] != (lo, hi)
+
+
+def test_compare_users_pairs_seed_means():
+    frame = lambda values: pd.DataFrame({"user": list("abcde"), "item": "i",  # noqa: E731
+                                         "rank": values})
+    # ranks 0 / 1 / 10 give NDCG 1, 1/log2 3, 0
+    method = [frame([0, 0, 10, 1, 10]), frame([0, 1, 10, 1, 10])]
+    base = [frame([1, 10, 10, 1, 0])]
+    out = compare_users(method, base, "ndcg@10", n_boot=200)
+    x = np.array([1.0, (1 + 1 / math.log2(3)) / 2, 0.0, 1 / math.log2(3), 0.0])
+    y = np.array([1 / math.log2(3), 0.0, 0.0, 1 / math.log2(3), 1.0])
+    assert out["n"] == 5 and out["mean"] == pytest.approx(x.mean()) and out["mean_base"] == pytest.approx(y.mean())
+    assert out["t_p"] == pytest.approx(sps.ttest_rel(x, y).pvalue)
+    assert out["delta"] == pytest.approx(x.mean() / y.mean() - 1)
