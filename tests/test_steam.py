@@ -100,19 +100,20 @@ def test_bad_probabilities_are_named(tiny_cfg):
         build_model("STEAM", tiny_cfg(steam_keep_prob=0.8, steam_delete_prob=0.5))
 
 
-def _pair(tiny_cfg, **keys):
-    """The fast and the old code path on the same weights (no dropout)."""
+def _pair(tiny_cfg, path=True, **keys):
+    """The ``path`` (steam_fast_path) and the old code path on the same weights (no dropout)."""
     cfg = dict(hidden_dropout_prob=0.0, attn_dropout_prob=0.0, **keys)
-    fast, train, test, _ = build_model("STEAM", tiny_cfg(**cfg))
+    fast, train, test, _ = build_model("STEAM", tiny_cfg(steam_fast_path=path, **cfg))
     old, _, _, _ = build_model("STEAM", tiny_cfg(steam_fast_path=False, **cfg))
     old.load_state_dict(fast.state_dict())
-    assert fast.fast_path and not old.fast_path
+    assert fast.fast_path and fast.packed == (path == "packed") and not old.fast_path and not old.packed
     return fast, old, train, test
 
 
-def test_fast_path_gives_the_old_losses_generation_and_scores(tiny_cfg):
+@pytest.mark.parametrize("path", [True, "packed"])
+def test_fast_path_gives_the_old_losses_generation_and_scores(tiny_cfg, path):
     # mask_ratio 1 masks every item, so the Cloze masks do not depend on the padded width
-    fast, old, train, test = _pair(tiny_cfg, mask_ratio=1.0, steam_max_insert=4)
+    fast, old, train, test = _pair(tiny_cfg, path, mask_ratio=1.0, steam_max_insert=4)
     batch = next(iter(train))
     for net in (fast, old):
         torch.manual_seed(3)
@@ -137,6 +138,49 @@ def test_fast_path_gives_the_old_losses_generation_and_scores(tiny_cfg):
 def test_fast_path_key_is_checked(tiny_cfg):
     with pytest.raises(ConfigError, match="steam_fast_path"):
         build_model("STEAM", tiny_cfg(steam_fast_path="yes"))
+    assert build_model("STEAM", tiny_cfg())[0].packed  # the default
+
+
+def _losses_and_gradients(net, batch, seed):
+    net.zero_grad()
+    torch.manual_seed(seed)
+    losses = net.calculate_loss(batch)
+    sum(losses).backward()
+    return [float(x) for x in losses], {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("other, mask_ratio, heads", [(False, 1.0, 1), (True, 0.5, 1), (True, 0.5, 2)])
+def test_packed_path_gives_the_same_losses_and_gradients(tiny_cfg, other, mask_ratio, heads):
+    # against the old path with every item masked (its Cloze masks are drawn at full width) and against the
+    # first fast path with the yaml's mask_ratio (the same trimmed width, so the same masks); float32, no dropout
+    packed, ref, train, _ = _pair(tiny_cfg, "packed", mask_ratio=mask_ratio, n_heads=heads, steam_max_insert=4)
+    if other:
+        ref, _, _, _ = build_model("STEAM", tiny_cfg(steam_fast_path=True, mask_ratio=mask_ratio, n_heads=heads,
+                                                     steam_max_insert=4, hidden_dropout_prob=0.0,
+                                                     attn_dropout_prob=0.0))
+        ref.load_state_dict(packed.state_dict())
+    for seed, batch in zip((3, 4), train):
+        losses, grads = _losses_and_gradients(packed, batch, seed)
+        ref_losses, ref_grads = _losses_and_gradients(ref, batch, seed)
+        assert losses[1] > 0 and losses == pytest.approx(ref_losses, rel=1e-5, abs=1e-6)
+        assert grads.keys() == ref_grads.keys() and "generator.layer.0.feed_forward.dense_1.weight" in grads
+        for name, g in grads.items():
+            assert torch.allclose(g, ref_grads[name], rtol=1e-4, atol=1e-6), name
+
+
+def test_fused_item_cross_entropy_equals_the_unfused_one():
+    from recbole_denoise.model.sequential_recommender.steam import _ItemCrossEntropy
+
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(11, 8, generator=g, requires_grad=True)
+    w = (3 * torch.randn(30, 8, generator=g)).requires_grad_()
+    t = torch.randint(30, (11,), generator=g)
+    loss = _ItemCrossEntropy.apply(h, w, t, 4)  # blocks of 4 rows: 3 blocks, the last one short
+    grads = torch.autograd.grad(2 * loss, (h, w))
+    ref = torch.nn.functional.cross_entropy(h @ w.T, t)
+    assert torch.allclose(loss, ref, rtol=1e-6)
+    for a, b in zip(grads, torch.autograd.grad(2 * ref, (h, w))):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("heads", [1, 2])

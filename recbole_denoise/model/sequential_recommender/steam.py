@@ -114,6 +114,47 @@ class _MaskDropout(nn.Dropout):
         return x * torch.rand_like(x).ge_(self.p).mul_(1.0 / (1.0 - self.p))
 
 
+class _ItemCrossEntropy(torch.autograd.Function):
+    """``F.cross_entropy(h @ weight.T, targets)`` (mean) without the log-softmax and gradient tensors of the
+    unfused version: the logits are computed and later turned into the softmax gradient in place, block by
+    block of ``rows`` rows, so each block stays in cache between its product and its exp. The same value
+    and gradients up to float rounding."""
+
+    @staticmethod
+    def forward(ctx, h, weight, targets, rows=256):
+        n = len(targets)
+        logits = h.new_empty(n, weight.size(0))
+        lse = h.new_empty(n)
+        for i in range(0, n, rows):
+            block = torch.mm(h[i:i + rows], weight.T, out=logits[i:i + rows])
+            top = block.amax(1, keepdim=True)
+            lse[i:i + rows] = (block - top).exp_().sum(1).log_().add_(top.squeeze(1))
+        ctx.save_for_backward(h, weight, targets, logits, lse)
+        ctx.rows = rows
+        return (lse - logits.gather(1, targets.unsqueeze(1)).squeeze(1)).mean()
+
+    @staticmethod
+    def backward(ctx, grad):
+        h, weight, targets, probs, lse = ctx.saved_tensors
+        rows, n = ctx.rows, len(targets)
+        grad_h, grad_w = torch.empty_like(h), torch.zeros_like(weight)
+        index = torch.arange(min(rows, n), device=h.device)
+        for i in range(0, n, rows):  # the saved logits become softmax - one-hot, in place
+            block = probs[i:i + rows].sub_(lse[i:i + rows, None]).exp_()
+            block[index[:len(block)], targets[i:i + rows]] -= 1
+            torch.mm(block, weight, out=grad_h[i:i + rows])
+            grad_w.addmm_(block.T, h[i:i + rows])
+        scale = grad / n
+        return grad_h.mul_(scale), grad_w.mul_(scale), None, None
+
+
+def item_cross_entropy(h, weight, targets):
+    """Mean cross-entropy of ``h @ weight.T`` against ``targets``, fused (:class:`_ItemCrossEntropy`)."""
+    if not len(targets):
+        return F.cross_entropy(h @ weight.T, targets)
+    return _ItemCrossEntropy.apply(h, weight, targets)
+
+
 class STEAM(SequentialRecommender):
     input_type = InputType.POINTWISE
     dataset_class = PositionalSequentialDataset   # leave-one-out: user sequences for export
@@ -131,12 +172,15 @@ class STEAM(SequentialRecommender):
         self.mask_ratio = float(config["mask_ratio"])
         self.corrected_loss = bool(config["steam_corrected_loss"])
         self.max_len = self.max_seq_length + int(config["steam_extra_length"])
-        fast = config["steam_fast_path"]
-        if fast is None:
-            fast = True
-        if not isinstance(fast, bool):
-            raise ConfigError(f"steam_fast_path must be True or False, got {fast!r}")
-        self.fast_path = fast
+        path = config["steam_fast_path"]
+        if path is None:
+            path = "packed"
+        if isinstance(path, str) and path.lower() in ("true", "false"):
+            path = path.lower() == "true"
+        if not (isinstance(path, bool) or path == "packed"):
+            raise ConfigError(f"steam_fast_path must be 'packed', True or False, got {path!r}")
+        self.fast_path = path is not False   # the issue-16 fast path (True) and the packed one share its parts
+        self.packed = path == "packed"
         self.eos, self.mask_token = self.n_items, self.n_items + 1
         d = self.hidden_size
         self.item_embedding = nn.Embedding(self.n_items + 2, d, padding_idx=0)
@@ -216,6 +260,56 @@ class STEAM(SequentialRecommender):
         out = att.LayerNorm(att.out_dropout(att.dense(context)) + last)
         return layer.feed_forward(out)[:, 0]
 
+    # -- packed path: per-position work on the positions that count only ---------------------------------
+    def packed_layer(self, layer, x, shape, keys, bias, queries=None):
+        """One RecBole ``TransformerLayer`` on packed rows: ``x`` (N, d) holds the states at the flat positions
+        ``keys`` (N,) of a (B, L) grid, ``bias`` the additive attention mask of that grid (as the dense
+        layer's). Keys and values come from every row of ``x``; queries, the output projection and the
+        feed-forward run only on the rows selected by ``queries`` (a bool over the N rows; None = all), whose
+        outputs (Nq, d) are returned in row order. The positions left out (padding, or positions whose output
+        is never used) are exactly those the mask hides from every kept query (a -10000 bias, exp = 0 in
+        float32) or whose output the dense path throws away, so the kept outputs equal the dense layer's up
+        to float rounding."""
+        att = layer.multi_head_attention
+        (b, length), heads, size = shape, att.num_attention_heads, att.attention_head_size
+        xq, where = (x, keys) if queries is None else (x[queries], keys[queries])
+
+        def grid(rows, index):
+            out = rows.new_zeros(b * length, rows.size(1)).index_copy(0, index, rows)
+            return out.view(b, length, heads, size)
+
+        q = grid(att.query(xq), where).permute(0, 2, 1, 3)
+        k = grid(att.key(x), keys).permute(0, 2, 3, 1)
+        v = grid(att.value(x), keys).permute(0, 2, 1, 3)
+        probs = att.attn_dropout(att.softmax(torch.matmul(q, k) / att.sqrt_attention_head_size + bias))
+        context = torch.matmul(probs, v).permute(0, 2, 1, 3).reshape(b * length, heads * size)[where]
+        out = att.LayerNorm(att.out_dropout(att.dense(context)) + xq)
+        return layer.feed_forward(out)
+
+    def encode_packed(self, seq):
+        """``encode(seq)`` at the non-padding positions only: ``(states (N, d), flat positions (N,))``."""
+        b, length = seq.shape
+        keys = (seq > 0).reshape(-1).nonzero().squeeze(1)
+        x = self.dropout(self.item_embedding(seq.reshape(-1)[keys]) + self.position_embedding(keys % length))
+        bias = self.get_attention_mask(seq, bidirectional=True)
+        for layer in self.encoder.layer:
+            x = self.packed_layer(layer, x, (b, length), keys, bias)
+        return x, keys
+
+    def generator_loss_packed(self, h, targets):
+        """The generator's loss on the positions that have a target: position ``j`` of a slot with ``n``
+        targets is needed for ``j < n`` only and, the generator being causal, sees only positions ``<= j``."""
+        m, k = targets.shape
+        keys = (targets > 0).view(-1).nonzero().squeeze(1)
+        step = keys % k
+        previous = torch.cat([targets.new_zeros(m, 1), targets[:, :-1]], 1).view(-1)[keys]
+        x = torch.where((step == 0).unsqueeze(1), h[keys // k], self.item_embedding(previous))
+        x = self.dropout(x + self.position_embedding(step))
+        causal = torch.tril(torch.ones(k, k, dtype=torch.bool, device=h.device))
+        bias = torch.where(causal, 0.0, -10000.0).view(1, 1, k, k)
+        out = self.packed_layer(self.generator.layer[0], x, (m, k), keys, bias)
+        return item_cross_entropy(out, self.item_embedding.weight, targets.view(-1)[keys])
+
     def cloze_loss(self, seq):
         """Masked-item loss of the recommender: each item masked with probability ``mask_ratio``, the last
         one always."""
@@ -225,6 +319,12 @@ class STEAM(SequentialRecommender):
         masked = (torch.rand(seq.shape, device=seq.device) < self.mask_ratio) & valid
         masked[torch.arange(len(seq)), (lengths - 1).clamp(min=0)] = True
         masked &= valid
+        if self.packed:  # the recommender's queries and feed-forward at the masked positions only
+            states, keys = self.encode_packed(seq.masked_fill(masked, self.mask_token))
+            queries = masked.reshape(-1)[keys]
+            out = self.packed_layer(self.recommender.layer[0], states, seq.shape, keys,
+                                    self.get_attention_mask(seq, bidirectional=True), queries)
+            return item_cross_entropy(out, self.item_embedding.weight[:self.n_items], seq.reshape(-1)[keys[queries]])
         states = self.encode(seq.masked_fill(masked, self.mask_token))
         logits = self.recommend(seq, states)[masked] @ self.item_embedding.weight[:self.n_items].T
         return F.cross_entropy(logits, seq[masked])
@@ -264,16 +364,21 @@ class STEAM(SequentialRecommender):
         tokens = torch.zeros(len(h), self.max_insert, dtype=torch.long, device=h.device)
         active = torch.arange(len(h), device=h.device)
         weight = self.item_embedding.weight
+        rows = 256 if self.packed else None  # packed: project block by block (the block stays in cache)
         for step in range(self.max_insert):
             if not len(active):
                 break
-            logits = self.generator_last(h[active], tokens[active, :step]) @ weight.T
-            logits[:, 0] = float("-inf")
-            logits[:, self.mask_token] = float("-inf")
-            y = logits.max(-1).indices  # the first maximum, as argmax, but faster on CPU
+            out = self.generator_last(h[active], tokens[active, :step])
+            y = torch.cat([self._greedy(block, weight) for block in out.split(rows or len(out))])
             tokens[active, step] = y
             active = active[y != self.eos]
         return tokens.masked_fill(tokens == self.eos, 0)
+
+    def _greedy(self, out, weight):
+        logits = out @ weight.T
+        logits[:, 0] = float("-inf")
+        logits[:, self.mask_token] = float("-inf")
+        return logits.max(-1).indices  # the first maximum, as argmax, but faster on CPU
 
     @torch.no_grad()
     def corrector_decisions(self, seq):
@@ -315,20 +420,28 @@ class STEAM(SequentialRecommender):
         width = max(max(len(w[0]) for w in walks), 1) if self.fast_path else self.max_len
         corrupted = self.pad([w[0] for w in walks], width)
         ops = self.pad([w[1] for w in walks], width, value=-100)
-        states = self.encode(corrupted)
-        op_loss = F.cross_entropy(self.op_head(states).view(-1, 3), ops.view(-1), ignore_index=-100)
+        if self.packed:  # the encoder and the corrector on the non-padding positions only
+            states, keys = self.encode_packed(corrupted)
+            ops = ops.view(-1)[keys]
+            op_loss = F.cross_entropy(self.op_head(states), ops)
+        else:
+            states = self.encode(corrupted)
+            op_loss = F.cross_entropy(self.op_head(states).view(-1, 3), ops.view(-1), ignore_index=-100)
 
         where = [(b, t) for b, w in enumerate(walks) for t, op in enumerate(w[1]) if op == INSERT]
         if where:
             targets = self.pad([walks[b][2][t] for b, t in where], self.max_insert)
-            rows = torch.tensor(where, device=corrupted.device)
-            h = states[rows[:, 0], rows[:, 1]]
-            if self.fast_path:  # project only the positions with a target: the same loss
+            if self.packed:  # the packed rows are in row order, as ``where``
+                insert_loss = self.generator_loss_packed(states[ops == INSERT], targets)
+            elif self.fast_path:  # project only the positions with a target: the same loss
+                rows = torch.tensor(where, device=corrupted.device)
+                h = states[rows[:, 0], rows[:, 1]]
                 has = targets > 0
                 logits = self.generator_states(h, targets[:, :-1])[has] @ self.item_embedding.weight.T
                 insert_loss = F.cross_entropy(logits, targets[has])
             else:
-                logits = self.generator_logits(h, targets[:, :-1])
+                rows = torch.tensor(where, device=corrupted.device)
+                logits = self.generator_logits(states[rows[:, 0], rows[:, 1]], targets[:, :-1])
                 insert_loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
                                               ignore_index=0)
         else:
