@@ -26,8 +26,11 @@ def test_compare_denoisers_prints_table_and_writes_summary(tmp_path, capsys):
     lines = [ln for ln in out.splitlines() if ln.startswith("|")]
     assert lines[0].startswith("| denoiser | ndcg@10 |") and len(lines) == 4
     assert lines[2].startswith("| None |") and lines[3].startswith("| CoocOutlier |")
-    none_row, cooc_row = [ln.split(" | ") for ln in lines[2:]]
-    assert none_row[5] == "-" and cooc_row[5] != "-"  # precision only where something was flagged
+    header = [c.strip(" |") for c in lines[0].split(" | ")]
+    none_row, cooc_row = [dict(zip(header, (c.strip(" |") for c in ln.split(" | ")))) for ln in lines[2:]]
+    assert none_row["precision"] == "-" and cooc_row["precision"] != "-"  # only where something was flagged
+    # per-user paired t-test of each run's NDCG@10 against the first run's: a p-value (or n/a), none for the first
+    assert none_row["p_ndcg@10"] == "-" and cooc_row["p_ndcg@10"] != "-"
     summary = json.loads(result_file.read_text())
     assert [r["denoiser"] for r in summary["rows"]] == ["None", "CoocOutlier"]
     for path in summary["runs"]:

@@ -170,3 +170,94 @@ def test_compare_users_pairs_seed_means():
     assert out["n"] == 5 and out["mean"] == pytest.approx(x.mean()) and out["mean_base"] == pytest.approx(y.mean())
     assert out["t_p"] == pytest.approx(sps.ttest_rel(x, y).pvalue)
     assert out["delta"] == pytest.approx(x.mean() / y.mean() - 1)
+
+
+# -- the report's per-user significance table, from a fake results folder ------------------------------------
+from types import SimpleNamespace  # noqa: E402
+
+from recbole_denoise.benchmark.report import epochs_table, significance_table, write_report  # noqa: E402
+
+
+def fake_results(tmp_path):
+    """results.csv rows of dataset d, SASRec: None, A (better ranks), B (no per-user files: an older run),
+    C (no difference to None); three seeds; per-user files for 40 users written as the executor names them."""
+    out = tmp_path / "out"
+    (out / "runs").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    users = [f"u{i}" for i in range(40)]
+    rows = []
+    for seed in (1, 2, 3):
+        base = rng.integers(0, 25, 40)
+        for method, ranks, epochs in (("None", base, 10 + seed), ("A", np.maximum(base - 6, 0), 20),
+                                      ("B", None, 7), ("C", base, 9)):
+            run_id = f"{method}-{seed}"
+            rows.append({"run_id": run_id, "status": "ok", "dataset": "d", "protocol": "loo", "noise_ratio": 0.2,
+                         "method": method, "method_base": method, "backbone": "SASRec", "model": "SASRec",
+                         "denoiser": method, "seed": seed, "ndcg@10": 0.1, "hit@10": 0.2, "valid_score": 0.1,
+                         "valid_bigger": True, "epochs": epochs, "wall_s": 1.0, "reused": ""})
+            if ranks is not None:
+                write_per_user(str(out / "runs" / f"{run_id}.users.csv.gz"), users, ["i"] * 40, ranks)
+    pd.DataFrame(rows).to_csv(out / "results.csv", index=False)
+    return out, pd.DataFrame(rows)
+
+
+def test_significance_table_from_per_user_files(tmp_path):
+    from recbole_denoise.benchmark.stats import read_per_user
+
+    out, df = fake_results(tmp_path)
+    table = significance_table(df, str(out), ["d"], ["SASRec"], ["None", "A", "B", "C"], "None")
+    lines = table.splitlines()
+    assert len(lines) == 2 + 3 * 2  # A, B, C x (ndcg@10, hit@10)
+    frames = {m: [read_per_user(str(out / "runs" / f"{m}-{s}.users.csv.gz")) for s in (1, 2, 3)] for m in ("None", "A")}
+    ndcg = compare_users(frames["A"], frames["None"], "ndcg@10")
+    hit = compare_users(frames["A"], frames["None"], "hit@10")
+    row = lines[2].split(" | ")
+    assert row[:5] == ["| d", "SASRec", "A", "ndcg@10", "3/3 vs 3/3"] and row[5] == "40"
+    assert row[7] == f"{100 * ndcg['delta']:+.1f} [{100 * ndcg['ci_low']:+.1f}, {100 * ndcg['ci_high']:+.1f}]"
+    # Holm over the table: A's two tests and C's two (p = 1); B has no per-user ranks and is not counted
+    t_ps = [ndcg["t_p"], hit["t_p"], 1.0, 1.0]
+    adjusted = holm(t_ps)
+    assert ndcg["t_p"] < 0.01 and adjusted[0] < 0.05
+    fmt = lambda p: f"{p:.2g}" if p < 0.001 else f"{p:.3f}"  # noqa: E731
+    assert row[8] == fmt(ndcg["t_p"]) and "*" not in row[8]            # raw p: never marked
+    assert row[10] == fmt(adjusted[0]) + "*"                          # adjusted and below 0.05: marked
+    assert lines[4].startswith("| d | SASRec | B | ndcg@10 | 0/3 vs 3/3 |") and lines[4].count("n/a") == 7
+    c_row = lines[6].split(" | ")
+    assert c_row[7] == "+0.0 [+0.0, +0.0]" and c_row[8] == "1.000" and c_row[10] == "1.000"  # no mark
+
+
+def test_epochs_table_mean_and_range(tmp_path):
+    _, df = fake_results(tmp_path)
+    lines = epochs_table(df, ["d"], ["SASRec"], ["None", "A", "B", "C"]).splitlines()
+    assert lines[2] == "| SASRec | None | 12.0 (11–13) |" and lines[3] == "| SASRec | A | 20 (3 runs) |"
+    assert epochs_table(df.drop(columns="epochs"), ["d"], ["SASRec"], ["None"]) == ""  # older rows: no column
+
+
+def test_report_has_the_significance_and_epochs_tables(tmp_path):
+    out, df = fake_results(tmp_path)
+    spec = SimpleNamespace(name="fake", preset="smoke", runs=[SimpleNamespace(run_id=r) for r in df["run_id"]],
+                           report={}, datasets={"d": {}}, backbones=["SASRec"], methods={m: {} for m in "None A B C".split()},
+                           baseline="None", protocols=["loo"], noise_ratios=[0.2], seeds=[1, 2, 3])
+    (out / "runs" / "A-2.users.csv.gz").unlink()  # a missing seed: the other two are used
+    report = open(write_report(spec, str(out))).read()
+    assert "### Per-user significance vs `None`: protocol `loo`, alpha = 0.2" in report
+    assert "| d | SASRec | A | ndcg@10 | 2/3 vs 3/3 | 40 |" in report
+    assert "### Epochs trained (mean, min–max over seeds): protocol `loo`, alpha = 0.2" in report
+
+
+def test_cli_comparison_rows_carry_the_per_user_p_value_against_the_first_run():
+    from recbole_denoise.quick_start import comparison_rows, format_table
+
+    def result(name, ranks, users=tuple("abcdef")):
+        return {"denoiser": name, "model": "SASRec", "dataset": "d", "denoise": {}, "timings": {"total": 1.0},
+                "test_result": {"ndcg@10": 0.1}, "per_user": {"user": np.array(users), "item": np.array(["i"] * len(users)),
+                                                            "rank": np.array(ranks)}}
+    base, better = [3, 12, 0, 8, 20, 5], [0, 2, 0, 1, 9, 1]
+    rows = comparison_rows([result(None, base), result("X", better), result("Y", base, users=tuple("uvwxyz")),
+                            {**result("Z", base), "per_user": None}])
+    x, y = metric_of_ranks(np.array(better), "ndcg@10"), metric_of_ranks(np.array(base), "ndcg@10")
+    assert rows[0]["p_ndcg@10"] is None and rows[1]["p_ndcg@10"] == pytest.approx(sps.ttest_rel(x, y).pvalue)
+    assert rows[2]["p_ndcg@10"] is None and rows[3]["p_ndcg@10"] is None  # no common user / no ranks
+    table = format_table(rows).splitlines()
+    p = rows[1]["p_ndcg@10"]
+    assert "| p_ndcg@10 |" in table[0] and f"| {p:.3f} |" in table[3] and table[2].split(" | ")[4] == "-"

@@ -6,6 +6,9 @@
   ``reused`` column names the stages that came from it).
 - Resume: a row is keyed by the hash of its resolved config; a run whose id already has an ``ok`` row is
   skipped. ``results.csv`` is rewritten after every run, so an interruption loses only the run in flight.
+- Per run: ``runs/<run_id>.json`` (the summary, from the run's ``result_file``) and, next to it,
+  ``runs/<run_id>.users.csv.gz`` (each test row's user, target item and rank: the report's per-user
+  significance tests, see ``benchmark.stats``).
 - Failures: an exception inside a run becomes a ``failed`` row (error message; traceback in
   ``runs/<run_id>.error.txt``) and the next run starts; failed rows are retried on the next invocation.
 """

@@ -6,6 +6,16 @@ the best mean of a column is **bold** and the runner-up <u>underlined</u>. A sec
 paired t-test p-value (over the seeds both runs share) of each method against the baseline (``None``) of
 the same backbone. A method swept over a key is represented by the variant with the best mean
 validation score (``valid_score``): the test split never selects anything.
+
+Per-user significance (:func:`significance_table`, one table per protocol and alpha): every run writes the
+test rank of each user (``runs/<run_id>.users.csv.gz``, see ``benchmark.stats``); for each dataset x
+backbone x method against the baseline of the same backbone and each metric of the report that ranks
+give (``report: metrics`` among NDCG@k, HR@k, MRR@k; default NDCG@10 and HR@10), a user's metric is averaged over the seeds, the users of both methods are
+paired, and the table gives the relative improvement of the means (Δ%) with its 95% percentile bootstrap
+interval over users (2,000 resamples, seed 0), the paired t-test and Wilcoxon signed-rank p-values, and both
+Holm–Bonferroni adjusted over the table's comparisons; an adjusted p below 0.05 is marked ``*`` (and only
+those). Runs without per-user files (rows written before they existed) show ``n/a``. A table of the epochs
+each run trained (mean and range over seeds) follows.
 """
 import json
 import math
@@ -15,8 +25,10 @@ import numpy as np
 import pandas as pd
 
 from recbole_denoise.benchmark.spec import STANDALONE
+from recbole_denoise.benchmark import stats
 
 DEFAULT_METRICS = ("hit@10", "ndcg@10")
+SIGNIFICANCE_LEVEL = 0.05
 DETECTION_METRICS = ("edited_fraction", "precision", "recall", "f1", "auc")
 BEYOND_METRICS = ("ild@10", "novelty@10", "warm_hit@10", "cold_hit@10")
 TIMING_COLUMNS = ("t_denoise", "t_model", "t_train", "t_test", "t_total", "epochs")
@@ -156,6 +168,114 @@ def metric_table(df, datasets, metrics, backbones, methods, baseline=None, mark=
     return "\n".join(lines), "\n".join(p_lines) if any_p else ""
 
 
+def per_user_metrics(metrics):
+    """Those of ``metrics`` that a per-user rank gives (NDCG@k, HR@k, MRR@k), NDCG first."""
+    def ok(metric):
+        try:
+            stats.metric_of_ranks([0], metric)
+            return True
+        except ValueError:
+            return False
+
+    return sorted((m for m in metrics if ok(m)), key=lambda m: not m.lower().startswith("ndcg"))
+
+
+def user_tables(out, run_ids, cache):
+    """The per-user tables (``runs/<run_id>.users.csv.gz`` or ``.npz``) of those ``run_ids`` that have one."""
+    frames = []
+    for run_id in run_ids:
+        if run_id not in cache:
+            cache[run_id] = None
+            for ext in (".users.csv.gz", ".users.npz"):
+                path = os.path.join(out, "runs", f"{run_id}{ext}")
+                if os.path.isfile(path):
+                    cache[run_id] = stats.read_per_user(path)
+                    break
+        if cache[run_id] is not None:
+            frames.append(cache[run_id])
+    return frames
+
+
+def _p(value, marked=False):
+    if value is None or math.isnan(value):
+        return "n/a"
+    text = f"{value:.2g}" if value < 0.001 else f"{value:.3f}"
+    return text + ("*" if marked and value < SIGNIFICANCE_LEVEL else "")
+
+
+def significance_table(df, out, datasets, backbones, methods, baseline, metrics=("ndcg@10", "hit@10"),
+                       n_boot=2000, seed=0, cache=None):
+    """Markdown of the per-user comparisons of every method with ``baseline`` (same dataset and backbone)
+    in ``df`` (one protocol and alpha); Holm–Bonferroni over the table's comparisons, each test its own
+    family. Empty when nothing has a baseline."""
+    cache = {} if cache is None else cache
+    rows = []
+    for d in datasets:
+        sub = df[df["dataset"] == d]
+        for (b, m) in block_order(sub, backbones, methods):
+            base = sub[(sub["backbone"] == b) & (sub["method_base"] == baseline)]
+            if m == baseline or base.empty:
+                continue
+            sel = sub[(sub["backbone"] == b) & (sub["method_base"] == m)]
+            mine, theirs = user_tables(out, list(sel["run_id"]), cache), user_tables(out, list(base["run_id"]), cache)
+            name = m + (" †" if (sel["method"] != m).any() else "")
+            for metric in metrics:
+                row = {"dataset": d, "backbone": b, "method": name, "metric": metric,
+                       "seeds": f"{len(mine)}/{len(sel)} vs {len(theirs)}/{len(base)}", "result": None}
+                if mine and theirs:
+                    try:
+                        row["result"] = stats.compare_users(mine, theirs, metric, names=(
+                            f"{d} {b}+{m} ({', '.join(sel['run_id'])})", f"{baseline} ({', '.join(base['run_id'])})"),
+                            n_boot=n_boot, seed=seed)
+                    except ValueError as e:  # no common user: shown, not fatal
+                        row["error"] = str(e)
+                rows.append(row)
+    if not rows:
+        return ""
+    for test in ("t_p", "wilcoxon_p"):
+        adjusted = stats.holm([r["result"][test] if r["result"] else None for r in rows])
+        for r, a in zip(rows, adjusted):
+            r[f"holm_{test}"] = a
+    lines = ["| dataset | backbone | method | metric | seeds with per-user ranks | users | mean vs baseline | "
+             "Δ% [95% CI] | t-test p | Wilcoxon p | Holm t-test p | Holm Wilcoxon p |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        res = r["result"]
+        if res is None:
+            cells = ["n/a"] * 7
+        else:
+            delta = "n/a" if math.isnan(res["delta"]) else (
+                f"{100 * res['delta']:+.1f} [{100 * res['ci_low']:+.1f}, {100 * res['ci_high']:+.1f}]")
+            cells = [str(res["n"]), f"{res['mean']:.4f} vs {res['mean_base']:.4f}", delta, _p(res["t_p"]),
+                     _p(res["wilcoxon_p"]), _p(r["holm_t_p"], True), _p(r["holm_wilcoxon_p"], True)]
+        lines.append(f"| {r['dataset']} | {r['backbone']} | {r['method']} | {r['metric']} | {r['seeds']} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def epochs_table(df, datasets, backbones, methods):
+    """Markdown: the epochs each run trained, mean (min–max) over seeds, per backbone x method and dataset."""
+    if "epochs" not in df:
+        return ""
+    df = numeric(df, ["epochs"])
+    if not df["epochs"].notna().any():
+        return ""
+    datasets = [d for d in datasets if (df["dataset"] == d).any()]
+    lines = ["| backbone | method | " + " | ".join(datasets) + " |", "|---|---|" + "---|" * len(datasets)]
+    for (b, m) in block_order(df, backbones, methods):
+        cells = []
+        for d in datasets:
+            e = df[(df["backbone"] == b) & (df["method_base"] == m) & (df["dataset"] == d)]["epochs"].dropna()
+            if not len(e):
+                cells.append("-")
+            elif e.min() == e.max():
+                cells.append(f"{e.mean():g} ({len(e)} runs)")
+            else:
+                cells.append(f"{e.mean():.1f} ({e.min():g}–{e.max():g})")
+        lines.append(f"| {b} | {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def timing_table(df, backbones, methods):
     df = numeric(df, list(TIMING_COLUMNS) + ["wall_s"])
     cols = [c for c in TIMING_COLUMNS if c in df]
@@ -229,6 +349,7 @@ def write_report(spec, out, meta=None):
               "† a swept method, represented per dataset by the variant with the best mean validation score "
               "(see \"Variants picked on validation\").", ""]
     chosen, choices = select_variants(ok) if len(ok) else (ok, [])
+    user_cache = {}
     for protocol in spec.protocols:
         for alpha in spec.noise_ratios:
             sub = chosen[(chosen["protocol"] == protocol) & (chosen["noise_ratio"].astype(float) == alpha)] \
@@ -240,6 +361,19 @@ def write_report(spec, out, meta=None):
             lines += [f"## Test metrics: {where}", "", table, ""]
             if p_table:
                 lines += [f"### p-values vs `{spec.baseline}`: {where}", "", p_table, ""]
+            table = significance_table(sub, out, datasets, backbones, methods, spec.baseline,
+                                       per_user_metrics(metrics), cache=user_cache)
+            if table:
+                lines += [f"### Per-user significance vs `{spec.baseline}`: {where}", "",
+                          "Users' test metric averaged over seeds, paired over the users both were tested on. "
+                          "Δ%: relative improvement of the mean with a 95% percentile bootstrap interval over "
+                          "users (2,000 resamples); p: two-sided paired t-test and Wilcoxon signed-rank (users "
+                          "with no difference dropped), Holm–Bonferroni adjusted over this table's rows per "
+                          "test; * adjusted p < 0.05. n/a: no per-user ranks (older runs) or an undefined test.",
+                          "", table, ""]
+            table = epochs_table(sub, datasets, backbones, methods)
+            if table:
+                lines += [f"### Epochs trained (mean, min–max over seeds): {where}", "", table, ""]
             has_labels = sub["precision"].notna().any() if "precision" in sub else False
             if alpha > 0 and has_labels:
                 det = sub[pd.to_numeric(sub["precision"], errors="coerce").notna()]
