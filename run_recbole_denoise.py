@@ -3,7 +3,7 @@
     python run_recbole_denoise.py --model SASRec --dataset ml-100k --noise_ratio=0.1 --epochs=1
     python run_recbole_denoise.py --model SASRec --dataset amazon-beauty --denoiser None,LLM4DSR ...
 
-    python run_recbole_denoise.py --benchmark benchmarks/quick.yaml [--report-only] [--no-progress]
+    python run_recbole_denoise.py --benchmark benchmarks/quick.yaml [--report-only] [--no-progress] [--only method=None]
 
 Any other RecBole-style ``--key=value`` is passed through as a config override. A comma-separated
 ``--denoiser`` list runs each (``None`` = no denoiser) on the same data and prints a comparison table;
@@ -30,6 +30,9 @@ def main(argv=None):
     parser.add_argument("--benchmark", default=None, help="run the benchmark spec (yaml) instead of one run")
     parser.add_argument("--report-only", action="store_true", help="with --benchmark: only rewrite the report")
     parser.add_argument("--no-progress", action="store_true", help="with --benchmark: no progress bar")
+    parser.add_argument("--only", default=None,
+                        help="with --benchmark: run only the runs matching field=value[|value],... "
+                             "(fields: dataset, protocol, noise_ratio, method, backbone, seed)")
     args, overrides = parser.parse_known_args(argv)
     if args.benchmark:
         return benchmark(parser, args, overrides, argv)
@@ -77,7 +80,7 @@ def benchmark(parser, args, overrides, argv):
     command = "python run_recbole_denoise.py " + " ".join(sys.argv[1:] if argv is None else argv)
     try:
         summary = run_benchmark(args.benchmark, command=command, progress=not args.no_progress,
-                                report_only=args.report_only)
+                                report_only=args.report_only, only=args.only)
     except UserInputError as e:
         parser.exit(2, f"error: {e}\n")
     if args.report_only:

@@ -1,27 +1,40 @@
 """The benchmarking harness: a yaml spec (``spec``), its execution with reuse, resume and failure rows
 (``executor``), and the Markdown tables (``report``) and PNG figures (``plots``) of its ``results.csv``."""
-from recbole_denoise.benchmark.spec import Spec, SpecError, load_spec  # noqa: F401 (re-exported)
+from recbole_denoise.benchmark.spec import Spec, SpecError, load_spec, select_runs  # noqa: F401 (re-exported)
 
 
-def run_benchmark(path, command=None, progress=True, report_only=False, log=print):
+def run_benchmark(path, command=None, progress=True, report_only=False, log=print, only=None):
     """Load, validate and run the spec at ``path`` (``report_only``: rewrite the report from the existing
-    ``results.csv`` without running anything); returns the executor's summary."""
+    ``results.csv`` without running anything; ``only``: run just the matching runs, see
+    :func:`~recbole_denoise.benchmark.spec.select_runs`); returns the executor's summary."""
     import os
 
     from recbole_denoise.benchmark.executor import run_benchmark as execute
     from recbole_denoise.benchmark.report import write_report
 
     spec = load_spec(path)
+    out = os.path.abspath(spec.output)
     if report_only:
-        out = os.path.abspath(spec.output)
         if not os.path.isfile(os.path.join(out, "results.csv")):
             raise SpecError(f"no results.csv under '{out}' (key 'output'): run the benchmark first")
-        meta_path = os.path.join(out, "benchmark.json")
-        meta = None
-        if os.path.isfile(meta_path):
-            import json
+        return {"report": write_report(spec, out, _meta(out)), "output": out}
+    if not only:
+        return execute(spec, command=command, progress=progress, log=log)
+    everything = list(spec.runs)
+    select_runs(spec, only)
+    summary = execute(spec, command=command, progress=progress, log=log, report=False)
+    spec.runs = everything  # the report covers every finished run of the spec, not just this piece
+    summary["report"] = write_report(spec, out, _meta(out))
+    return summary
 
-            with open(meta_path, encoding="utf-8") as f:
-                meta = json.load(f)
-        return {"report": write_report(spec, out, meta), "output": out}
-    return execute(spec, command=command, progress=progress, log=log)
+
+def _meta(out):
+    """``benchmark.json`` of the output folder, or None."""
+    import json
+    import os
+
+    path = os.path.join(out, "benchmark.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)

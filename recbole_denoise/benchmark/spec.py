@@ -19,7 +19,10 @@ A spec (see ``benchmarks/quick.yaml``)::
     models: {Caser: {MAX_ITEM_LIST_LENGTH: 5}}   # keys for runs whose model or backbone is this one
     config: {epochs: 2}          # keys for every run
 
-A method's keys may also restrict it to some ``backbones``, ``datasets``, ``noise_ratios`` or
+A dataset's keys may restrict that dataset to some ``backbones``, ``methods``, ``noise_ratios`` or
+``protocols`` of the spec (e.g. ``amazon-toy: {protocols: [window], noise_ratios: [0.0], backbones:
+[SASRec]}``: data that already carries its noise, and the papers' backbone for it); the other keys of a
+dataset are config keys for its runs. A method's keys may also restrict it to some ``backbones``, ``datasets``, ``noise_ratios`` or
 ``protocols`` of the spec (``datasets`` may also map each dataset to keys for this method on it only, e.g.
 ``datasets: {amazon-beauty: {MAX_ITEM_LIST_LENGTH: 32}, ml-100k: {}}``), and ``sweep`` a key over values: each value is a variant of the method, and
 the tables keep the variant with the best validation score (model selection on validation only).
@@ -53,6 +56,7 @@ from recbole_denoise.errors import UserInputError
 SPEC_KEYS = ("name", "preset", "output", "datasets", "noise_ratios", "protocols", "backbones", "seeds",
              "denoise_seed", "methods", "baseline", "models", "config", "config_files", "extra_keys", "report")
 METHOD_KEYS = ("sweep", "backbones", "datasets", "noise_ratios", "protocols")  # besides config keys
+DATASET_KEYS = ("backbones", "methods", "noise_ratios", "protocols")  # besides config keys
 REPORT_KEYS = ("metrics", "plot_metric", "detection_metrics", "beyond_metrics")
 PROTOCOLS = ("loo", "window")
 STANDALONE = "-"  # the backbone column of a model that does not wrap one
@@ -61,7 +65,7 @@ VOLATILE_KEYS = {"data_path", "checkpoint_dir", "log_dir", "result_file", "deriv
                  "use_gpu", "show_progress", "state", "log_console", "worker", "nproc", "world_size", "offset",
                  "ip", "port", "local_rank", "single_spec", "log_wandb", "wandb_project", "save_dataset",
                  "save_dataloaders", "dataset_save_path", "dataloaders_save_path", "semantic_cache_dir",
-                 "llm_cache_dir", "llm_device", "config_files"}
+                 "llm_cache_dir", "llm_device", "config_files", "per_user_file"}
 # keys a model's own yaml takes from its paper: a preset's top-level value only fills in where that yaml has none
 MODEL_KEYS = ("train_batch_size", "learning_rate", "embedding_size", "hidden_size", "inner_size")
 # keys RecBole reads that no property file declares
@@ -177,6 +181,7 @@ class Spec:
     config: dict
     config_files: list
     report: dict
+    dataset_limits: dict = field(default_factory=dict)  # dataset -> {backbones|methods|noise_ratios|protocols: [...]}
     runs: list = field(default_factory=list)
 
 
@@ -245,6 +250,7 @@ def _parse(path, raw, problems):
         if not os.path.isfile(p):
             problems.append(f"config_files: '{p}' does not exist")
     datasets = _mapping(problems, "datasets", raw.get("datasets"))
+    limits = {name: {k: keys.pop(k) for k in DATASET_KEYS if k in keys} for name, keys in datasets.items()}
     if not datasets:
         problems.append("datasets: name at least one dataset")
     methods = _mapping(problems, "methods", raw.get("methods"))
@@ -286,7 +292,7 @@ def _parse(path, raw, problems):
                 protocols=protocols, backbones=[str(b) for b in _as_list(raw.get("backbones") or [])],
                 seeds=seeds, denoise_seed=raw.get("denoise_seed", seeds[0] if seeds else 2020), methods=methods,
                 baseline=str(raw.get("baseline", "None")), models=models, config=config, config_files=config_files,
-                report=report)
+                report=report, dataset_limits=limits)
 
 
 def _denoiser_keys(methods):
@@ -334,6 +340,33 @@ def _restricted(problems, name, keys, key, values):
     return [v for v in values if v in wanted]
 
 
+def dataset_limit(spec, dataset, key, values):
+    """``values`` (the spec's or a method's) less those that the dataset's ``key`` restriction excludes."""
+    limits = spec.dataset_limits.get(dataset) or {}
+    if key not in limits:
+        return list(values)
+    wanted = _limit_values(key, limits[key])
+    return [v for v in values if v in wanted]
+
+
+def _limit_values(key, values):
+    values = _as_list(values)
+    if key == "noise_ratios":
+        return [float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for v in values]
+    return [str(v) for v in values]
+
+
+def check_dataset_limits(spec, problems):
+    """Each value of a dataset's restriction must be one of the spec's."""
+    full = {"backbones": spec.backbones, "methods": list(spec.methods), "noise_ratios": spec.noise_ratios,
+            "protocols": spec.protocols}
+    for dataset, limits in spec.dataset_limits.items():
+        for key, values in limits.items():
+            bad = [v for v in _limit_values(key, values) if v not in full[key]]
+            if bad:
+                problems.append(f"datasets.{dataset}.{key}: {bad} not among the spec's {key} {list(full[key])}")
+
+
 def _variants(problems, name, sweep):
     if not sweep:
         return [{}]
@@ -355,6 +388,7 @@ def expand(spec, problems):
             problems.append(f"backbones: {e}")
     if spec.methods and spec.baseline not in spec.methods:
         problems.append(f"baseline: '{spec.baseline}' is not one of the methods ({', '.join(spec.methods)})")
+    check_dataset_limits(spec, problems)
     preset = load_preset(spec.preset) if spec.preset in presets() else {}
     runs = []
     for name, keys in spec.methods.items():
@@ -375,8 +409,12 @@ def expand(spec, problems):
         own_per_dataset = keys["datasets"] if isinstance(keys.get("datasets"), dict) else {}
         for variant in _variants(problems, name, keys.get("sweep")):
             label = name + ("[" + ",".join(f"{k}={v}" for k, v in variant.items()) + "]" if variant else "")
-            for dataset, protocol, ratio, backbone, seed in itertools.product(
-                    datasets, protocols, ratios, backbones, spec.seeds):
+            cells = [(d, p, r, b) for d in datasets if dataset_limit(spec, d, "methods", [name])
+                     for p in dataset_limit(spec, d, "protocols", protocols)
+                     for r in dataset_limit(spec, d, "noise_ratios", ratios)
+                     for b in (backbones if backbones == [STANDALONE]
+                               else dataset_limit(spec, d, "backbones", backbones))]
+            for (dataset, protocol, ratio, backbone), seed in itertools.product(cells, spec.seeds):
                 model = model_cls.__name__ if model_cls is not None else backbone
                 cfg = {}
                 for layer in preset_layers(preset, model, backbone, wrap_key):
@@ -433,3 +471,51 @@ def resolve(spec, problems):
         if run.run_id and run.run_id in ids:
             problems.append(f"{run.label()} and {ids[run.run_id]} resolve to the same config: make the methods differ")
         ids.setdefault(run.run_id, run.label())
+
+
+ONLY_FIELDS = ("dataset", "protocol", "noise_ratio", "method", "backbone", "seed")
+
+
+def select_runs(spec, only):
+    """Keep the runs of ``spec`` that match every ``field=value[|value...]`` of ``only`` (a string
+    ``"dataset=ml-100k,method=None|LLM4DSR"`` or a mapping), to run a benchmark in pieces; ``method``
+    matches the spec's method name (every variant of a sweep). The rows of the other runs stay in
+    ``results.csv``. An unknown field, or a filter that keeps nothing, is a :class:`SpecError`."""
+    if isinstance(only, str):
+        pairs = [p for p in only.split(",") if p.strip()]
+        only = {}
+        for pair in pairs:
+            field_, _, values = pair.partition("=")
+            if not values:
+                raise SpecError(f"--only: '{pair}' is not field=value (fields: {', '.join(ONLY_FIELDS)})")
+            only[field_.strip()] = values.strip()
+    wanted = {}
+    for key, values in only.items():
+        if key not in ONLY_FIELDS:
+            close = difflib.get_close_matches(key, ONLY_FIELDS, n=1)
+            raise SpecError(f"--only: unknown field '{key}'" + (f" (did you mean {close[0]}?)" if close else "")
+                            + f"; fields: {', '.join(ONLY_FIELDS)}")
+        wanted[key] = {str(v).strip() for v in (values.split("|") if isinstance(values, str) else _as_list(values))}
+
+    def value(run, key):
+        v = run.method_base if key == "method" else getattr(run, key)
+        return f"{v:g}" if key == "noise_ratio" else str(v)
+
+    def matches(run, key, values):
+        if key == "noise_ratio":
+            return any(_same_ratio(run.noise_ratio, v) for v in values)
+        return value(run, key) in values
+
+    kept = [r for r in spec.runs if all(matches(r, k, v) for k, v in wanted.items())]
+    if not kept:
+        raise SpecError(f"--only {only}: no run of '{spec.name}' matches ({len(spec.runs)} runs in all)")
+    spec.runs = kept
+    return spec
+
+
+def _same_ratio(ratio, text):
+    try:
+        return abs(float(ratio) - float(text)) < 1e-12
+    except ValueError:
+        raise SpecError(f"--only: noise_ratio '{text}' is not a number") from None
+
