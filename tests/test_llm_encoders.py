@@ -372,3 +372,62 @@ def test_llm2vec_bf16_close_to_float32(tiny_llm_dir, l2v_encoder):
     assert a.dtype == np.float32 and ":dtype=bfloat16" in bf.identity
     _unit_rows(a)
     assert (a * b).sum(1).min() > 0.99
+
+
+def test_cache_takes_known_texts_from_another_table(tmp_path, st_encoder, monkeypatch):
+    """``known``: texts already embedded (IADSR's e1 texts, each equal to a prefix text) are copied, not encoded
+    again; only the others are encoded (sorted batching), and the result equals encoding everything."""
+    known_texts = ["Star Wars", "Alien; Heat (1995)"]
+    known = (known_texts, st_encoder.encode(known_texts))
+    texts = ["Heat (1995)", "Star Wars", "Alien; Heat (1995)", "Heat (1995)", "Fargo"]
+    calls = _counting(monkeypatch, st_encoder)
+    a = cached_embeddings(st_encoder, texts, tmp_path, "prefix", known=known)
+    assert calls == [2]                                            # 'Heat (1995)' and 'Fargo', once each
+    np.testing.assert_array_equal(a[1], known[1][0])               # copied from the other table
+    np.testing.assert_array_equal(a[2], known[1][1])
+    np.testing.assert_allclose(a, st_encoder.encode(texts), atol=1e-5)
+    b = cached_embeddings(st_encoder, texts, tmp_path, "prefix")   # same cache entry: identical rows
+    np.testing.assert_array_equal(a, b)
+    assert calls == [2, 5]
+    everything = cached_embeddings(st_encoder, known_texts, tmp_path / "all", "k", known=known)
+    assert calls == [2, 5] and np.array_equal(everything, known[1])  # nothing left to encode
+    old = TextEncoder("sentence_transformers", batch_size=8, batching="library")  # the old path: no sharing
+    calls_old = _counting(monkeypatch, old)
+    cached_embeddings(old, texts, tmp_path / "old", "prefix", known=known)
+    assert calls_old == [5]
+    with pytest.raises(ValueError, match="known"):
+        cached_embeddings(st_encoder, texts, tmp_path / "bad", "prefix", known=(known_texts, known[1][:1]))
+
+
+def test_iadsr_long_term_texts_are_not_encoded_again(tmp_path, tiny_st_dir, monkeypatch):
+    """IADSR (prefix mode, sorted batching): every e1 text equals a prefix text, so the prefix table encodes
+    only the texts the long-term table has not; the tables are those of separate encoding."""
+    from recbole.data import data_preparation
+
+    from recbole_denoise.config import Config
+    from recbole_denoise.data.prepare import prepare_dataset
+    from recbole_denoise.model.semantic import SemanticInterests, build_encoder
+    from recbole_denoise.quick_start import build_dataset
+    from tests.conftest import tiny_config
+
+    config = Config("IADSR", "tiny", config_dict=tiny_config(tmp_path, encoder="sentence_transformers",
+                                                             encoder_path=tiny_st_dir, semantic_center=False))
+    data, _ = prepare_dataset(config)
+    ds = data_preparation(config, build_dataset(config, data))[0]._dataset
+    enc = build_encoder(config)
+    assert enc.batching == "sorted"
+    seen = []
+    real = type(enc).encode
+    monkeypatch.setattr(type(enc), "encode", lambda self, t: seen.extend(t) or real(self, t))
+    config["semantic_cache_dir"] = str(tmp_path / "emb")
+    sem = SemanticInterests(config, ds, encoder=enc)
+    seqs = [s for _, s in sorted(ds.user_sequences.items())]
+    longs = {"; ".join(sem.texts[i] for i in s[:-2][-20:]) for s in seqs}
+    prefixes = {"; ".join(sem.texts[i] for i in s[:t + 1][-20:]) for s in seqs for t in range(len(s) - 1)}
+    assert longs <= prefixes and len(seen) == len(set(seen)) == len(longs | prefixes)  # each text once
+    monkeypatch.undo()
+    for uid, seq in ds.user_sequences.items():
+        long_text = "; ".join(sem.texts[i] for i in seq[:-2][-20:])
+        np.testing.assert_allclose(sem.long[uid], enc.encode([long_text])[0], atol=1e-5)
+        row = sem.offsets[uid] + len(seq) - 3   # the prefix that ends where the training part ends
+        np.testing.assert_array_equal(sem.short[row], sem.long[uid])

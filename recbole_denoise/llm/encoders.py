@@ -305,7 +305,7 @@ def encode_in_shards(encoder, texts, folder, shard_size=4096):
     return np.concatenate(parts)
 
 
-def cached_embeddings(encoder, texts, cache_dir, name, logger=None, shard_size=4096):
+def cached_embeddings(encoder, texts, cache_dir, name, logger=None, shard_size=4096, known=None):
     """``encoder.encode(texts)``, stored as ``cache_dir/<name>-<key>.npy`` (+ ``.json`` sidecar).
 
     The key is the sha1 of (encoder.identity, texts); a cached file with the wrong shape or a sidecar naming
@@ -313,6 +313,11 @@ def cached_embeddings(encoder, texts, cache_dir, name, logger=None, shard_size=4
     shards of ``shard_size`` kept on disk until the file is written (a restart reuses finished shards); in a
     distributed run each rank encodes its own shards (``recbole_denoise/distributed.py``), every rank returns
     the whole table, and rank 0 writes the file.
+
+    ``known``: ``(texts, embeddings)`` this encoder has already produced (another table of the same run, e.g.
+    IADSR's long-term e1 texts, each of which equals a prefix text); with ``batching: sorted`` those texts are
+    copied from it instead of being encoded again (``library``, the old path, encodes every text). The cache
+    key does not change: the rows are the ones encoding them would give, up to batch composition.
     """
     from recbole_denoise import distributed
 
@@ -364,8 +369,28 @@ def cached_embeddings(encoder, texts, cache_dir, name, logger=None, shard_size=4
         if len(unique) < len(texts):
             logger.info(f"embeddings '{name}': {len(texts) - len(unique)} of {len(texts)} texts are duplicates, "
                         f"encoded once")
+        table = np.zeros((len(unique), int(encoder.dim)), dtype=np.float32)
+        todo = list(range(len(unique)))
+        if known is not None:
+            known_texts, known_emb = known
+            known_emb = np.asarray(known_emb, dtype=np.float32)
+            if known_emb.shape != (len(known_texts), int(encoder.dim)):
+                raise ValueError(f"cached_embeddings(known=...): {len(known_texts)} texts but embeddings of shape "
+                                 f"{known_emb.shape} (expected {(len(known_texts), int(encoder.dim))})")
+            row_of = {str(t): i for i, t in enumerate(known_texts)}
+            hits = [i for i, t in enumerate(unique) if t in row_of]
+            if hits:
+                table[hits] = known_emb[[row_of[unique[i]] for i in hits]]
+                todo = [i for i, t in enumerate(unique) if t not in row_of]
+                logger.info(f"embeddings '{name}': {len(hits)} of {len(unique)} distinct texts taken from a table "
+                            f"already encoded, not encoded again")
+        if todo:
+            rest = [unique[i] for i in todo]
+            if len(todo) < len(unique):  # the shard files hold these texts only: their own folder
+                shards = os.path.join(cache_dir, f".shards-{name}-{_cache_key(encoder.identity, rest)}")
+            table[todo] = encode_in_shards(encoder, rest, shards, shard_size)
         where = {t: i for i, t in enumerate(unique)}
-        emb = encode_in_shards(encoder, unique, shards, shard_size)[[where[t] for t in texts]]
+        emb = table[[where[t] for t in texts]]
     else:
         emb = encode_in_shards(encoder, texts, shards, shard_size)
     distributed.barrier()  # every rank has read every shard before rank 0 removes them

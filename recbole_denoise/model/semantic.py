@@ -18,7 +18,8 @@ A sequence text is its item texts in time order joined by ``semantic_separator``
 The encoder keys ``encoder_bidirectional``, ``encoder_pooling`` and ``encoder_adapter`` go to
 ``llm.encoders.TextEncoder`` and into the cache key, as do ``encoder_dtype`` (``auto``: bfloat16 on GPUs and
 on CPUs with native bf16, float32 elsewhere; a non-float32 dtype is in the cache key) and ``encoder_batching``
-(``sorted``: distinct texts once, token-length-sorted batches | ``library``: the old path). With ``semantic_center`` (default) the mean of each table is subtracted before use (see :func:`center`).
+(``sorted``: distinct texts once, token-length-sorted batches, and the prefix table copies the rows of the
+e1 texts, each of which equals a prefix text, instead of encoding them again | ``library``: the old path). With ``semantic_center`` (default) the mean of each table is subtracted before use (see :func:`center`).
 Embeddings are cached by ``llm.encoders.cached_embeddings`` under
 ``semantic_cache_dir`` (default ``<derived_data_path>/.embeddings``), one file per (dataset, text field,
 kind of text, mode) whose key hashes the encoder identity and every text: a change of data, encoder or
@@ -108,12 +109,12 @@ class SemanticInterests:
 
         from recbole_denoise.llm.encoders import cached_embeddings
 
-        def encode(kind, rows_and_texts, n_rows):
+        def encode(kind, rows_and_texts, n_rows, known=None):
             rows = [r for r, _ in rows_and_texts]
             out = np.zeros((n_rows, self.dim), dtype=np.float32)
             if rows:
                 out[rows] = cached_embeddings(encoder, [t for _, t in rows_and_texts], cache_dir,
-                                              f"{base}-{kind}", logger)
+                                              f"{base}-{kind}", logger, known=known)
             return out
 
         users = sorted(sequences)
@@ -123,8 +124,8 @@ class SemanticInterests:
                 f"e1: {cut} of {len(users)} users' training sequences have more than {max_items} items; their "
                 f"texts hold the last {max_items} (semantic_max_items: 0 = all)")
         # e1: the training part of each sequence (the last two items are the validation and test targets)
-        self.long = encode("long", [(u, sequence_text(texts, sequences[u][:-2], sep, max_items)) for u in users],
-                           n_users)
+        long_texts = [sequence_text(texts, sequences[u][:-2], sep, max_items) for u in users]
+        self.long = encode("long", list(zip(users, long_texts)), n_users)
         self.items = self.short = None
         if self.mode == "item":
             self.items = encode("items", [(i, texts[i]) for i in range(1, len(texts))], len(texts))
@@ -134,7 +135,10 @@ class SemanticInterests:
                 seq = sequences[u]
                 for t in range(len(seq) - 1):  # up to the validation item; never the test target
                     rows.append((int(self.offsets[u]) + t, sequence_text(texts, seq[:t + 1], sep, max_items)))
-            self.short = encode(f"prefix{max_items}", rows, self.n_positions)
+            # every e1 text is also a prefix text (the one that ends where the training part ends): with
+            # encoder_batching sorted the prefix table copies those rows instead of encoding them again
+            self.short = encode(f"prefix{max_items}", rows, self.n_positions,
+                                known=(long_texts, self.long[users]) if users else None)
         self.texts = texts
         if config["semantic_center"]:
             used_users = np.zeros(n_users, dtype=bool)
