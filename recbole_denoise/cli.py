@@ -1,0 +1,95 @@
+"""Command line (`recbole-denoise`, or `python run_recbole_denoise.py`): like RecBole's run_recbole.py, with --denoiser and our models.
+
+    python run_recbole_denoise.py --model SASRec --dataset ml-100k --noise_ratio=0.1 --epochs=1
+    python run_recbole_denoise.py --model SASRec --dataset amazon-beauty --denoiser None,LLM4DSR ...
+
+    python run_recbole_denoise.py --benchmark benchmarks/quick.yaml [--report-only] [--no-progress] [--only method=None]
+
+Any other RecBole-style ``--key=value`` is passed through as a config override. A comma-separated
+``--denoiser`` list runs each (``None`` = no denoiser) on the same data and prints a comparison table;
+with ``--result_file=F`` each run goes to ``F`` with ``.<denoiser>`` before the extension and ``F`` gets
+the table's rows. ``--benchmark spec.yaml`` runs a whole benchmark matrix instead (README "Benchmarks").
+"""
+import argparse
+import json
+import os
+
+
+def _result_path(path, denoiser):
+    stem, ext = os.path.splitext(path)
+    return f"{stem}.{denoiser}{ext or '.json'}"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", "-m", default="SASRec", help="model name (ours first, then RecBole's)")
+    parser.add_argument("--dataset", "-d", default="ml-100k", help="dataset name")
+    parser.add_argument("--denoiser", default=None,
+                        help="registered denoiser name or package.module.Class; a comma-separated list compares them")
+    parser.add_argument("--config_files", default=None, help="space-separated yaml files")
+    parser.add_argument("--benchmark", default=None, help="run the benchmark spec (yaml) instead of one run")
+    parser.add_argument("--report-only", action="store_true", help="with --benchmark: only rewrite the report")
+    parser.add_argument("--no-progress", action="store_true", help="with --benchmark: no progress bar")
+    parser.add_argument("--only", default=None,
+                        help="with --benchmark: run only the runs matching field=value[|value],... "
+                             "(fields: dataset, protocol, noise_ratio, method, backbone, seed)")
+    args, overrides = parser.parse_known_args(argv)
+    if args.benchmark:
+        return benchmark(parser, args, overrides, argv)
+    from recbole_denoise import run_recbole_denoise
+    from recbole_denoise.errors import UserInputError
+    from recbole_denoise.quick_start import comparison_rows, format_table
+
+    files = args.config_files.split() if args.config_files else None
+    names = [n.strip() for n in (args.denoiser or "").split(",") if n.strip()] or [None]
+    if len(names) == 1:
+        try:
+            result = run_recbole_denoise(args.model, args.dataset, names[0], files, cmd_args=overrides)
+        except UserInputError as e:
+            parser.exit(2, f"error: {e}\n")
+        if result is not None:  # None on the other ranks of a distributed run
+            print({k: result[k] for k in ("model", "dataset", "denoiser", "best_valid_result", "test_result")})
+        return
+    summary = [o.split("=", 1)[1] for o in overrides if o.startswith("--result_file=")]
+    others = [o for o in overrides if not o.startswith("--result_file=")]
+    results = []
+    for name in names:
+        denoiser = None if name == "None" else name
+        extra = [f"--result_file={_result_path(summary[-1], name)}"] if summary else []
+        try:
+            results.append(run_recbole_denoise(args.model, args.dataset, denoiser, files, cmd_args=others + extra))
+        except UserInputError as e:
+            parser.exit(2, f"error ({name}): {e}\n")
+    rows = comparison_rows(results)
+    print(format_table(rows))
+    if summary:
+        os.makedirs(os.path.dirname(os.path.abspath(summary[-1])), exist_ok=True)
+        with open(summary[-1], "w") as f:
+            json.dump({"rows": rows, "runs": [_result_path(summary[-1], n) for n in names]}, f, indent=2)
+
+
+def benchmark(parser, args, overrides, argv):
+    import sys
+
+    from recbole_denoise.benchmark import run_benchmark
+    from recbole_denoise.errors import UserInputError
+
+    if overrides:
+        parser.exit(2, f"error: --benchmark takes no config overrides ({' '.join(overrides)}); put keys in the "
+                       f"spec's 'config' (every run) or 'methods' / 'models' / 'datasets' entries\n")
+    command = "python run_recbole_denoise.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    try:
+        summary = run_benchmark(args.benchmark, command=command, progress=not args.no_progress,
+                                report_only=args.report_only, only=args.only)
+    except UserInputError as e:
+        parser.exit(2, f"error: {e}\n")
+    if args.report_only:
+        print(f"report: {summary['report']}")
+    else:
+        print(f"{summary['executed']} runs executed ({summary['failed']} failed), {summary['skipped']} skipped; "
+              f"results in {summary['output']}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
