@@ -4,6 +4,9 @@
         MiniLM embedding time per 1,000 ml-100k prefix texts (the short-term texts IADSR encodes): the old path
         (encoder_batching library, float32, batch 32) vs the new ones side by side, bf16-vs-float32 agreement,
         duplicate counts; --full also encodes all 99,057 prefixes with the new default
+    python benchmarks/iadsr.py encoder_variants [--n 384] [--reps 2] [--chunk 64] [--onnx]
+        the default vs the old path, eager / math attention, ONNX Runtime (--onnx; float32 and int8) and 2 threads,
+        interleaved chunk by chunk; writes its section above the older ones in iadsr_encoder_throughput.md
     python benchmarks/iadsr.py epochs [--epochs 2] [--max_len 50] [--backbones GRU4Rec,SASRec,Caser]
         per-epoch training time of IADSR-<backbone> vs <backbone> on ml-100k (target: at most 2x)
     python benchmarks/iadsr.py beauty [--users 3000] [--seeds 2020,2021,2022]
@@ -188,6 +191,194 @@ def bench_encoders(args):
         lines += ["", f"Whole set, new default, one run: {len(all_prefixes)} prefix texts ({len(set(all_prefixes))} "
                   f"distinct) encoded in {sec / 60:.1f} min ({full.shape[0]} x {full.shape[1]})."]
     write("iadsr_encoder_throughput.md", lines + ["", args.before.rstrip("\n")] if args.before else lines)
+
+
+class _MathAttention:
+    """The default encoder with torch's math SDPA kernel instead of the CPU flash kernel (benchmark only)."""
+
+    def __init__(self, enc):
+        self.enc = enc
+
+    def encode(self, texts):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel(SDPBackend.MATH):
+            return self.enc.encode(texts)
+
+
+def _eager_attention(dtype):
+    """The default encoder (sorted, ``dtype``) with BERT's eager attention instead of SDPA (benchmark only)."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from recbole_denoise.llm.encoders import TextEncoder, _float32_hidden_states
+
+    enc = TextEncoder(kind="sentence_transformers", max_length=128, batch_size=32, truncation_side="left",
+                      dtype=dtype)
+    m = SentenceTransformer(enc._path, device="cpu", local_files_only=True,
+                            model_kwargs={"attn_implementation": "eager"})
+    if enc.dtype != "float32":
+        m[0].auto_model.to(getattr(torch, enc.dtype))
+        m[0].auto_model.register_forward_hook(_float32_hidden_states)
+    m.max_seq_length, m.tokenizer.truncation_side = 128, "left"
+    enc.model, enc._tokenizer = m, m.tokenizer
+    return enc
+
+
+class _OnnxMiniLM:
+    """MiniLM exported to ONNX (torch.onnx, TorchScript exporter) and run by ONNX Runtime on the CPU, optionally
+    with ORT's dynamic int8 quantisation; the same token-sorted batches of 32, mean pooling, L2 norm. Needs
+    ``pip install onnxruntime onnx`` (not dependencies of the package: benchmark only)."""
+
+    def __init__(self, folder, int8=False, threads=1):
+        import tempfile
+
+        import onnxruntime as ort
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        from recbole_denoise.llm.encoders import TextEncoder
+
+        path = TextEncoder(kind="sentence_transformers", dtype="float32")._path
+        self.tok = AutoTokenizer.from_pretrained(path)
+        self.tok.truncation_side = "left"
+        onnx_path = os.path.join(folder, "minilm.onnx")
+        if not os.path.exists(onnx_path):
+            model = AutoModel.from_pretrained(path, attn_implementation="eager").eval()
+            x = self.tok(["a b", "a b c d"], padding=True, return_tensors="pt")
+            names = ["input_ids", "attention_mask", "token_type_ids"]
+            torch.onnx.export(model, tuple(x[k] for k in names), onnx_path, dynamo=False, input_names=names,
+                              output_names=["last_hidden_state"], opset_version=17,
+                              dynamic_axes={k: {0: "b", 1: "s"} for k in names + ["last_hidden_state"]})
+        if int8:
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            q = os.path.join(folder, "minilm-int8.onnx")
+            if not os.path.exists(q):
+                quantize_dynamic(onnx_path, q, weight_type=QuantType.QInt8)
+            onnx_path = q
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+        self.session = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
+
+    def encode(self, texts):
+        import numpy as np
+
+        lengths = [len(i) for i in self.tok(texts, truncation=True, max_length=128)["input_ids"]]
+        order = np.argsort(-np.asarray(lengths), kind="stable")
+        out = np.zeros((len(texts), 384), np.float32)
+        for start in range(0, len(texts), 32):
+            rows = order[start:start + 32]
+            x = self.tok([texts[i] for i in rows], truncation=True, max_length=128, padding=True, return_tensors="np")
+            h = self.session.run(None, {k: x[k].astype(np.int64) for k in
+                                        ("input_ids", "attention_mask", "token_type_ids")})[0]
+            m = x["attention_mask"][..., None].astype(np.float32)
+            v = (h * m).sum(1) / m.sum(1)
+            out[rows] = v / np.linalg.norm(v, axis=1, keepdims=True)
+        return out
+
+
+def bench_encoder_variants(args):
+    """Issue 16 item 4, second round: the default (sorted, auto = bf16 here, SDPA flash attention) against the
+    old path, BERT's eager attention, the math SDPA kernel, ONNX Runtime (float32, dynamic int8; --onnx) and 2
+    torch threads, on the same texts. Timing is interleaved chunk by chunk (every setting encodes chunk c, in
+    an order rotated per chunk, before any encodes chunk c+1), so a change of machine load hits every setting
+    alike; ratios are per chunk, then the median. The section goes above the older ones in
+    results/iadsr_encoder_throughput.md."""
+    import tempfile
+
+    import numpy as np
+    import torch
+
+    from recbole_denoise.llm.encoders import TextEncoder
+
+    texts, total = ml100k_prefix_texts(args.n)
+    all_prefixes, longs = ml100k_all_texts()
+    distinct = len(set(all_prefixes))
+    st = dict(kind="sentence_transformers", max_length=128, truncation_side="left")
+    default = TextEncoder(**st, batch_size=32, dtype="auto")
+    settings = [  # (label, encoder, torch threads)
+        ("old @1 thread: library, float32, batch 32", TextEncoder(**st, batch_size=32, dtype="float32",
+                                                                   batching="library"), 1),
+        ("old @2 threads", None, 2),
+        (f"default @1 thread: sorted, auto ({default.dtype}), batch 32, SDPA (CPU flash kernel)", default, 1),
+        ("default @2 threads", default, 2),
+        ("eager attention (BERT's matmul + softmax), bf16 @1", _eager_attention("bfloat16"), 1),
+        ("SDPA math kernel, bf16 @1", _MathAttention(default), 1),
+        ("sorted, float32 @1 (reference for cosines)", TextEncoder(**st, batch_size=32, dtype="float32"), 1),
+    ]
+    settings[1] = ("old @2 threads: library, float32, batch 32", settings[0][1], 2)
+    if args.onnx:
+        folder = tempfile.mkdtemp(prefix="minilm-onnx-")
+        settings += [("ONNX Runtime float32 @1", _OnnxMiniLM(folder), 1),
+                     ("ONNX Runtime dynamic int8 @1", _OnnxMiniLM(folder, int8=True), 1)]
+    labels = [s[0] for s in settings]
+    old1, old2, new1, new2 = labels[:4]
+    ref = labels[6]
+    chunks = [texts[i:i + args.chunk] for i in range(0, len(texts), args.chunk)]
+    secs = {label: np.zeros((args.reps, len(chunks))) for label in labels}
+    emb = {label: [] for label in labels}
+    load = [os.getloadavg()[0]]
+    with torch.inference_mode():
+        for rep in range(args.reps):
+            for c, chunk in enumerate(chunks):
+                k = (rep * len(chunks) + c) % len(settings)
+                for label, enc, threads in settings[k:] + settings[:k]:
+                    torch.set_num_threads(threads)
+                    t = time.perf_counter()
+                    out = enc.encode(chunk)
+                    secs[label][rep, c] = time.perf_counter() - t
+                    if rep == 0:
+                        emb[label].append(out)
+                torch.set_num_threads(1)
+                load.append(os.getloadavg()[0])
+            print(rep, {label: f"{secs[label][rep].sum() * 1000 / len(texts):.1f}" for label in labels}, flush=True)
+    emb = {label: np.concatenate(v) for label, v in emb.items()}
+    per_k = {label: v.sum(1) * 1000 / len(texts) for label, v in secs.items()}   # s per 1,000, per repetition
+    chunk_ratio = {label: np.median(secs[old1] / secs[label]) for label in labels}
+    vs_new = {label: np.median(secs[label] / secs[new1]) for label in labels}
+    work = distinct  # what the sorted path encodes: each distinct prefix text once; e1 texts are copied (below)
+    lines = ["## Round 2 (issue 16 item 4): attention kernels, ONNX Runtime, 2 threads, e1 sharing", "",
+             f"`nice -n 10 env OMP_NUM_THREADS=1 python benchmarks/iadsr.py encoder_variants --n {args.n} --reps "
+             f"{args.reps} --chunk {args.chunk}" + (" --onnx" if args.onnx else "") + f"` on {machine()}; git commit "
+             f"`{args.commit}`; 1-minute load average during the run min {min(load):.1f}, median "
+             f"{statistics.median(load):.1f}, max {max(load):.1f} (2 cores, shared with other engineers' jobs).",
+             f"all-MiniLM-L6-v2, encoder_max_length 128, cut from the left; {len(texts)} ml-100k prefix texts (every "
+             f"{max(total // args.n, 1)}th of {total}), {len(chunks)} chunks of {args.chunk}; each chunk is encoded "
+             f"by every setting in turn (order rotated per chunk), {args.reps} repetitions. '@2' = "
+             "torch.set_num_threads(2) for that call only. Ratios are medians over chunks and repetitions of "
+             "per-chunk time ratios. Projection: median s per 1,000 x the "
+             f"{work} distinct prefix texts (the sorted path encodes each once; the 943 e1 texts are now copied "
+             "from the prefix table).", "",
+             "| setting | min s / 1,000 | median s / 1,000 | speed-up vs old @1 (per chunk) | time vs default @1 "
+             "(per chunk) | cosine to float32: min / median | est. min for the whole set |",
+             "|---|---|---|---|---|---|---|"]
+    for label in labels:
+        cos = (emb[label] * emb[ref]).sum(1)
+        med = float(np.median(per_k[label]))
+        lines.append(f"| {label} | {per_k[label].min():.1f} | {med:.1f} | {chunk_ratio[label]:.2f}x | "
+                     f"{vs_new[label]:.2f} | {cos.min():.6f} / {np.median(cos):.6f} | {med * work / 1000 / 60:.1f} |")
+    thread_gain = float(np.median(secs[new1] / secs[new2]))
+    old_gain = float(np.median(secs[old1] / secs[old2]))
+    new_vs_old2 = float(np.median(secs[old2] / secs[new2]))
+    lines += ["", f"2 threads vs 1: default {thread_gain:.2f}x, old path {old_gain:.2f}x (per chunk, median). "
+              f"Default @2 vs old @2 (the issue's 'today', measured at 2 threads on an idle machine: 41.5 min): "
+              f"{new_vs_old2:.2f}x, so {41.5 / new_vs_old2 * distinct / total:.1f} min for the {distinct} distinct "
+              f"prefixes on an idle machine (41.5 min x {distinct}/{total} / {new_vs_old2:.2f}).", ""]
+    path = os.path.join(RESULTS, "iadsr_encoder_throughput.md")
+    with open(path) as f:
+        old = f.read()
+    head = "# IADSR: text-encoder throughput\n"
+    body = old[len(head):] if old.startswith(head) else old
+    i = body.find("## Round 2")
+    if i >= 0:  # replace an earlier round-2 section
+        j = body.find("\n## ", i + 1)
+        body = body[:i] + (body[j + 1:] if j >= 0 else "")
+    section = "\n".join(lines)
+    print(section)
+    with open(path, "w") as f:
+        f.write(head + "\n" + section + "\n" + ("\n" + body.lstrip("\n") if body.strip() else ""))
+    print(f"wrote {path}")
 
 
 def run(model, dataset, cfg):
@@ -388,7 +579,7 @@ def show(args):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["encoders", "epochs", "beauty", "eval_history", "show"])
+    ap.add_argument("what", choices=["encoders", "encoder_variants", "epochs", "beauty", "eval_history", "show"])
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--max_len", type=int, default=50)
@@ -398,6 +589,8 @@ def main():
     ap.add_argument("--encoder_max_length", type=int, default=64)
     ap.add_argument("--append", action="store_true", help="eval_history: add to the results file")
     ap.add_argument("--reps", type=int, default=2, help="encoders: interleaved repetitions")
+    ap.add_argument("--chunk", type=int, default=64, help="encoder_variants: texts per interleaved chunk")
+    ap.add_argument("--onnx", action="store_true", help="encoder_variants: also ONNX Runtime (pip install onnxruntime onnx)")
     ap.add_argument("--full", action="store_true", help="encoders: also encode every ml-100k prefix (new path)")
     ap.add_argument("--llm2vec_n", type=int, default=0, help="encoders: also time llm2vec (SmolLM2) on this many")
     ap.add_argument("--commit", default=os.popen(f"git -C {ROOT} rev-parse --short HEAD").read().strip())
@@ -410,7 +603,7 @@ def main():
         i = old.find("## Before")
         args.before = old[i:] if i >= 0 else "## Before (issue 16)\n\n" + old.replace("# IADSR: text-encoder throughput\n\n", "")
     sys.path.insert(0, ROOT)
-    {"encoders": bench_encoders, "epochs": bench_epochs, "beauty": bench_beauty, "eval_history": bench_eval_history,
+    {"encoders": bench_encoders, "encoder_variants": bench_encoder_variants, "epochs": bench_epochs, "beauty": bench_beauty, "eval_history": bench_eval_history,
      "show": show}[args.what](args)
 
 
