@@ -60,3 +60,14 @@ def test_only_runs_a_piece_and_the_report_covers_all_finished_runs(tmp_path):
     assert sorted(r["method"] for r in rows) == ["CoocOutlier", "None"]  # the first piece's row is kept
     report = open(second["report"], encoding="utf-8").read()
     assert "CoocOutlier" in report and "| None" in report
+
+
+def test_run_ids_survive_a_new_key_with_a_none_default():
+    from recbole_denoise.benchmark.spec import run_hash
+
+    resolved = {"model": "SASRec", "learning_rate": 0.001, "seed": 1, "checkpoint_dir": "/tmp/a"}
+    before = run_hash(resolved)
+    assert run_hash(dict(resolved, some_new_key=None)) == before      # a later key, unset: same id
+    assert run_hash(dict(resolved, checkpoint_dir="/elsewhere")) == before  # paths never count
+    assert run_hash(dict(resolved, some_new_key=0)) != before          # a set value is part of the run
+    assert run_hash(dict(resolved, learning_rate=0.002)) != before

@@ -437,8 +437,10 @@ def expand(spec, problems):
 
 
 def run_hash(resolved):
-    """The run id: a hash of the resolved config without paths, devices and logging keys."""
-    kept = {k: v for k, v in resolved.items() if k not in VOLATILE_KEYS}
+    """The run id: a hash of the resolved config without paths, devices and logging keys, and without keys
+    whose value is None (unset), so that a key added to the package later with a None default leaves the
+    ids of finished runs, and so a benchmark's resume, intact."""
+    kept = {k: v for k, v in resolved.items() if k not in VOLATILE_KEYS and v is not None}
     blob = json.dumps(kept, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
