@@ -3,11 +3,12 @@
     python benchmarks/steam_epoch.py [--steps 6] [--max_len 20] [--batch_size 2048] [--threads 1]
         builds ml-100k once per model (leave-one-out, natural noise), then times full training steps
         (loss, backward, clipping, Adam) on the same first ``--steps`` batches, interleaved: for each batch
-        SASRec, STEAM (steam_fast_path: True) and STEAM (steam_fast_path: False) in a rotating order. The
-        epoch estimate is the median step time x the number of batches of one epoch. Also times the
-        corruption walk alone on one batch, and a cProfile of one fast and one old STEAM step (top entries).
+        SASRec, STEAM (steam_fast_path: packed, the default), STEAM (True, the first fast path) and STEAM
+        (False, the old path) in a rotating order. The epoch estimate is the median step time x the number of
+        batches of one epoch. Also times the corruption walk alone on one batch, a cProfile of one step of
+        each STEAM path (top entries) and the time per part of one packed step.
     python benchmarks/steam_epoch.py --full
-        one real epoch of each through run_recbole_denoise (SASRec, STEAM fast, STEAM old), in that order.
+        one real epoch of each through run_recbole_denoise (SASRec, then the three STEAM paths), in that order.
 
 Writes results/steam_epoch_time.md (``--out`` to change).
 """
@@ -26,8 +27,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from iadsr import QUIET, machine, run, write  # noqa: E402
 
-VARIANTS = (("SASRec", "SASRec", {}), ("STEAM fast", "STEAM", {"steam_fast_path": True}),
-            ("STEAM old", "STEAM", {"steam_fast_path": False}))
+VARIANTS = (("SASRec", "SASRec", {}), ("STEAM packed (default)", "STEAM", {"steam_fast_path": "packed"}),
+            ("STEAM fast (True)", "STEAM", {"steam_fast_path": True}),
+            ("STEAM old (False)", "STEAM", {"steam_fast_path": False}))
 
 
 def build(model, cfg):
@@ -109,17 +111,18 @@ def bench_steps(args):
         corrupt(s, steam.keep_p, steam.delete_p, steam.max_insert, steam.max_len, steam.n_items, steam.eos, rng)
     walk = time.perf_counter() - t
 
+    parts = part_times(runs[1]["net"], runs[1]["batches"][1])
     sasrec = statistics.median(runs[0]["times"])
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=HERE).stdout.strip()
-    lines = ["# STEAM: epoch time vs SASRec on ml-100k, fast and old code path side by side", "",
+    lines = ["# STEAM: epoch time vs SASRec on ml-100k, its three code paths side by side", "",
              f"`OMP_NUM_THREADS={args.threads} nice -n 10 python benchmarks/steam_epoch.py --steps {args.steps} "
              f"--max_len {args.max_len} --batch_size {args.batch_size} --threads {args.threads}` at commit {commit} "
              f"on {machine()} ({args.threads} thread(s); the machine is shared with other jobs).",
              f"Leave-one-out, natural noise, MAX_ITEM_LIST_LENGTH {args.max_len}, train_batch_size {args.batch_size} "
              f"for every model ({runs[0]['n_batches']} batches per epoch), every other key at the model's yaml "
              f"default. One full training step (loss, backward, gradient clipping where the yaml sets it, Adam) on "
-             f"each of the same first {args.steps} batches after one warm-up step, the three interleaved per batch "
+             f"each of the same first {args.steps} batches after one warm-up step, the {len(runs)} interleaved per batch "
              f"in a rotating order. Epoch estimate = median step x batches per epoch.", "",
              "| variant | min s/step | median s/step | est. s/epoch | x SASRec (median) | x SASRec (min) |",
              "|---|---|---|---|---|---|"]
@@ -127,16 +130,53 @@ def bench_steps(args):
         med, lo = statistics.median(r["times"]), min(r["times"])
         lines.append(f"| {r['name']} | {lo:.3f} | {med:.3f} | {med * r['n_batches']:.1f} | {med / sasrec:.2f} | "
                      f"{lo / min(runs[0]['times']):.2f} |")
-    old, fast = statistics.median(runs[2]["times"]), statistics.median(runs[1]["times"])
-    lines += ["", f"Fast vs old STEAM step: {old / fast:.2f}x (median), "
-              f"{min(runs[2]['times']) / min(runs[1]['times']):.2f}x (min). The corruption walk alone (Python, "
-              f"one batch of {len(raw)} rows): {walk:.3f} s = {100 * walk / fast:.1f}% of a fast step, "
-              f"{100 * walk / old:.1f}% of an old one.", "",
-              "cProfile of one old STEAM step (top by own time):", ""]
-    lines += profile(runs[2]["step"], runs[2]["batches"][1])
-    lines += ["", "cProfile of one fast STEAM step (top by own time):", ""]
-    lines += profile(runs[1]["step"], runs[1]["batches"][1])
+    packed, fast, old = (statistics.median(r["times"]) for r in runs[1:4])
+    lo = [min(r["times"]) for r in runs[1:4]]
+    lines += ["", f"Packed vs first fast STEAM step: {fast / packed:.2f}x (median), {lo[1] / lo[0]:.2f}x (min); "
+              f"packed vs old: {old / packed:.2f}x (median), {lo[2] / lo[0]:.2f}x (min). The corruption walk "
+              f"alone (Python, one batch of {len(raw)} rows): {walk:.3f} s = {100 * walk / packed:.1f}% of a "
+              f"packed step.", "",
+              "Parts of one packed STEAM step (wall time, one batch; forward parts nest: the Cloze losses include "
+              "their encoder, the correction its encoder and generation):", "",
+              "| part | s | share of the step |", "|---|---|---|"]
+    lines += [f"| {k} | {v:.3f} | {100 * v / parts['step']:.0f}% |" for k, v in parts.items()]
+    for r in runs[3:0:-1]:
+        lines += ["", f"cProfile of one {r['name']} step (top by own time):", ""]
+        lines += profile(r["step"], r["batches"][1])
     return lines
+
+
+def part_times(net, batch):
+    """Wall time of the parts of one training step of a packed STEAM (forward parts timed by wrapping)."""
+    times = {}
+
+    def timed(name, label):
+        inner = getattr(net, name)
+
+        def call(*a, **k):
+            t = time.perf_counter()
+            out = inner(*a, **k)
+            times[label] = times.get(label, 0.0) + time.perf_counter() - t
+            return out
+        setattr(net, name, call)
+        return name
+
+    names = [timed("encode_packed", "encoder, packed (3 passes: corrupted, raw, corrected)"),
+             timed("generator_loss_packed", "generator loss (training)"),
+             timed("cloze_loss", "Cloze losses (2, with their encoder passes)"),
+             timed("correct", "correction of the history (no gradient: encoder + greedy generation)"),
+             timed("generate", "greedy generation (inside the correction)")]
+    net.train()
+    t = time.perf_counter()
+    loss = sum(net.calculate_loss(batch))
+    forward = time.perf_counter() - t
+    t = time.perf_counter()
+    loss.backward()
+    backward = time.perf_counter() - t
+    net.zero_grad()
+    for name in names:
+        delattr(net, name)
+    return {**times, "forward (all)": forward, "backward": backward, "step": forward + backward}
 
 
 def bench_full(args):
