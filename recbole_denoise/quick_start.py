@@ -55,7 +55,7 @@ def build_dataset(config, data):
 
 
 def run_recbole_denoise(model=None, dataset=None, denoiser=None, config_file_list=None, config_dict=None,
-                        cmd_args=None, saved=True):
+                        cmd_args=None, saved=True, callback_fn=None):
     """Train and evaluate ``model`` on ``dataset`` after optional noise injection and denoising.
 
     Returns RecBole's dict (``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``,
@@ -68,6 +68,10 @@ def run_recbole_denoise(model=None, dataset=None, denoiser=None, config_file_lis
     Every run records the 0-based test rank of each test row (``per_user``: users, items, ranks; in the
     returned dict only) and writes it to ``per_user_file`` or, with ``result_file``, next to it as
     ``<stem>.users.csv.gz`` (``per_user_file`` in the summary: its path); see ``benchmark.stats``.
+    With ``skip_test: True`` the run stops after training and validation: the test split is never evaluated
+    (``test_result`` is empty; no per-user ranks, ``cold_items`` or ``beyond_accuracy``), as a tuning trial
+    needs. ``callback_fn(epoch_idx, valid_score)`` goes to RecBole's ``Trainer.fit`` (called after each
+    validation; the tuner reports to Optuna and prunes there).
     """
     t0 = time.time()
     config = Config(model, dataset, config_file_list, config_dict, cmd_args=cmd_args, denoiser=denoiser)
@@ -103,11 +107,13 @@ def run_recbole_denoise(model=None, dataset=None, denoiser=None, config_file_lis
 
     t = time.time()
     best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, saved=saved,
-                                                      show_progress=config["show_progress"])
+                                                      show_progress=config["show_progress"], callback_fn=callback_fn)
     timings["train"] = time.time() - t
     distributed.barrier()  # rank 0 has written the best checkpoint every rank loads
+    skip_test = bool(config["skip_test"])  # a tuning trial: validation only, the test split is never read
     t = time.time()
-    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+    test_result = {} if skip_test else trainer.evaluate(test_data, load_best_model=saved,
+                                                        show_progress=config["show_progress"])
     timings["test"] = time.time() - t
     timings["epochs"] = len(epoch_times)
     timings["train_epoch_mean"] = sum(epoch_times) / len(epoch_times) if epoch_times else 0.0
@@ -127,13 +133,13 @@ def run_recbole_denoise(model=None, dataset=None, denoiser=None, config_file_lis
             timings["export"] = time.time() - t
             logger.info(set_color("denoised data", "yellow") + f": {exported.path} ({model_denoise})")
         cold_items = None
-        if config["cold_item_buckets"]:
+        if config["cold_item_buckets"] and not skip_test:
             t = time.time()
             table = read_atomic(scores_file) if os.path.isfile(scores_file) else None
             cold_items = cold_item_analysis(net, test_data, train_data._dataset, table, int(config["cold_item_buckets"]))
             timings["cold_items"] = time.time() - t
         extra = None
-        if config["beyond_accuracy_k"]:
+        if config["beyond_accuracy_k"] and not skip_test:
             t = time.time()
             categories = None
             if category_table is not None:
@@ -142,8 +148,9 @@ def run_recbole_denoise(model=None, dataset=None, denoiser=None, config_file_lis
                                     float(config["user_group_share"]))
             timings["beyond_accuracy"] = time.time() - t
         t = time.time()
-        per_user = per_user_ranks(net, test_data)
+        per_user = None if skip_test else per_user_ranks(net, test_data)
         users_file = config["per_user_file"] or (per_user_path(config["result_file"]) if config["result_file"] else None)
+        users_file = None if skip_test else users_file
         if users_file:
             write_per_user(users_file, per_user["user"], per_user["item"], per_user["rank"])
         timings["per_user"] = time.time() - t
