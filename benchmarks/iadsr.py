@@ -7,6 +7,8 @@
     python benchmarks/iadsr.py encoder_variants [--n 384] [--reps 2] [--chunk 64] [--onnx]
         the default vs the old path, eager / math attention, ONNX Runtime (--onnx; float32 and int8) and 2 threads,
         interleaved chunk by chunk; writes its section above the older ones in iadsr_encoder_throughput.md
+    python benchmarks/iadsr.py encoder_threads [--n 512] [--reps 2] [--rounds 3]
+        the default encoder at 1 and 2 threads (and 2 with OMP_WAIT_POLICY=PASSIVE), one process per run
     python benchmarks/iadsr.py epochs [--epochs 2] [--max_len 50] [--backbones GRU4Rec,SASRec,Caser]
         per-epoch training time of IADSR-<backbone> vs <backbone> on ml-100k (target: at most 2x)
     python benchmarks/iadsr.py beauty [--users 3000] [--seeds 2020,2021,2022]
@@ -381,6 +383,82 @@ def bench_encoder_variants(args):
     print(f"wrote {path}")
 
 
+def _time_default_encoder(n, reps):
+    """(child of encoder_threads) time the default MiniLM encoder on ``n`` prefix texts; prints one JSON line."""
+    import torch
+
+    from recbole_denoise.llm.encoders import TextEncoder
+
+    texts, _ = ml100k_prefix_texts(n)
+    enc = TextEncoder(kind="sentence_transformers", max_length=128, batch_size=32, truncation_side="left",
+                      dtype="auto")
+    enc.encode(texts[:32])  # warm-up (oneDNN kernels)
+    secs = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        enc.encode(texts)
+        secs.append((time.perf_counter() - t) * 1000 / len(texts))
+    print(json.dumps({"s_per_1000": secs, "threads": torch.get_num_threads(), "dtype": enc.dtype,
+                      "load": os.getloadavg()[0]}))
+
+
+THREAD_SETTINGS = [  # (label, environment)
+    ("1 thread", {"OMP_NUM_THREADS": "1"}),
+    ("2 threads (torch's default here)", {"OMP_NUM_THREADS": "2"}),
+    ("2 threads, OMP_WAIT_POLICY=PASSIVE", {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"}),
+]
+
+
+def bench_encoder_threads(args):
+    """The default encoder at 1 and 2 threads, each in its own process (OpenMP's thread count and wait policy
+    are fixed when a process starts), alternating settings round by round; the load average is recorded per
+    run, since on 2 shared cores 2 OpenMP threads stall whenever another job takes one core."""
+    import subprocess
+
+    rows = {label: [] for label, _ in THREAD_SETTINGS}
+    for rnd in range(args.rounds):
+        for label, env in (THREAD_SETTINGS if rnd % 2 == 0 else THREAD_SETTINGS[::-1]):
+            load = os.getloadavg()[0]
+            out = subprocess.run([sys.executable, __file__, "_time_default", "--n", str(args.n), "--reps",
+                                  str(args.reps)], env={**os.environ, **env}, capture_output=True, text=True,
+                                 check=True).stdout.strip().splitlines()[-1]
+            r = json.loads(out)
+            r["load_before"] = load
+            rows[label].append(r)
+            print(rnd, label, r, flush=True)
+    _, total = ml100k_prefix_texts(1)
+    distinct = len(set(ml100k_all_texts()[0]))
+    lines = ["## Threads (issue 16 item 4): the default encoder at 1 and 2 threads", "",
+             f"`nice -n 10 python benchmarks/iadsr.py encoder_threads --n {args.n} --reps {args.reps} --rounds "
+             f"{args.rounds}` on {machine()}; git commit `{args.commit}`. The default encoder (sorted, auto = "
+             f"bfloat16 here, batch 32, SDPA) on {args.n} ml-100k prefix texts, one process per run (after a "
+             f"warm-up batch, {args.reps} timed passes), settings alternating round by round. 1-minute load "
+             "average before each run (it includes nothing of this benchmark's own but the previous run's tail). "
+             f"Projection: s per 1,000 x the {distinct} distinct prefix texts (of {total}) the sorted path encodes.", "",
+             "| setting | runs: s / 1,000 texts (load average before the run) | min s / 1,000 | est. min for the "
+             "whole set at the min | at the median |", "|---|---|---|---|---|"]
+    for label, _ in THREAD_SETTINGS:
+        vals = [min(r["s_per_1000"]) for r in rows[label]]
+        runs = "; ".join(f"{' / '.join(f'{x:.1f}' for x in r['s_per_1000'])} ({r['load_before']:.1f})"
+                         for r in rows[label])
+        lines.append(f"| {label} | {runs} | {min(vals):.1f} | {min(vals) * distinct / 1000 / 60:.1f} | "
+                     f"{statistics.median(vals) * distinct / 1000 / 60:.1f} |")
+    path = os.path.join(RESULTS, "iadsr_encoder_throughput.md")
+    with open(path) as f:
+        old = f.read()
+    head = "# IADSR: text-encoder throughput\n"
+    body = old[len(head):] if old.startswith(head) else old
+    i = body.find("## Threads (issue 16 item 4)")
+    if i >= 0:
+        j = body.find("\n## ", i + 1)
+        body = body[:i] + (body[j + 1:] if j >= 0 else "")
+    section = "\n".join(lines)
+    print(section)
+    with open(path, "w") as f:
+        f.write(head + "\n" + section + "\n" + ("\n" + body.lstrip("\n") if body.strip() else ""))
+    print(f"wrote {path}")
+
+
 def run(model, dataset, cfg):
     from recbole_denoise import run_recbole_denoise
 
@@ -579,7 +657,7 @@ def show(args):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["encoders", "encoder_variants", "epochs", "beauty", "eval_history", "show"])
+    ap.add_argument("what", choices=["encoders", "encoder_variants", "encoder_threads", "_time_default", "epochs", "beauty", "eval_history", "show"])
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--max_len", type=int, default=50)
@@ -589,6 +667,7 @@ def main():
     ap.add_argument("--encoder_max_length", type=int, default=64)
     ap.add_argument("--append", action="store_true", help="eval_history: add to the results file")
     ap.add_argument("--reps", type=int, default=2, help="encoders: interleaved repetitions")
+    ap.add_argument("--rounds", type=int, default=3, help="encoder_threads: rounds over the thread settings")
     ap.add_argument("--chunk", type=int, default=64, help="encoder_variants: texts per interleaved chunk")
     ap.add_argument("--onnx", action="store_true", help="encoder_variants: also ONNX Runtime (pip install onnxruntime onnx)")
     ap.add_argument("--full", action="store_true", help="encoders: also encode every ml-100k prefix (new path)")
@@ -603,7 +682,8 @@ def main():
         i = old.find("## Before")
         args.before = old[i:] if i >= 0 else "## Before (issue 16)\n\n" + old.replace("# IADSR: text-encoder throughput\n\n", "")
     sys.path.insert(0, ROOT)
-    {"encoders": bench_encoders, "encoder_variants": bench_encoder_variants, "epochs": bench_epochs, "beauty": bench_beauty, "eval_history": bench_eval_history,
+    {"encoders": bench_encoders, "encoder_variants": bench_encoder_variants,
+     "encoder_threads": bench_encoder_threads, "_time_default": lambda a: _time_default_encoder(a.n, a.reps), "epochs": bench_epochs, "beauty": bench_beauty, "eval_history": bench_eval_history,
      "show": show}[args.what](args)
 
 
