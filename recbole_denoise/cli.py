@@ -5,6 +5,9 @@
 
     python run_recbole_denoise.py --benchmark benchmarks/quick.yaml [--report-only] [--no-progress] [--only method=None]
 
+    python run_recbole_denoise.py --recommend saved/SASRec-X.pth --users 1,2,3 --topk 10 --out recs.csv
+    python run_recbole_denoise.py --denoise_only --dataset D --denoiser LLM4DSR --config_files my.yaml [--key=value]
+
 Any other RecBole-style ``--key=value`` is passed through as a config override. A comma-separated
 ``--denoiser`` list runs each (``None`` = no denoiser) on the same data and prints a comparison table;
 with ``--result_file=F`` each run goes to ``F`` with ``.<denoiser>`` before the extension and ``F`` gets
@@ -33,6 +36,16 @@ def main(argv=None):
     parser.add_argument("--only", default=None,
                         help="with --benchmark: run only the runs matching field=value[|value],... "
                              "(fields: dataset, protocol, noise_ratio, method, backbone, seed)")
+    parser.add_argument("--recommend", default=None, metavar="MODEL_FILE",
+                        help="write the top-k items of --users for a saved model (.pth) as CSV user,rank,item,score")
+    parser.add_argument("--users", default=None, help="with --recommend: comma-separated user tokens (default: "
+                                                      "every test user)")
+    parser.add_argument("--topk", type=int, default=10, help="with --recommend: items per user (default 10)")
+    parser.add_argument("--out", default="recommendations.csv", help="with --recommend: the CSV file")
+    parser.add_argument("--exclude_history", action="store_true",
+                        help="with --recommend: never recommend an item of the user's shown history")
+    parser.add_argument("--denoise_only", action="store_true",
+                        help="write the denoised dataset of --dataset with --denoiser and the config; no training")
     parser.add_argument("--hyper", default=None, metavar="SPEC",
                         help="tune keys with Optuna as the tuning spec (yaml) says; README \"Tuning\"")
     args, overrides = parser.parse_known_args(argv)
@@ -41,6 +54,8 @@ def main(argv=None):
         return tune_cli(parser, args.hyper, overrides, argv)
     if args.benchmark:
         return benchmark(parser, args, overrides, argv)
+    if args.recommend or args.denoise_only:
+        return inference(parser, args, overrides)
     from recbole_denoise import run_recbole_denoise
     from recbole_denoise.errors import UserInputError
     from recbole_denoise.quick_start import comparison_rows, format_table
@@ -71,6 +86,32 @@ def main(argv=None):
         os.makedirs(os.path.dirname(os.path.abspath(summary[-1])), exist_ok=True)
         with open(summary[-1], "w") as f:
             json.dump({"rows": rows, "runs": [_result_path(summary[-1], n) for n in names]}, f, indent=2)
+
+
+def inference(parser, args, overrides):
+    """``--recommend MODEL_FILE`` or ``--denoise_only`` (README "Inference")."""
+    from recbole_denoise import inference as inf
+    from recbole_denoise.errors import UserInputError
+
+    try:
+        if args.recommend:
+            if overrides:
+                parser.exit(2, f"error: --recommend takes no config overrides ({' '.join(overrides)}): the model "
+                               f"file holds its config\n")
+            users = [u.strip() for u in args.users.split(",") if u.strip()] if args.users else None
+            recs = inf.recommend_file(args.recommend, users, args.topk, args.out, args.exclude_history)
+            print(f"recommendations: {os.path.abspath(args.out)} ({recs['user'].nunique()} users x {args.topk})")
+            return recs
+        files = args.config_files.split() if args.config_files else None
+        data, info = inf.denoise_only(args.dataset, args.denoiser, files, cmd_args=overrides, model=args.model)
+    except UserInputError as e:
+        parser.exit(2, f"error: {e}\n")
+    summary = {k: v for k, v in (info.get("denoise") or {}).items() if k != "adapter"}
+    print(f"denoised dataset: {data.path}{' (reused)' if 'denoise' in info['reused'] else ''}")
+    print(f"summary: {json.dumps(summary, sort_keys=True, default=str)}")
+    if "adapter_reused" in info:
+        print(f"adapter: {info['denoise']['adapter']} ({'reused' if info['adapter_reused'] else 'fine-tuned'})")
+    return data, info
 
 
 def benchmark(parser, args, overrides, argv):

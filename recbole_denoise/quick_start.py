@@ -16,6 +16,7 @@ from recbole_denoise.errors import ConfigError
 from recbole_denoise.data.atomic import read_atomic
 from recbole_denoise.data.dataset import WindowDataset
 from recbole_denoise.data.prepare import prepare_dataset
+from recbole_denoise.inference import stamp_config
 from recbole_denoise.denoisers.base import release_memory
 from recbole_denoise.evaluator.beyond_accuracy import beyond_accuracy, item_categories
 from recbole_denoise.evaluator.cold_items import cold_item_analysis, target_ranks
@@ -81,6 +82,7 @@ def run_recbole_denoise(model=None, dataset=None, denoiser=None, config_file_lis
     logger = init_logger(config)
     timings = {"config": time.time() - t0}
 
+    stamp_config(config)  # checkpoints record our version and the source dataset (inference.py)
     data, info = prepare_dataset(config, logger)
     release_memory()  # a denoising stage's models (LLM, encoders) are gone before the backbone loads
     timings.update(info["timings"])
@@ -172,6 +174,7 @@ def run_recbole_denoise(model=None, dataset=None, denoiser=None, config_file_lis
         "timings": timings,
         "reused": info.get("reused", []),
         "processes": 1 if config["single_spec"] else int(config["world_size"]),
+        "model_file": os.path.abspath(trainer.saved_model_file) if saved else None,  # load_data_and_model's input
     }
     if model_denoise is not None:
         result["model_denoise"] = model_denoise
