@@ -151,6 +151,9 @@ class Denoiser(abc.ABC):
 
     name = None
     config_keys = ()
+    # glibc mmap threshold for the whole denoising stage (:func:`mmap_large_allocations`); None leaves it to
+    # the denoiser (LLM4DSR sets it for its fine-tuning forward passes only: the peak, see finetune.py)
+    stage_mmap_threshold = MMAP_THRESHOLD
 
     def __init__(self, config):
         self.config = config
@@ -541,7 +544,8 @@ def denoise_stage(parent, out_dir, out_name, denoiser_cls, config, logger=None):
     denoiser.bind(parent, workdir, logger)
     train = training_sequences(seqs, parent.kind)
     timings = {}
-    mmap_large_allocations()  # LLM / encoder activations: freed pages go back to the OS
+    if denoiser.stage_mmap_threshold:  # encoder activations: freed pages go back to the OS
+        mmap_large_allocations(denoiser.stage_mmap_threshold)
     try:
         t = time.time()
         denoiser.fit(train)

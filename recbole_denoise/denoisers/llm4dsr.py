@@ -125,6 +125,9 @@ class LLM4DSR(Denoiser):
     config_keys = PROMPT_KEYS + FINETUNE_KEYS + (
         "llm_path", "llm_dtype", "pnoise_mode", "use_uncertainty", "suggest_max_tokens", "ground_encoder",
         "ground_encoder_path", "suggest_mode", "suggest_beam_width")
+    # no 1 MB mmap threshold for the whole stage: fine-tuning sets it for its forward passes only (the peak
+    # RSS), so loading, the backward passes, scoring and suggestions reuse heap pages (results/memory_main_job.md)
+    stage_mmap_threshold = None
 
     # -- setup ----------------------------------------------------------------------------------------
     def _key(self, key, default=None):

@@ -359,6 +359,26 @@ def labelled_loss(model, inputs):
     return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
 
 
+@contextlib.contextmanager
+def _mmap_forward():
+    """glibc's mmap threshold at 1 MB during a fine-tuning forward pass, at its 32 MB ceiling after it
+    (``denoisers.base.mmap_large_allocations``; nothing when ``MALLOC_MMAP_THRESHOLD_`` is set or not glibc).
+
+    Issue 16 (memory vs speed): the forward pass allocates the activations saved for the backward, the peak
+    RSS of LLM4DSR's stage. From glibc's heap (its dynamic threshold rises to 32 MB) these 1-4 MB tensors of
+    varying sizes fragment it: +0.7 GB resident. Each served by its own ``mmap`` they are returned exactly
+    when the backward frees them, but every page is faulted in anew; the backward pass, the optimiser,
+    scoring and suggestion decoding reuse heap pages instead (``results/memory_main_job.md``)."""
+    from recbole_denoise.denoisers import base
+
+    low = base.mmap_large_allocations(base.MMAP_THRESHOLD)
+    try:
+        yield
+    finally:
+        if low:
+            base.mmap_large_allocations(base.MMAP_THRESHOLD_AFTER)
+
+
 def _make_trainer(micro_batch_size, sampler=None, **kwargs):
     """A ``transformers.Trainer`` whose steps accumulate gradients over micro-batches of ``micro_batch_size``.
 
@@ -382,7 +402,8 @@ def _make_trainer(micro_batch_size, sampler=None, **kwargs):
         def compute_loss(self, model, inputs, return_outputs=False):
             if return_outputs or "labels" not in inputs:
                 return super().compute_loss(model, inputs, return_outputs)
-            return labelled_loss(model, inputs)  # the LM head only where a label exists (memory)
+            with _mmap_forward():
+                return labelled_loss(model, inputs)  # the LM head only where a label exists (memory)
 
         def training_step(self, model, inputs):
             n = inputs["input_ids"].shape[0]
