@@ -20,10 +20,11 @@ from recbole.config import Config as RecBoleConfig
 from recbole_denoise.model import get_model
 from recbole_denoise.errors import ConfigError  # noqa: F401
 
-PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
-PROJECT_DIR = os.path.dirname(PACKAGE_DIR)
-PROPERTIES_DIR = os.path.join(PROJECT_DIR, "properties")
-SHIPPED_DATA_DIR = os.path.join(PROJECT_DIR, "dataset")
+from recbole_denoise import resources
+
+PACKAGE_DIR = resources.PACKAGE_DIR
+PROJECT_DIR = resources.CHECKOUT_DIR  # the repository in a checkout (site-packages for a wheel: no git there)
+PROPERTIES_DIR = resources.properties_dir()  # the repository's properties/, or the wheel's copy
 
 
 class Config(RecBoleConfig):
@@ -151,7 +152,7 @@ class Config(RecBoleConfig):
 
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)
-        self.internal_config_dict["data_path"] = SHIPPED_DATA_DIR
+        self.internal_config_dict["data_path"] = resources.dataset_dir()  # a wheel unpacks it on first use
         for path in self.backbone_property_files(model, model_class):  # below every layer of ours
             self.internal_config_dict.update(self._load_yaml(path))
         self.denoiser_keys = []
