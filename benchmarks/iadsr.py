@@ -9,6 +9,8 @@
         interleaved chunk by chunk; writes its section above the older ones in iadsr_encoder_throughput.md
     python benchmarks/iadsr.py encoder_threads [--n 512] [--reps 2] [--rounds 3]
         the default encoder at 1 and 2 threads (and 2 with OMP_WAIT_POLICY=PASSIVE), one process per run
+    python benchmarks/iadsr.py encoder_full
+        every ml-100k e1 and prefix text as IADSR encodes them (default MiniLM encoder): the wall time
     python benchmarks/iadsr.py epochs [--epochs 2] [--max_len 50] [--backbones GRU4Rec,SASRec,Caser]
         per-epoch training time of IADSR-<backbone> vs <backbone> on ml-100k (target: at most 2x)
     python benchmarks/iadsr.py beauty [--users 3000] [--seeds 2020,2021,2022]
@@ -459,6 +461,48 @@ def bench_encoder_threads(args):
     print(f"wrote {path}")
 
 
+def bench_encoder_full(args):
+    """The whole ml-100k set as IADSR encodes it with the default MiniLM encoder (issue 16 item 4's target):
+    the 943 long-term (e1) texts, then every prefix text through ``cached_embeddings`` with the e1 table as
+    ``known`` (as ``model/semantic.py`` does), in a fresh cache folder; wall time, thread count and load
+    average go into a section of results/iadsr_encoder_throughput.md. Run it on an otherwise idle machine."""
+    import logging
+    import tempfile
+
+    import torch
+
+    from recbole_denoise.llm.encoders import TextEncoder, cached_embeddings
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    prefixes, longs = ml100k_all_texts()
+    enc = TextEncoder(kind="sentence_transformers", max_length=128, batch_size=32, truncation_side="left",
+                      dtype="auto")
+    load = [os.getloadavg()[0]]
+    with tempfile.TemporaryDirectory(prefix="iadsr-full-") as cache:
+        t = time.perf_counter()
+        long = cached_embeddings(enc, longs, cache, "long")
+        short = cached_embeddings(enc, prefixes, cache, "prefix20", known=(longs, long))
+        sec = time.perf_counter() - t
+    load.append(os.getloadavg()[0])
+    lines = ["## Whole set (issue 16 item 4's target)", "",
+             f"`nice -n 10 python benchmarks/iadsr.py encoder_full` on {machine()}, torch threads "
+             f"{torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; git commit "
+             f"`{args.commit}`; load average at the start {load[0]:.1f}, at the end {load[1]:.1f}.",
+             f"Default MiniLM encoder ({enc.dtype}, sorted, batch 32, encoder_max_length 128, cut from the left): "
+             f"{len(longs)} e1 texts, then {len(prefixes)} prefix texts ({len(set(prefixes))} distinct; the e1 "
+             f"rows copied): **{sec / 60:.1f} min** in all ({short.shape[0]} x {short.shape[1]}); target <= 10 min."]
+    path = os.path.join(RESULTS, "iadsr_encoder_throughput.md")
+    with open(path) as f:
+        old = f.read()
+    head = "# IADSR: text-encoder throughput\n"
+    body = old[len(head):] if old.startswith(head) else old
+    section = "\n".join(lines)
+    print(section)
+    with open(path, "w") as f:
+        f.write(head + "\n" + section + "\n" + ("\n" + body.lstrip("\n") if body.strip() else ""))
+    print(f"wrote {path}")
+
+
 def run(model, dataset, cfg):
     from recbole_denoise import run_recbole_denoise
 
@@ -657,7 +701,7 @@ def show(args):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["encoders", "encoder_variants", "encoder_threads", "_time_default", "epochs", "beauty", "eval_history", "show"])
+    ap.add_argument("what", choices=["encoders", "encoder_variants", "encoder_threads", "encoder_full", "_time_default", "epochs", "beauty", "eval_history", "show"])
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--max_len", type=int, default=50)
@@ -683,7 +727,7 @@ def main():
         args.before = old[i:] if i >= 0 else "## Before (issue 16)\n\n" + old.replace("# IADSR: text-encoder throughput\n\n", "")
     sys.path.insert(0, ROOT)
     {"encoders": bench_encoders, "encoder_variants": bench_encoder_variants,
-     "encoder_threads": bench_encoder_threads, "_time_default": lambda a: _time_default_encoder(a.n, a.reps), "epochs": bench_epochs, "beauty": bench_beauty, "eval_history": bench_eval_history,
+     "encoder_threads": bench_encoder_threads, "encoder_full": bench_encoder_full, "_time_default": lambda a: _time_default_encoder(a.n, a.reps), "epochs": bench_epochs, "beauty": bench_beauty, "eval_history": bench_eval_history,
      "show": show}[args.what](args)
 
 
