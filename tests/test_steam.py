@@ -59,7 +59,7 @@ def test_losses_generator_and_correction(tiny_cfg):
     net.eval()
     seq = torch.tensor([[3, 4, 5, 6, 0], [7, 8, 0, 0, 0]])
     ops = torch.tensor([[KEEP, DELETE, INSERT, KEEP, KEEP], [DELETE, DELETE, KEEP, KEEP, KEEP]])
-    net.corrector_decisions = lambda s: (ops, torch.zeros(s.shape), {(0, 2): [11, 12]})
+    net.corrector_decisions = lambda s, keep_last=None: (ops, torch.zeros(s.shape), {(0, 2): [11, 12]})
     assert net.correct(seq, torch.tensor([4, 2])) == [[3, 11, 12, 5, 6], [8]]  # an emptied row keeps its last
     generated = net.generate(torch.randn(3, net.hidden_size))
     assert generated.shape == (3, net.max_insert)
@@ -208,3 +208,19 @@ def test_mask_dropout_keeps_the_dropout_distribution(tiny_cfg):
     kept = y > 0
     assert abs(kept.float().mean() - 0.7) < 0.01 and torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.7))
     assert torch.equal(drop.eval()(x), x)
+
+
+def test_correction_generates_only_what_the_kept_window_uses(tiny_cfg):
+    # the packed path stops a slot's generation once the kept items after it fill the window: the windows
+    # are those of the full correction (the first fast path's, and the packed one without a window)
+    packed, _, train, _ = _pair(tiny_cfg, "packed", steam_max_insert=4)
+    packed.eval()
+    with torch.no_grad():  # favour "insert" so that windows fill up
+        packed.op_head.bias[INSERT] += 2.0
+    batch = next(iter(train))
+    seq, lengths = batch[packed.ITEM_SEQ], batch[packed.ITEM_SEQ_LEN]
+    full = packed.correct(seq, lengths)
+    for k in (2, 5, 9):
+        cut = packed.correct(seq, lengths, keep_last=k)
+        assert [c[-k:] for c in cut] == [c[-k:] for c in full]
+    assert sum(map(len, packed.correct(seq, lengths, keep_last=5))) < sum(map(len, full))

@@ -360,13 +360,26 @@ class STEAM(SequentialRecommender):
             tokens = torch.cat([tokens, y.unsqueeze(1)], 1)
         return tokens.masked_fill(tokens == self.eos, 0)
 
-    def _generate_fast(self, h):
-        """``generate`` projecting only the last position, on the rows that have not written ``[eos]``."""
+    def _generate_fast(self, h, budget=None):
+        """``generate`` projecting only the last position, on the rows that have not written ``[eos]``.
+
+        ``budget = (row (M,), after (M,), limit)`` (packed path): slot ``i`` inserts before an item of history
+        ``row[i]`` (slots in row order) that ``after[i]`` kept items follow, and only the last ``limit`` items
+        of a corrected history are used; a slot stops once ``after[i]`` + the items written so far by the
+        later slots of its row reach ``limit``, since all it would write is cut (its row of the result then
+        ends early)."""
         tokens = torch.zeros(len(h), self.max_insert, dtype=torch.long, device=h.device)
         active = torch.arange(len(h), device=h.device)
         weight = self.item_embedding.weight
         rows = 256 if self.packed else None  # packed: project block by block (the block stays in cache)
+        if budget is not None:
+            row, after, limit = budget
+            counts = torch.zeros(len(h), dtype=torch.long, device=h.device)
+            last = torch.searchsorted(row, row, right=True) - 1  # the last slot of each slot's row
         for step in range(self.max_insert):
+            if budget is not None and len(active):
+                later = counts.flip(0).cumsum(0).flip(0) - counts  # written by all the slots after each one
+                active = active[(after + later - later[last])[active] < limit]
             if not len(active):
                 break
             out = self.generator_last(h[active], tokens[active, :step])
@@ -376,6 +389,8 @@ class STEAM(SequentialRecommender):
             else:
                 y = self._greedy(out, weight)
             tokens[active, step] = y
+            if budget is not None:
+                counts[active] += (y != self.eos).long()
             active = active[y != self.eos]
         return tokens.masked_fill(tokens == self.eos, 0)
 
@@ -386,8 +401,12 @@ class STEAM(SequentialRecommender):
         return logits.max(-1).indices  # the first maximum, as argmax, but faster on CPU
 
     @torch.no_grad()
-    def corrector_decisions(self, seq):
-        """``(ops (B, L), P(delete) (B, L), {(b, t): [items before t, in time order]})`` on histories ``seq``."""
+    def corrector_decisions(self, seq, keep_last=None):
+        """``(ops (B, L), P(delete) (B, L), {(b, t): [items before t, in time order]})`` on histories ``seq``.
+
+        ``keep_last`` (packed path): only the last ``keep_last`` items of each corrected history will be used,
+        so generation stops for a slot that many items follow (:meth:`_generate_fast`); the insertions cut
+        that way would fall outside those last items."""
         states = self.encode(seq)
         probs = torch.softmax(self.op_head(states), -1)
         ops = probs.argmax(-1).masked_fill(seq == 0, KEEP)
@@ -395,17 +414,24 @@ class STEAM(SequentialRecommender):
         inserts = {}
         if where:
             rows = torch.tensor(where, device=seq.device)
-            generated = self.generate(states[rows[:, 0], rows[:, 1]]).tolist()
+            h = states[rows[:, 0], rows[:, 1]]
+            if keep_last is not None and self.packed:
+                kept = ((seq > 0) & (ops != DELETE)).flip(1).cumsum(1).flip(1)  # kept items from t on
+                generated = self._generate_fast(h, (rows[:, 0], kept[rows[:, 0], rows[:, 1]], keep_last))
+            else:
+                generated = self.generate(h)
+            generated = generated.tolist()
             for (b, t), items in zip(where, generated):
                 items = [i for i in items if i > 0][::-1]
                 if items:
                     inserts[(b, t)] = items
         return ops, probs[..., DELETE], inserts
 
-    def correct(self, seq, lengths):
+    def correct(self, seq, lengths, keep_last=None):
         """Corrected histories (lists): deletions removed, insertions put in; an emptied history keeps its
-        last item."""
-        ops, _, inserts = self.corrector_decisions(seq)
+        last item. ``keep_last``: the caller uses only the last ``keep_last`` items of each (packed path:
+        the insertions that would be cut are not generated; the last ``keep_last`` items are the same)."""
+        ops, _, inserts = self.corrector_decisions(seq, keep_last)
         rows = []
         for b, (items, n, row_ops) in enumerate(zip(seq.tolist(), lengths.tolist(), ops.tolist())):
             out = []
@@ -458,14 +484,14 @@ class STEAM(SequentialRecommender):
             was = self.training
             self.eval()
             history = interaction[self.ITEM_SEQ]
-            corrected = self.correct(history, interaction[self.ITEM_SEQ_LEN])
+            corrected = self.correct(history, interaction[self.ITEM_SEQ_LEN], keep_last=self.max_len - 1)
             nn.Module.train(self, was)
             targets = interaction[self.POS_ITEM_ID].tolist()
             losses.append(self.cloze_loss(self.pad([c + [t] for c, t in zip(corrected, targets)], self.max_len)))
         return tuple(losses)
 
     def forward(self, interaction):
-        corrected = self.correct(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        corrected = self.correct(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], keep_last=self.max_len - 1)
         seq = self.trim(self.pad([c[-(self.max_len - 1):] + [self.mask_token] for c in corrected], self.max_len))
         out = self.recommend(seq, self.encode(seq))
         last = (seq > 0).sum(1) - 1
