@@ -44,6 +44,9 @@ def test_a_saved_model_reloads_with_its_derived_dataset_and_scores_the_same(sasr
     config, metrics = _reevaluate(model_file)
     assert config["data_path"] == result["dataset_path"]
     assert metrics == pytest.approx(result["test_result"], abs=1e-9)
+    model = load_data_and_model(model_file)[1]
+    saved = torch.load(model_file, weights_only=False)["state_dict"]
+    assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items()) and not model.training
 
 
 def test_a_deleted_derived_dataset_is_rebuilt_identically(sasrec, tmp_path):
@@ -65,6 +68,14 @@ def test_one_of_our_models_on_windows_reloads(tiny_cfg):
     config, metrics = _reevaluate(result["model_file"])
     assert config["model"] == "HSD" and "-window-" in config["data_path"]
     assert metrics == pytest.approx(result["test_result"], abs=1e-9)
+
+
+@pytest.mark.parametrize("model", ["IADSR", "STEAM", "SSDRec", "FMLPRec", "CL4SRec", "DCRec"])
+def test_each_of_our_models_reloads_and_scores_the_same(model, tiny_cfg, tiny_st_dir):
+    extra = dict(encoder="sentence_transformers", encoder_path=tiny_st_dir) if model == "IADSR" else {}
+    result = run_recbole_denoise(model, "tiny", config_dict=tiny_cfg(noise_ratio=0.1, **extra))
+    config, metrics = _reevaluate(result["model_file"])
+    assert config["model"] == model and metrics == pytest.approx(result["test_result"], abs=1e-9)
 
 
 # -- recommend ------------------------------------------------------------------------------------------
