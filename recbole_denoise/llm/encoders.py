@@ -21,8 +21,11 @@ in float32. A dtype other than float32 is part of ``identity`` and so of the cac
 ``encoder_batching``): ``sorted`` (default) encodes each distinct text once, in batches of ``batch_size``
 texts sorted by token count (longest first), and returns the rows in the caller's order;
 ``cached_embeddings`` also removes duplicates before sharding. ``library``: the old path, every text handed
-to the library's own ``encode`` (which sorts by character count), duplicates included. Measured on ml-100k's
-prefix texts: results/iadsr_encoder_throughput.md.
+to the library's own ``encode`` (which sorts by character count), duplicates included. With ``sorted``,
+``cached_embeddings(known=...)`` also copies rows another table already holds (IADSR's e1 texts into its prefix
+table). Measured on ml-100k's prefix texts: results/iadsr_encoder_throughput.md. Also measured there and not
+adopted: BERT's eager attention and the math SDPA kernel (slower than the CPU flash kernel in bf16), ONNX
+Runtime float32 (slower than bf16 torch) and int8 (slower, cosine 0.91 to float32).
 """
 
 import hashlib
