@@ -8,14 +8,15 @@ Both live at the repository's top level. How the package finds them:
   the package as ``recbole_denoise/_data/properties/`` (the yaml files as they are) and
   ``recbole_denoise/_data/dataset/`` (each file xz-compressed as ``<file>.xz``, with ``manifest.json``
   listing every file's size and SHA-256). The first use decompresses the datasets once into
-  ``$RECBOLE_DENOISE_CACHE/dataset-<hash of the manifest>`` (default ``$XDG_CACHE_HOME/recbole_denoise``,
-  else ``~/.cache/recbole_denoise``), built in a temporary folder and renamed into place, so concurrent
-  first uses and an interrupted one never leave a half-written folder; a new release has a new manifest
-  and so its own folder.
+  ``$RECBOLE_DENOISE_CACHE/dataset-<hash of the manifest>`` (default ``~/.cache/recbole_denoise``, the
+  root of the converted LLMs too: ``llm/loader.py``), built in a temporary folder and renamed into
+  place, so concurrent first uses and an interrupted one never leave a half-written folder; a new
+  release has a new manifest and so its own folder.
 
 Everything that reads a property file or the shipped datasets goes through :func:`properties_dir` and
-:func:`dataset_dir`. Run-time outputs (``log/``, ``saved/``, ``log_tensorboard/``) are not bundled files:
-like RecBole's they are relative to the working directory.
+:func:`dataset_dir`. Run-time outputs are not bundled files: like RecBole's, ``log_dir`` (``log``),
+``checkpoint_dir`` and ``derived_data_path`` (under ``saved``) and benchmark spec paths are relative to
+the working directory.
 
 Only the standard library is imported here, so that ``setup.py`` can load this file without installing
 the package's dependencies.
@@ -57,11 +58,9 @@ def properties_dir():
 
 def cache_dir():
     """Where a wheel's datasets are decompressed: ``$RECBOLE_DENOISE_CACHE``, else
-    ``$XDG_CACHE_HOME/recbole_denoise``, else ``~/.cache/recbole_denoise``."""
-    if os.environ.get(CACHE_ENV):
-        return os.path.abspath(os.path.expanduser(os.environ[CACHE_ENV]))
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "recbole_denoise")
+    ``~/.cache/recbole_denoise`` (as for the converted LLMs)."""
+    root = os.environ.get(CACHE_ENV) or os.path.join("~", ".cache", "recbole_denoise")
+    return os.path.abspath(os.path.expanduser(root))
 
 
 def dataset_dir():
@@ -99,10 +98,13 @@ def dataset_dir():
 def _unpack(src, dst, info):
     os.makedirs(os.path.dirname(dst), exist_ok=True)
     h = hashlib.sha256()
-    with lzma.open(src, "rb") as fin, open(dst, "wb") as fout:
-        for block in iter(lambda: fin.read(1 << 20), b""):
-            h.update(block)
-            fout.write(block)
+    try:
+        with lzma.open(src, "rb") as fin, open(dst, "wb") as fout:
+            for block in iter(lambda: fin.read(1 << 20), b""):
+                h.update(block)
+                fout.write(block)
+    except (lzma.LZMAError, EOFError) as e:
+        raise ResourceError(f"{src}: cannot be decompressed ({e}); reinstall recbole-denoise") from None
     if h.hexdigest() != info["sha256"]:
         raise ResourceError(f"{src}: decompressed content does not match its checksum in {MANIFEST}; reinstall "
                             f"recbole-denoise")

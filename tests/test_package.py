@@ -130,3 +130,35 @@ def test_console_script_exits_0_after_a_command_that_returns_results(wheel, tmp_
         sys.exit(entry())  # what the generated script does
     assert exit_.value.code in (None, 0)
     assert any((tmp_path / "derived").glob("tiny-CoocOutlier-*"))
+
+
+def test_bundled_datasets_unpack_once_atomically_and_checked(tmp_path, monkeypatch):
+    """resources.dataset_dir() from a wheel's layout (built by the same bundle() setup.py calls): unpacked
+    once into $RECBOLE_DENOISE_CACHE, reused, never half-written; a corrupt file names itself."""
+    from recbole_denoise import resources
+
+    checkout = tmp_path / "checkout"
+    (checkout / "properties").mkdir(parents=True)
+    (checkout / "properties" / "overall.yaml").write_text("epochs: 3\n")
+    (checkout / "dataset" / "d").mkdir(parents=True)
+    (checkout / "dataset" / "d" / "d.inter").write_text("user_id:token\titem_id:token\n1\t2\n" * 50)
+    package = tmp_path / "pkg"
+    resources.bundle(str(checkout), str(package))
+    monkeypatch.setattr(resources, "BUNDLE_DIR", str(package / "_data"))
+    monkeypatch.setenv(resources.CACHE_ENV, str(tmp_path / "cache"))
+    assert resources.bundled() and resources.properties_dir() == str(package / "_data" / "properties")
+
+    first = resources.dataset_dir()
+    assert open(os.path.join(first, "d", "d.inter")).read() == (checkout / "dataset" / "d" / "d.inter").read_text()
+    stamp = os.stat(os.path.join(first, "d", "d.inter")).st_mtime_ns
+    assert resources.dataset_dir() == first  # reused, not unpacked again
+    assert os.stat(os.path.join(first, "d", "d.inter")).st_mtime_ns == stamp
+    assert os.listdir(tmp_path / "cache") == [os.path.basename(first)]
+
+    shutil.rmtree(first)
+    with open(package / "_data" / "dataset" / "d" / "d.inter.xz", "r+b") as f:  # damage the payload
+        f.seek(60)
+        f.write(b"\x00" * 8)
+    with pytest.raises(Exception, match="d.inter.xz"):
+        resources.dataset_dir()
+    assert os.listdir(tmp_path / "cache") == []  # nothing half-written left behind
