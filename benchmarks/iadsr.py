@@ -368,7 +368,8 @@ def bench_encoder_variants(args):
     lines += ["", f"2 threads vs 1: default {thread_gain:.2f}x, old path {old_gain:.2f}x (per chunk, median). "
               f"Default @2 vs old @2 (the issue's 'today', measured at 2 threads on an idle machine: 41.5 min): "
               f"{new_vs_old2:.2f}x, so {41.5 / new_vs_old2 * distinct / total:.1f} min for the {distinct} distinct "
-              f"prefixes on an idle machine (41.5 min x {distinct}/{total} / {new_vs_old2:.2f}).", ""]
+              f"prefixes on an idle machine (41.5 min x {distinct}/{total} / {new_vs_old2:.2f}), valid only if the "
+              "2-thread ratio measured here transfers to an idle machine, i.e. only at a low load average.", ""]
     path = os.path.join(RESULTS, "iadsr_encoder_throughput.md")
     with open(path) as f:
         old = f.read()
@@ -723,8 +724,8 @@ def main():
     if args.what == "encoders" and os.path.isfile(before):  # keep the first (pre-issue-16) table as "before"
         with open(before) as f:
             old = f.read()
-        i = old.find("## Before")
-        args.before = old[i:] if i >= 0 else "## Before (issue 16)\n\n" + old.replace("# IADSR: text-encoder throughput\n\n", "")
+        i = old.find("\n## ") + 1  # keep every earlier section (rounds, threads, whole set, before)
+        args.before = old[i:] if i > 0 else "## Before (issue 16)\n\n" + old.replace("# IADSR: text-encoder throughput\n\n", "")
     sys.path.insert(0, ROOT)
     {"encoders": bench_encoders, "encoder_variants": bench_encoder_variants,
      "encoder_threads": bench_encoder_threads, "encoder_full": bench_encoder_full, "_time_default": lambda a: _time_default_encoder(a.n, a.reps), "epochs": bench_epochs, "beauty": bench_beauty, "eval_history": bench_eval_history,
