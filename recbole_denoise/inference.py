@@ -120,6 +120,7 @@ def load_data_and_model(model_file):
 
     checkpoint = read_checkpoint(model_file)
     config = checkpoint["config"]
+    config.compatibility_settings()  # numpy aliases RecBole's metrics read (np.float): set when a Config is built
     if str(config["device"]).startswith("cuda") and not torch.cuda.is_available():
         config["device"] = torch.device("cpu")
     config["single_spec"], config["local_rank"] = True, 0  # one process, whatever the training run was

@@ -49,6 +49,16 @@ def test_a_saved_model_reloads_with_its_derived_dataset_and_scores_the_same(sasr
     assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items()) and not model.training
 
 
+def test_a_fresh_process_can_evaluate_the_loaded_model(sasrec, monkeypatch):
+    """RecBole's Config puts back numpy aliases (np.float, read by its NDCG) when built; loading builds none."""
+    import numpy as np
+
+    for alias in ("float", "int", "bool"):
+        monkeypatch.delattr(np, alias, raising=False)  # as in a process that never built a Config
+    cfg, result, model_file = sasrec
+    assert _reevaluate(model_file)[1] == pytest.approx(result["test_result"], abs=1e-9)
+
+
 def test_a_deleted_derived_dataset_is_rebuilt_identically(sasrec, tmp_path):
     cfg, result, model_file = sasrec
     moved = tmp_path / "moved"
