@@ -365,21 +365,34 @@ class STEAM(SequentialRecommender):
 
         ``budget = (row (M,), after (M,), limit)`` (packed path): slot ``i`` inserts before an item of history
         ``row[i]`` (slots in row order) that ``after[i]`` kept items follow, and only the last ``limit`` items
-        of a corrected history are used; a slot stops once ``after[i]`` + the items written so far by the
-        later slots of its row reach ``limit``, since all it would write is cut (its row of the result then
-        ends early)."""
+        of a corrected history are used. The slots are then decoded from the last one of each row backwards
+        (waves), so that when a slot is decoded every item after it is known; it stops as soon as those items
+        and its own fill ``limit``, since all it would write next is cut (its row of the result then ends
+        early)."""
         tokens = torch.zeros(len(h), self.max_insert, dtype=torch.long, device=h.device)
-        active = torch.arange(len(h), device=h.device)
+        if budget is None:
+            self._decode(h, tokens, torch.arange(len(h), device=h.device))
+            return tokens.masked_fill(tokens == self.eos, 0)
+        row, after, limit = budget
+        row = row.contiguous()
+        last = torch.searchsorted(row, row, right=True) - 1  # the last slot of each slot's row
+        rank = last - torch.arange(len(h), device=h.device)  # 0 for the last slot of a row, 1 before it, ...
+        counts = torch.zeros(len(h), dtype=torch.long, device=h.device)
+        for wave in range(int(rank.max()) + 1 if len(h) else 0):
+            later = counts.flip(0).cumsum(0).flip(0) - counts  # written by all the slots after each one
+            room = after + later - later[last]  # kept items after the slot: all decoded already
+            self._decode(h, tokens, (rank == wave).nonzero().squeeze(1), (room, counts, limit))
+        return tokens.masked_fill(tokens == self.eos, 0)
+
+    def _decode(self, h, tokens, active, budget=None):
+        """Greedy decoding of the slots ``active`` into ``tokens``; ``budget = (room, counts, limit)``: a slot
+        decodes while ``room + counts < limit`` (``counts``, its items so far, is updated)."""
         weight = self.item_embedding.weight
         rows = 256 if self.packed else None  # packed: project block by block (the block stays in cache)
-        if budget is not None:
-            row, after, limit = budget
-            counts = torch.zeros(len(h), dtype=torch.long, device=h.device)
-            last = torch.searchsorted(row, row, right=True) - 1  # the last slot of each slot's row
         for step in range(self.max_insert):
             if budget is not None and len(active):
-                later = counts.flip(0).cumsum(0).flip(0) - counts  # written by all the slots after each one
-                active = active[(after + later - later[last])[active] < limit]
+                room, counts, limit = budget
+                active = active[room[active] + counts[active] < limit]
             if not len(active):
                 break
             out = self.generator_last(h[active], tokens[active, :step])
@@ -392,7 +405,6 @@ class STEAM(SequentialRecommender):
             if budget is not None:
                 counts[active] += (y != self.eos).long()
             active = active[y != self.eos]
-        return tokens.masked_fill(tokens == self.eos, 0)
 
     def _greedy(self, out, weight, block=None):
         logits = torch.mm(out, weight.T, out=block)
