@@ -313,6 +313,12 @@ def bench_encoder_variants(args):
     ]
     settings[1] = ("old @2 threads: library, float32, batch 32", settings[0][1], 2)
     if args.onnx:
+        try:
+            import onnx  # noqa: F401  (torch.onnx.export needs it)
+            import onnxruntime  # noqa: F401
+        except ImportError as e:
+            raise SystemExit(f"--onnx needs ONNX Runtime and onnx (not dependencies of recbole-denoise): "
+                             f"pip install onnxruntime==1.32.0 onnx==1.23.2 ({e})")
         folder = tempfile.mkdtemp(prefix="minilm-onnx-")
         settings += [("ONNX Runtime float32 @1", _OnnxMiniLM(folder), 1),
                      ("ONNX Runtime dynamic int8 @1", _OnnxMiniLM(folder, int8=True), 1)]
