@@ -78,6 +78,10 @@ def test_one_of_our_models_on_windows_reloads(tiny_cfg):
     config, metrics = _reevaluate(result["model_file"])
     assert config["model"] == "HSD" and "-window-" in config["data_path"]
     assert metrics == pytest.approx(result["test_result"], abs=1e-9)
+    _, model, dataset, _, _, test = load_data_and_model(result["model_file"])  # windows: a user's latest test row
+    recs = inference.recommend(model, test, k=3)
+    users = set(dataset.id2token(dataset.uid_field, test._dataset.inter_feat[dataset.uid_field].numpy()))
+    assert set(recs["user"]) == users and (recs.groupby("user").size() == 3).all() and len(users) > 1
 
 
 @pytest.mark.parametrize("model", ["IADSR", "STEAM", "SSDRec", "FMLPRec", "CL4SRec", "DCRec"])
@@ -191,7 +195,7 @@ def test_denoise_only_writes_the_dataset_and_reuses_the_adapter(tiny_cfg, tiny_l
     assert f"adapter: {adapter}" in second and "reused" in second.split("adapter: ")[1].splitlines()[0]
 
 
-def test_denoise_only_needs_a_denoiser(tmp_path):
+def test_denoise_only_needs_a_denoiser(tiny_cfg, capsys):
     with pytest.raises(SystemExit) as e:
-        cli(["--denoise_only", "--dataset", "tiny"])
-    assert e.value.code == 2
+        cli(["--denoise_only", "--dataset", "tiny", f"--data_path={tiny_cfg()['data_path']}"])
+    assert e.value.code == 2 and "--denoise_only needs a denoiser" in capsys.readouterr().err
