@@ -122,7 +122,8 @@ def bench_steps(args):
              f"Leave-one-out, natural noise, MAX_ITEM_LIST_LENGTH {args.max_len}, train_batch_size {args.batch_size} "
              f"for every model ({runs[0]['n_batches']} batches per epoch), every other key at the model's yaml "
              f"default. One full training step (loss, backward, gradient clipping where the yaml sets it, Adam) on "
-             f"each of the same first {args.steps} batches after one warm-up step, the {len(runs)} interleaved per batch "
+             f"each of the same first {args.steps} batches after one warm-up step, the {len(runs)} interleaved per "
+             f"batch "
              f"in a rotating order. Epoch estimate = median step x batches per epoch.", "",
              "| variant | min s/step | median s/step | est. s/epoch | x SASRec (median) | x SASRec (min) |",
              "|---|---|---|---|---|---|"]

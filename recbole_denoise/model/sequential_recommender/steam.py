@@ -46,6 +46,22 @@ fused exact-erf GELU (``F.gelu``) in place of RecBole's Python one, and draws dr
 ``rand_like >= p`` (same distribution, other draws). In eval mode it gives the old path's
 outputs (a test checks it in float32); in training only the dropout and Cloze-mask draws differ in shape.
 ``steam_fast_path: False`` keeps the old code path, so that ``benchmarks/steam_epoch.py`` can time both.
+
+``steam_fast_path: packed`` (the default since issue 16, item 5) is the first fast path with less wasted work,
+still the same model, losses and corruption walk: (1) each transformer layer runs its per-position work
+(embeddings, dropout, query/key/value, output projection, feed-forward) on the packed positions that count
+and only its attention on the (B, L) grid (:meth:`packed_layer`): the corrupted sequence's encoder skips its
+padding (about half of its width), the recommender computes queries, output and feed-forward at the masked
+positions only (the Cloze loss reads nothing else), and the generator only at positions ``j < n`` of a slot
+with ``n`` targets (it is causal: position ``j`` sees ``<= j``); (2) the item cross-entropies are fused
+(:class:`_ItemCrossEntropy`): no (N, items) logits, log-softmax or gradient tensor, the logits recomputed
+block by block in the backward pass; (3) the correction of the corrected-loss pass (and of prediction) only
+generates the insertions that fall in the window the model then reads (the last ``MAX_ITEM_LIST_LENGTH +
+steam_extra_length - 1`` items): slots are decoded from the last of each row backwards and stop once the
+items after them fill the window. Tests check, in float32 without dropout, the same four losses and the same
+gradients as the old path (``mask_ratio`` 1) and the first fast path (``mask_ratio`` 0.5), and the same
+windows of the corrected histories. In training the dropout draws differ (other shapes), as between the old
+and the first fast path.
 """
 import random
 
