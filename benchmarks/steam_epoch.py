@@ -166,7 +166,7 @@ def part_times(net, batch):
              timed("generator_loss_packed", "generator loss (training)"),
              timed("cloze_loss", "Cloze losses (2, with their encoder passes)"),
              timed("correct", "correction of the history (no gradient: encoder + greedy generation)"),
-             timed("generate", "greedy generation (inside the correction)")]
+             timed("_generate_fast", "greedy generation (inside the correction)")]
     net.train()
     t = time.perf_counter()
     loss = sum(net.calculate_loss(batch))

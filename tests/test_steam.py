@@ -224,3 +224,11 @@ def test_correction_generates_only_what_the_kept_window_uses(tiny_cfg):
         cut = packed.correct(seq, lengths, keep_last=k)
         assert [c[-k:] for c in cut] == [c[-k:] for c in full]
     assert sum(map(len, packed.correct(seq, lengths, keep_last=5))) < sum(map(len, full))
+
+
+def test_packed_pad_equals_the_list_pad(tiny_cfg):
+    packed, old, _, _ = _pair(tiny_cfg, "packed")
+    rows = [[3, 4, 5], (), (7,), list(range(1, 13))]
+    for width, value in ((5, 0), (2, -100), (0, 0), (12, 0)):
+        assert torch.equal(packed.pad(rows, width, value), old.pad(rows, width, value))
+    assert packed.pad([], 3).shape == (0, 3)

@@ -64,7 +64,9 @@ windows of the corrected histories. In training the dropout draws differ (other 
 and the first fast path.
 """
 import random
+from itertools import chain
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -292,7 +294,7 @@ class STEAM(SequentialRecommender):
         xq, where = (x, keys) if queries is None else (x[queries], keys[queries])
 
         def grid(rows, index):
-            out = rows.new_zeros(b * length, rows.size(1)).index_copy(0, index, rows)
+            out = rows.new_zeros(b * length, rows.size(1)).index_copy_(0, index, rows)
             return out.view(b, length, heads, size)
 
         q = grid(att.query(xq), where).permute(0, 2, 1, 3)
@@ -354,6 +356,14 @@ class STEAM(SequentialRecommender):
         return [(s[:n] + [t])[-self.max_seq_length:] for s, n, t in zip(seq, lengths, targets)]
 
     def pad(self, rows, width, value=0):
+        """(len(rows), width) long tensor: the last ``width`` items of each row, left-aligned, then ``value``."""
+        if self.packed:  # the same tensor, filled through numpy in one masked assignment
+            rows = [r[-width:] if len(r) > width else r for r in rows] if width else [()] * len(rows)
+            lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+            out = np.full((len(rows), width), value, dtype=np.int64)
+            out[np.arange(width) < lengths[:, None]] = np.fromiter(chain.from_iterable(rows), dtype=np.int64,
+                                                                   count=int(lengths.sum()))
+            return torch.from_numpy(out).to(self.item_embedding.weight.device)
         rows = [list(r)[-width:] if width else [] for r in rows]
         out = torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=torch.long).view(len(rows), width)
         return out.to(self.item_embedding.weight.device)
