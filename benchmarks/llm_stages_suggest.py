@@ -91,7 +91,9 @@ def run_setting(cut, args, texts, vocab, flagged, samples, log):
         settings = LoraSettings.from_config(lambda k: {"finetune_epochs": 1, "finetune_batch_size": 8}.get(k),
                                             keep_prompt_head=len(prompts.shared_prefix))
         t = time.time()
-        model = finetune_lora(model, examples, tempfile.mkdtemp(prefix="suggest-bench-"), settings, tok.pad_token_id)
+        out_dir = tempfile.mkdtemp(prefix="suggest-bench-")
+        model = finetune_lora(model, examples, out_dir, settings, tok.pad_token_id)
+        model.peft_config_dir = out_dir
         log(f"cut {cut}: fine-tuned on {len(examples)} examples in {time.time() - t:.0f}s")
     model.eval()
     prefixes = [prompts.suggestion_prefix([texts[i] for i in h], texts[h[p]]) for h, p in flagged]
@@ -115,6 +117,9 @@ def run_setting(cut, args, texts, vocab, flagged, samples, log):
         return constrained_suggestions(model, trie, prefixes[:n], exclude[:n], batch_size=bs, pad_id=tok.pad_token_id,
                                        shared_prefix=prompts.shared_prefix)
 
+    if args.abc:
+        return run_abc(cut, args, model, tok, prompts, prefixes, exclude, known, budget, grounder, trie, embed_s,
+                       trie_s, bs, flagged, texts, log)
     constrained(4), free(4)  # warm-up on 4 items (not timed): first-call allocations of both paths
     grounder.counts.clear()
     t_free, t_con = [], []
@@ -136,6 +141,65 @@ def run_setting(cut, args, texts, vocab, flagged, samples, log):
             "examples": [(texts[h[p]], g, texts[i]) for (h, p), g, i in list(zip(flagged, gen, items))[:3]]}
 
 
+def run_abc(cut, args, model, tok, prompts, prefixes, exclude, known, budget, grounder, trie, embed_s, trie_s, bs,
+            flagged, texts, log):
+    """(a) free + grounding, float32 weights (the path before issue 16); (b) free + grounding, bf16 weights
+    (``llm_dtype: auto``); (c) constrained, bf16 (the default now): same prompts, same adapter (trained with
+    bf16 weights, as the default does; loaded onto a float32 copy of the base for (a)), interleaved."""
+    import torch
+
+    from recbole_denoise.llm.constrained import constrained_suggestions
+    from recbole_denoise.llm.finetune import load_adapter
+    from recbole_denoise.llm.grounding import generate_suggestions
+    from recbole_denoise.llm.loader import default_llm_path, load_llm
+
+    model32, _ = load_llm(default_llm_path(), dtype=torch.float32)
+    if args.finetune:
+        model32 = load_adapter(model32, model.peft_config_dir)
+    model32.eval()
+
+    def free(m, n=len(prefixes)):
+        gen = generate_suggestions(m, tok, prefixes[:n], max_new_tokens=budget, batch_size=bs, stop=prompts.stop_text)
+        return grounder.ground(prompts.whole_titles(gen, list(known.values())), exclude=exclude[:n]), gen
+
+    def con(n=len(prefixes)):
+        return constrained_suggestions(model, trie, prefixes[:n], exclude[:n], batch_size=bs, pad_id=tok.pad_token_id,
+                                       shared_prefix=prompts.shared_prefix)
+
+    paths = {"a": lambda: free(model32), "b": lambda: free(model), "c": con}
+    free(model32, 4), free(model, 4), con(4)  # warm-up
+    grounder.counts.clear()
+    times, outs = {k: [] for k in paths}, {}
+    for r in range(args.repeats):
+        for k in list(paths)[r % 3:] + list(paths)[:r % 3]:  # rotating order
+            t = time.perf_counter()
+            outs[k] = paths[k]()
+            times[k].append(time.perf_counter() - t)
+            log(f"cut {cut} repeat {r} {k}: {times[k][-1]:.1f}s")
+    items = outs["c"]
+    assert all(i is not None and i not in e for i, e in zip(items, exclude))
+    return {"cut": cut, "n": len(prefixes), "budget": budget, "candidates": len(known), "leaves": len(trie),
+            "times": times, "embed_s": embed_s, "trie_s": trie_s, "kinds": dict(grounder.counts),
+            "same_ac": sum(a == b for (a, _), b in zip(outs["a"][0], items)),
+            "same_bc": sum(a == b for (a, _), b in zip(outs["b"][0], items)),
+            "examples": [(texts[h[p]], g, texts[i]) for (h, p), g, i in list(zip(flagged, outs["b"][1], items))[:3]]}
+
+
+def abc_lines(results, args):
+    lines = ["| titles | candidates | (a) free, float32 s/item (min / median) | (b) free, bf16 | (c) constrained, bf16 "
+             "| a/c (min / median): the issue's target | b/c: the decoding change alone | a/b: bf16 alone "
+             "| one-off: embeddings s / trie s | same item a=c, b=c |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        n, t = r["n"], r["times"]
+        ratio = lambda x, y: [p / q for p, q in zip(t[x], t[y])]  # noqa: E731
+        cell = lambda k: f"{min(t[k]) / n:.3f} / {statistics.median(t[k]) / n:.3f}"  # noqa: E731
+        rr = lambda x, y: f"{min(ratio(x, y)):.2f}× / {statistics.median(ratio(x, y)):.2f}×"  # noqa: E731
+        lines.append(f"| {'whole' if r['cut'] == 0 else 'cut ' + str(r['cut'])} | {r['candidates']} ({r['leaves']} distinct) "
+                     f"| {cell('a')} | {cell('b')} | {cell('c')} | {rr('a', 'c')} | {rr('b', 'c')} | {rr('a', 'b')} "
+                     f"| {r['embed_s']:.1f} / {r['trie_s']:.1f} | {r['same_ac']}/{n}, {r['same_bc']}/{n} |")
+    return lines
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--flagged", type=int, default=48)
@@ -144,6 +208,8 @@ def main():
     ap.add_argument("--finetune", type=int, default=48)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--abc", action="store_true",
+                    help="time (a) free float32, (b) free bf16, (c) constrained bf16, interleaved (--dtype bfloat16)")
     ap.add_argument("--out", default=os.path.join(ROOT, "results", "llm_stages_suggest.md"))
     args = ap.parse_args()
     import torch
@@ -154,9 +220,18 @@ def main():
     results = []
     for cut in args.cuts:
         r = run_setting(cut, args, texts, vocab, flagged, samples, log)
+        results.append(r)
+        if args.abc:
+            continue
         log(f"cut {cut}: free {statistics.median(r['free']):.1f}s, constrained {statistics.median(r['constrained']):.1f}s, "
             f"ratios {[round(x, 2) for x in r['ratios']]}, kinds {r['kinds']}")
-        results.append(r)
+    if args.abc:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
+        print(f"commit {commit.strip()}, {datetime.date.today()}, {machine()}, torch {torch.__version__}")
+        print("\n".join(abc_lines(results, args)))
+        for r in results:
+            print(r)
+        return
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     cmd = "OMP_NUM_THREADS=1 nice -n 10 python benchmarks/llm_stages_suggest.py " + " ".join(sys.argv[1:])
     lines = [
