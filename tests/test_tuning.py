@@ -102,6 +102,8 @@ def test_search_finishes_resumes_and_tests_only_the_best(tmp_path, test_reads):
     second = run_tuning(write_spec(tmp_path, n_trials=3), log=quiet)
     again = read_trials(tmp_path)
     assert second["new_trials"] == [2] and len(again) == 3 and again[:2] == rows
+    values = [(r["param_threshold_quantile"], r["param_learning_rate"]) for r in again]
+    assert len(set(values)) == 3  # the resumed sampler does not draw the first trial's values again
     assert all(r["state"] == "COMPLETE" for r in again)
     best = max(again, key=lambda r: float(r["valid_score"]))
     assert second["best"] == int(best["number"])

@@ -271,17 +271,35 @@ def suggest(trial, space):
             values[key] = trial.suggest_int(key, d["low"], d["high"], step=d["step"] or 1, log=d["log"])
         else:
             values[key] = trial.suggest_float(key, d["low"], d["high"], step=d["step"], log=d["log"])
-    return values
+    return tidy(values, space)
+
+
+def tidy(params, space):
+    """Values as a run gets them: a stepped float rounded to 12 digits (0.9, not Optuna's 0.8999999999999999)."""
+    return {k: round(v, 12) if v is not None and space.get(k, {}).get("type") == "float" and space[k]["step"] else v
+            for k, v in params.items()}
 
 
 def make_sampler(spec):
+    """The spec's sampler, whose random state is reseeded from ``seed + trial number`` as each trial
+    starts: a search is reproducible, and a resumed search or a second process on the same study (a new
+    sampler with the same seed) does not draw the first trials' values again."""
     import optuna
 
     if spec.sampler == "grid":
-        return optuna.samplers.GridSampler({k: grid_values(d) for k, d in spec.space.items()}, seed=spec.seed)
-    if spec.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=spec.seed)
-    return optuna.samplers.TPESampler(seed=spec.seed)
+        base, args = optuna.samplers.GridSampler, ({k: grid_values(d) for k, d in spec.space.items()},)
+    else:
+        base, args = (optuna.samplers.RandomSampler if spec.sampler == "random" else optuna.samplers.TPESampler), ()
+
+    class PerTrialSeed(base):
+        def before_trial(self, study, trial):
+            seed = (spec.seed + trial.number) % 2 ** 32
+            for sampler in (self, getattr(self, "_random_sampler", None)):  # TPE draws its first trials at random
+                if sampler is not None:
+                    sampler._rng.rng.seed(seed)  # Optuna's LazyRandomState (optuna pinned in constraints.txt)
+            super().before_trial(study, trial)
+
+    return PerTrialSeed(*args, seed=spec.seed)
 
 
 def open_study(spec):
@@ -382,11 +400,11 @@ def run_tuning(path, command=None, log=print):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # RUNNING trials of a killed process, past the heartbeat grace
-    for t in interrupted(study):
+    done = sum(finished(t) for t in study.get_trials(deepcopy=False))
+    for t in interrupted(study)[:max(spec.n_trials - done, 0)]:  # retried first, while trials remain to run
         study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
         log(f"trial {t.number} was interrupted: run again with the same values")
     before = {t.number for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING}  # retries run now
-    done = sum(finished(t) for t in study.get_trials(deepcopy=False))
     log(f"tuning '{spec.name}': {done} of {spec.n_trials} trials finished -> {spec.output}")
 
     def enough(study_, _trial):
@@ -428,7 +446,7 @@ def final_run(spec, study, log):
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
             final = json.load(f)
-        if final.get("trial") == best.number and final.get("params") == best.params:
+        if final.get("trial") == best.number and final.get("params") == tidy(best.params, spec.space):
             log(f"best trial {best.number} was retrained and tested before: {path}")
             return final
     os.makedirs(folder, exist_ok=True)
@@ -443,12 +461,12 @@ def final_run(spec, study, log):
     t = time.time()
     try:
         result = run_recbole_denoise(spec.model, spec.dataset, spec.denoiser, spec.config_files or None,
-                                     trial_config(spec, best.params, spec.output, checkpoint_dir=ckpt,
+                                     trial_config(spec, tidy(best.params, spec.space), spec.output, checkpoint_dir=ckpt,
                                                   result_file=os.path.join(folder, "result.json")))
     finally:
         shutil.rmtree(ckpt, ignore_errors=True)
         os.remove(claim)
-    final = {"trial": best.number, "params": best.params, "trial_valid_score": best.value,
+    final = {"trial": best.number, "params": tidy(best.params, spec.space), "trial_valid_score": best.value,
              "valid_score": result["best_valid_score"], "valid_metric": result["valid_metric"],
              "test_result": result["test_result"], "epochs": result["timings"]["epochs"],
              "seconds": round(time.time() - t, 3), "result_file": os.path.join(folder, "result.json")}
@@ -457,8 +475,9 @@ def final_run(spec, study, log):
     return final
 
 
-def trial_rows(trials):
+def trial_rows(trials, space=None):
     """One dict per trial: number, state, ``param_<key>`` values, valid score, epochs, seconds, error."""
+    space = space or {}
     keys = []
     for t in trials:
         keys += [k for k in t.params if k not in keys]
@@ -469,7 +488,7 @@ def trial_rows(trials):
         if value is None and t.intermediate_values:  # pruned: its last validation score
             value = t.intermediate_values[max(t.intermediate_values)]
         row = {"number": t.number, "state": t.state.name}
-        row.update({f"param_{k}": t.params.get(k) for k in keys})
+        row.update({f"param_{k}": v for k, v in tidy({k: t.params.get(k) for k in keys}, space).items()})
         row.update(valid_score=value, epochs=t.user_attrs.get("epochs"), seconds=round(seconds, 3) if seconds else None,
                    retry_of=t.user_attrs.get("retry_of"), error=t.user_attrs.get("error", ""),
                    started_at=t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else "")
@@ -480,7 +499,7 @@ def trial_rows(trials):
 def write_trials(spec, trials):
     import csv
 
-    rows = trial_rows(trials)
+    rows = trial_rows(trials, spec.space)
     path = os.path.join(spec.output, "trials.csv")
     columns = list(rows[0]) if rows else ["number", "state", "valid_score", "epochs", "seconds", "error"]
     tmp = f"{path}.{os.getpid()}.tmp"
@@ -498,7 +517,7 @@ def plot_search(spec, trials):
     from recbole_denoise.benchmark.plots import _plt
 
     plt = _plt()
-    rows = [r for r in trial_rows(trials) if r["valid_score"] is not None]
+    rows = [r for r in trial_rows(trials, spec.space) if r["valid_score"] is not None]
     keys = list(spec.space)
     fig, axes = plt.subplots(1, 1 + len(keys), figsize=(4.2 * (1 + len(keys)), 3.4), squeeze=False)
     axes = axes[0]
@@ -528,7 +547,14 @@ def plot_search(spec, trials):
         else:
             ax.scatter([v for v, _ in values], [s for _, s in values], s=18)
             if spec.space[key]["log"]:
+                from matplotlib.ticker import NullFormatter
+
                 ax.set_xscale("log")
+                ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a short log range overlap
+            if spec.space[key]["type"] == "int":
+                from matplotlib.ticker import MaxNLocator
+
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set(title=key, xlabel=key, ylabel=spec.valid_metric or "valid score")
     folder = os.path.join(spec.output, "plots")
     os.makedirs(folder, exist_ok=True)
@@ -559,18 +585,19 @@ def record_invocation(spec, command, commit, seconds, new_trials):
     return meta
 
 
-def _cell(v):
+def _cell(v, kind="f"):
+    """A table cell: ``f`` a score (4 decimals), ``g`` a key's value (4 significant digits), ``s`` seconds."""
     if v is None or v == "":
         return "-"
     if isinstance(v, float):
-        return f"{v:.4g}" if abs(v) < 1e-3 and v != 0 else f"{v:.4f}"
+        return f"{v:.1f}" if kind == "s" else f"{v:.4g}" if kind == "g" or (abs(v) < 1e-3 and v != 0) else f"{v:.4f}"
     return str(v)
 
 
 def write_tune_report(spec, trials, final, meta):
     """``report.md``: invocations, the search, the best trial's values and final test metrics, and every
     trial sorted by validation score (best first)."""
-    rows = trial_rows(trials)
+    rows = trial_rows(trials, spec.space)
     bigger = spec.direction == "maximize"
     states = {}
     for r in rows:
@@ -595,7 +622,7 @@ def write_tune_report(spec, trials, final, meta):
         lines += ["", "Fixed keys: " + ", ".join(f"`{k}: {v}`" for k, v in spec.config.items())]
     lines += ["", "## Best trial (chosen on validation)", ""]
     if final:
-        lines += [f"Trial {final['trial']}: " + ", ".join(f"`{k}` = {_cell(v)}" for k, v in final["params"].items())
+        lines += [f"Trial {final['trial']}: " + ", ".join(f"`{k}` = {_cell(v, 'g')}" for k, v in final["params"].items())
                   + f"; its validation {spec.valid_metric}: {_cell(final['trial_valid_score'])}.", "",
                   f"Retrained with these values ({final['epochs']} epochs, {final['seconds']:.1f} s; validation "
                   f"{_cell(final['valid_score'])}) and tested once (`{os.path.relpath(final['result_file'], spec.output)}`):",
@@ -613,8 +640,8 @@ def write_tune_report(spec, trials, final, meta):
         note = r["error"] or (f"retry of {r['retry_of']}" if r["retry_of"] is not None else "")
         if r["state"] == "FAIL" and not r["error"]:
             note = "interrupted" + (f"; {note}" if note else "")
-        lines.append(f"| {r['number']} | {r['state'].lower()} | " + " | ".join(_cell(r[k]) for k in keys)
-                     + f" | {_cell(r['valid_score'])} | {_cell(r['epochs'])} | {_cell(r['seconds'])} | {note} |")
+        lines.append(f"| {r['number']} | {r['state'].lower()} | " + " | ".join(_cell(r[k], "g") for k in keys)
+                     + f" | {_cell(r['valid_score'])} | {_cell(r['epochs'])} | {_cell(r['seconds'], 's')} | {note} |")
     lines += ["", "![search](plots/search.png)", ""]
     path = os.path.join(spec.output, "report.md")
     with open(path, "w", encoding="utf-8") as f:
