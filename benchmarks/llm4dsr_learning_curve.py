@@ -220,6 +220,9 @@ def reading(results, args):
             s += (f", and from {min(above)} examples on.  " if contiguous else " (not at every larger budget). ")
         else:
             s += "At no budget measured does the 95% bootstrap CI of the AUC lie above chance (0.5). "
+        below = [r["examples"] for r in curve if r["auc_ci"]["hi"] < 0.5]
+        if below:
+            s += f"It lies entirely *below* 0.5 at {', '.join(map(str, below))} examples. "
         s += (f"F1 exceeds the random-flag mean + 2 std at {', '.join(map(str, f1_above))} examples. " if f1_above
               else "F1 never exceeds the random-flag mean + 2 std. ")
         s += f"Best AUC {best['eval']['auc']:.3f} at {best['examples']} examples."
@@ -270,8 +273,9 @@ def write_report(args, desc, results, start, load_before, path):
         f"variant says otherwise. Each point is an independent fine-tune with its own schedule.", "",
         "## Curve (eval = valid + test histories)", "",
         "| examples | variant | mode | LoRA steps | fine-tune s | train loss | flagged | precision | recall | F1 "
-        "| random F1 (mean ± std) | AUC | AUC 95% CI | valid AUC | test AUC | replaced = target | restores clean |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        "| random F1 (mean ± std) | AUC | AUC 95% CI | valid AUC | test AUC | replaced = target | restores clean "
+        "| scoring s | suggest s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(results, key=lambda r: (r["variant"] != "base", r["examples"], r["variant"], r["mode"])):
         e, rb, rp = r["eval"], r["random_eval"], r["replace"]
         loss = ", ".join(f"{x:.3f}" for x in r.get("epoch_losses") or []) or "–"
@@ -283,7 +287,7 @@ def write_report(args, desc, results, start, load_before, path):
             f"{e['n_flagged']} | {e['precision']:.3f} | {e['recall']:.3f} | {e['f1']:.3f} | "
             f"{det.fmt(rb['f1'])} | {e['auc']:.3f} | {r['auc_ci']['lo']:.3f}–{r['auc_ci']['hi']:.3f} | "
             f"{f3(r['split']['valid']['auc'])} | {f3(r['split']['test']['auc'])} | "
-            f"{f3(rp['equals_target'])} ({rp['replaced']}) | {rest} |")
+            f"{f3(rp['equals_target'])} ({rp['replaced']}) | {rest} | {r['score_s']:.0f} | {r['suggest_s'] or 0:.0f} |")
     lines += ["", "fine-tune s: model load + instruction data + LoRA training as the stage recorded it (\"reused\": "
               "the adapter came from the cache, trained by the other mode's run of the same point). AUC 95% CI: "
               f"percentile bootstrap over eval windows ({args.bootstrap} resamples). Random F1: the same number "
@@ -365,6 +369,8 @@ def main():
                     results.append(json.load(f))
                 logger.info(f"point {point_id(point, mode)}: cached")
                 continue
+            if results:  # the table of the finished runs (also after a resume), before the next long one
+                write_report(args, desc, results, start, load_before, args.out)
             logger.info(f"point {point_id(point, mode)}: running")
             res = run_point(point, mode, args, data_root, derived, logger, windows, clean, titles)
             logger.info(f"point {point_id(point, mode)}: eval {res['eval']}, auc_ci {res['auc_ci']}, "
