@@ -16,7 +16,7 @@ A tuning spec (see ``benchmarks/tune_example.yaml``)::
       denoise_action: {type: categorical, choices: [delete, popularity]}
     sampler: tpe                 # tpe | random | grid (grid: every point of the space; floats need a step)
     n_trials: 20                 # trials the study should have finished (default 20; grid: the grid's size)
-    seed: 2020                   # the sampler's seed (a trial's training seed is the config's 'seed')
+    seed: 2020                   # the sampler's, reseeded with seed + trial number per trial (training: 'seed')
     pruner: none                 # none | median (Optuna's MedianPruner on the per-epoch validation scores)
     output: results/tune         # study.db, trials.csv, report.md, plots/search.png, best/
     storage: ~                   # optional database URL shared by machines; default sqlite:///<output>/study.db
@@ -347,13 +347,14 @@ def trial_config(spec, params, out, **extra):
     return cfg
 
 
-def objective_fn(spec, log):
+def objective_fn(spec, log, ran):
     import optuna
 
     from recbole_denoise.quick_start import run_recbole_denoise
 
     def objective(trial):
         params = suggest(trial, spec.space)
+        ran.append(trial.number)
         log(f"trial {trial.number}: {params}")
 
         def report(epoch_idx, valid_score):  # RecBole's Trainer.fit, after each validation
@@ -387,8 +388,6 @@ def run_tuning(path, command=None, log=print):
     ``{"output", "trials", "new_trials", "best", "final", "report"}``."""
     import optuna
 
-    from optuna.trial import TrialState
-
     from recbole_denoise.benchmark.executor import git_commit
 
     from recbole_denoise.config import PROJECT_DIR
@@ -404,18 +403,17 @@ def run_tuning(path, command=None, log=print):
     for t in interrupted(study)[:max(spec.n_trials - done, 0)]:  # retried first, while trials remain to run
         study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
         log(f"trial {t.number} was interrupted: run again with the same values")
-    before = {t.number for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING}  # retries run now
     log(f"tuning '{spec.name}': {done} of {spec.n_trials} trials finished -> {spec.output}")
 
     def enough(study_, _trial):
         if sum(finished(t) for t in study_.get_trials(deepcopy=False)) >= spec.n_trials:
             study_.stop()
 
+    new = []  # the trials this process ran (others may run trials of the same study meanwhile)
     if done < spec.n_trials:
-        study.optimize(objective_fn(spec, log), n_trials=spec.n_trials - done, catch=(Exception,),
+        study.optimize(objective_fn(spec, log, new), n_trials=spec.n_trials - done, catch=(Exception,),
                        callbacks=[enough], gc_after_trial=True)
     trials = study.get_trials(deepcopy=False)
-    new = [t.number for t in trials if t.number not in before]
     final = final_run(spec, study, log)
     write_trials(spec, trials)
     plot_search(spec, trials)
