@@ -157,6 +157,21 @@ def test_pruned_on_validation_curve(tmp_path, monkeypatch):
     assert list(study.trials[0].intermediate_values) == [0]
 
 
+def test_retrain_claim_of_a_dead_process_is_taken_over(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    claim = tmp_path / ".retrain-3"
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    claim.write_text(f"{socket.gethostname()} {os.getppid()}")  # a live process (pytest's parent) holds it
+    assert not tune.take_claim(str(claim))
+    claim.write_text(f"{socket.gethostname()} {int(gone.stdout)}")  # a process that has exited
+    assert tune.take_claim(str(claim)) and claim.read_text() == f"{socket.gethostname()} {os.getpid()}"
+    assert not tune.take_claim(str(claim))  # held now (by this process, alive)
+
+
 def test_grid_sampler_covers_the_grid(tmp_path):
     space = {"threshold_quantile": {"type": "float", "low": 0.8, "high": 0.9, "step": 0.1},
              "max_edits": {"type": "int", "low": 1, "high": 2}}

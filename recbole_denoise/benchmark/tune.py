@@ -449,9 +449,7 @@ def final_run(spec, study, log):
             return final
     os.makedirs(folder, exist_ok=True)
     claim = os.path.join(folder, f".retrain-{best.number}")
-    try:  # several processes on one study: only one retrains a given best trial
-        os.close(os.open(claim, os.O_CREAT | os.O_EXCL))
-    except FileExistsError:
+    if not take_claim(claim):  # several processes on one study: only one retrains a given best trial
         log(f"another process retrains trial {best.number} ({claim})")
         return None
     log(f"best trial {best.number} (valid {best.value:.4f}): retrain and test once: {best.params}")
@@ -471,6 +469,41 @@ def final_run(spec, study, log):
     with open(path, "w", encoding="utf-8") as f:
         json.dump(final, f, indent=1, default=str)
     return final
+
+
+def take_claim(path):
+    """Create ``path`` (holding this host and pid) unless it exists; a claim of a process of this host that
+    is gone (killed while retraining) is taken over. True when this process holds the claim."""
+    import socket
+
+    me = f"{socket.gethostname()} {os.getpid()}"
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                with open(path, encoding="utf-8") as f:
+                    host, _, pid = f.read().strip().rpartition(" ")
+            except OSError:
+                continue  # released meanwhile
+            if host != socket.gethostname() or not pid.isdigit() or _alive(int(pid)):
+                return False
+            os.remove(path)  # its process is gone
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(me)
+        return True
+    return False
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def trial_rows(trials, space=None):
