@@ -1,33 +1,43 @@
-"""LoRA fine-tuning step time under three glibc mmap-threshold policies, interleaved in one process (issue 16).
+"""LoRA fine-tuning steps under three glibc mmap-threshold policies, one fresh process per policy (issue 16).
 
-    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/finetune_mmap_steps.py [--rounds 4] [--batch 8]
+    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/finetune_mmap_steps.py [--rounds 2] [--steps 5]
 
 SmolLM2-135M (bf16 weights, bf16 autocast, LoRA r 8 on q/v, the labelled-positions loss, AdamW), batches of
-8 random rows of 170-200 tokens with 3 labelled tokens each (the README main job's shapes). Each round runs
-one step per policy, in rotating order:
+8 random rows of 170-200 tokens with 3 labelled tokens each (the README main job's shapes). Policies:
 
-* ``stage``: the 1 MB threshold for the whole step (the code before this change: set for the whole stage);
-* ``forward``: 1 MB during the forward pass, glibc's 32 MB ceiling for the backward and the optimiser
+* ``stage``: 1 MB threshold from before the first step on (the code before this change set it for the whole
+  denoising stage);
+* ``forward``: 1 MB during each forward pass, glibc's 32 MB ceiling for the backward and the optimiser
   (``finetune._mmap_forward``, now);
-* ``heap``: 32 MB throughout (what glibc's dynamic threshold reaches; the speed without the memory fix).
+* ``heap``: glibc's dynamic threshold (no setting: the speed without the memory fix).
 
-Prints per-step seconds and minor page faults, and min / median per policy. Peak RSS cannot be separated
-in one process: see ``benchmarks/memory_main_job.py``.
+glibc serves a request above the threshold from free heap chunks when it can (mmap only when the heap must
+grow), so the policies cannot share a process: each run is a fresh process (rounds rotate the order). Per
+run: seconds and minor page faults per step, and the process's peak RSS (``ru_maxrss``) above the loaded
+model. The README main job's own peak is measured by ``benchmarks/memory_main_job.py``.
 """
 import argparse
 import ctypes
+import json
+import os
 import resource
 import statistics
+import subprocess
+import sys
 import time
 
-import torch
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=8)
-    args = parser.parse_args()
+def rss_mb():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS"))
+
+
+def child(policy, steps):
+    import torch
+
+    sys.path.insert(0, ROOT)
     from recbole_denoise.compat import import_peft
     from recbole_denoise.llm.finetune import labelled_loss
     from recbole_denoise.llm.loader import default_llm_path, load_llm
@@ -41,41 +51,62 @@ def main():
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     gen = torch.Generator().manual_seed(0)
-    low, high = 1 << 20, 32 << 20
-
-    def step(policy, length):
-        lens = torch.randint(length - 20, length + 1, (args.batch,), generator=gen)
+    base = rss_mb()
+    if policy == "stage":
+        libc.mallopt(-3, 1 << 20)
+    out = []
+    for s in range(steps):
+        length, batch = 170 + (s * 7) % 31, 8
+        lens = torch.randint(length - 20, length + 1, (batch,), generator=gen)
         lens[0] = length
-        ids = torch.randint(3, 40000, (args.batch, length), generator=gen)
+        ids = torch.randint(3, 40000, (batch, length), generator=gen)
         mask = (torch.arange(length)[None] < lens[:, None]).long()
         labels = torch.full_like(ids, -100)
-        for b in range(args.batch):
+        for b in range(batch):
             labels[b, lens[b] - 3:lens[b]] = ids[b, lens[b] - 3:lens[b]]
         t, f = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        libc.mallopt(-3, high if policy == "heap" else low)
+        if policy == "forward":
+            libc.mallopt(-3, 1 << 20)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = labelled_loss(model, {"input_ids": ids, "attention_mask": mask, "labels": labels})
         if policy == "forward":
-            libc.mallopt(-3, high)
+            libc.mallopt(-3, 32 << 20)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f
+        out.append((time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"policy": policy, "steps": out, "peak_above_model_mb": peak - base}))
 
-    policies = ["stage", "forward", "heap"]
-    step("heap", 185)  # warm-up
-    res = {p: [] for p in policies}
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--order", nargs="+", default=["stage", "forward", "heap"], help="the first round's order")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args.child, args.steps)
+    policies = args.order
+    runs = {p: [] for p in policies}
     for r in range(args.rounds):
         for p in policies[r % 3:] + policies[:r % 3]:
-            s, f = step(p, 170 + (r * 7) % 31)
-            res[p].append((s, f))
-            print(f"round {r} {p:8s} {s:6.2f} s {f / 1000:7.0f}k faults", flush=True)
-    print("| policy | s/step min | s/step median | faults/step median | median vs heap |\n|---|---|---|---|---|")
-    heap = statistics.median(s for s, _ in res["heap"])
+            res = subprocess.run([sys.executable, __file__, "--child", p, "--steps", str(args.steps)], check=True,
+                                 capture_output=True, text=True)
+            row = json.loads(res.stdout.strip().splitlines()[-1])
+            runs[p].append(row)
+            print(f"round {r} {p:8s} peak +{row['peak_above_model_mb']:.0f} MB; s/step "
+                  + " ".join(f"{s:.2f}" for s, _ in row["steps"]) + "; kfaults/step "
+                  + " ".join(f"{f // 1000}" for _, f in row["steps"]), flush=True)
+    print("| policy | s/step after the first (min / median) | minor faults/step (median) | peak RSS above the model MB |\n"
+          "|---|---|---|---|")
     for p in policies:
-        times = [s for s, _ in res[p]]
-        print(f"| {p} | {min(times):.2f} | {statistics.median(times):.2f} | "
-              f"{statistics.median(f for _, f in res[p]) / 1000:.0f}k | {statistics.median(times) / heap:.2f}× |")
+        times = [s for row in runs[p] for s, _ in row["steps"][1:]]
+        faults = [f for row in runs[p] for _, f in row["steps"][1:]]
+        peaks = [row["peak_above_model_mb"] for row in runs[p]]
+        print(f"| {p} | {min(times):.2f} / {statistics.median(times):.2f} | {statistics.median(faults) / 1000:.0f}k | "
+              f"{min(peaks):.0f}-{max(peaks):.0f} |")
 
 
 if __name__ == "__main__":
