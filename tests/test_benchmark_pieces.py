@@ -71,3 +71,19 @@ def test_run_ids_survive_a_new_key_with_a_none_default():
     assert run_hash(dict(resolved, checkpoint_dir="/elsewhere")) == before  # paths never count
     assert run_hash(dict(resolved, some_new_key=0)) != before          # a set value is part of the run
     assert run_hash(dict(resolved, learning_rate=0.002)) != before
+
+
+def test_a_method_restricts_itself_per_dataset(tmp_path):
+    datasets = {"tiny": {"data_path": FIXTURES}}
+    methods = {"None": {}, "CoocOutlier": {"denoiser": "CoocOutlier",
+                                           "datasets": {"tiny": {"backbones": ["GRU4Rec"], "noise_ratios": [0.2],
+                                                                 "threshold_quantile": 0.7}}}}
+    runs = load_spec(write_spec(tmp_path, datasets=datasets, methods=methods, noise_ratios=[0.0, 0.2],
+                                seeds=[1])).runs
+    cooc = [r for r in runs if r.method == "CoocOutlier"]
+    assert [(r.backbone, r.noise_ratio) for r in cooc] == [("GRU4Rec", 0.2)]
+    assert cooc[0].config_dict["threshold_quantile"] == 0.7 and "backbones" not in cooc[0].config_dict
+    assert len([r for r in runs if r.method == "None"]) == 4
+    methods["CoocOutlier"]["datasets"]["tiny"]["backbones"] = ["Caser"]
+    message = str(pytest.raises(SpecError, load_spec, write_spec(tmp_path, datasets=datasets, methods=methods)).value)
+    assert "methods.CoocOutlier.datasets.tiny.backbones: ['Caser'] not among the backbones" in message

@@ -8,7 +8,7 @@ A spec (see ``benchmarks/quick.yaml``)::
     datasets:                    # name -> keys for that dataset only
       ml-100k: {sample_users: 100, item_category_field: class}
     noise_ratios: [0.0, 0.1]     # alpha; 0 = the natural data
-    protocols: [loo]             # loo | window
+    protocols: [loo]             # loo | ratio | window
     backbones: [SASRec, GRU4Rec]
     seeds: [2020, 2021]
     methods:                     # display name -> keys
@@ -24,7 +24,9 @@ A dataset's keys may restrict that dataset to some ``backbones``, ``methods``, `
 [SASRec]}``: data that already carries its noise, and the papers' backbone for it); the other keys of a
 dataset are config keys for its runs. A method's keys may also restrict it to some ``backbones``, ``datasets``, ``noise_ratios`` or
 ``protocols`` of the spec (``datasets`` may also map each dataset to keys for this method on it only, e.g.
-``datasets: {amazon-beauty: {MAX_ITEM_LIST_LENGTH: 32}, ml-100k: {}}``), and ``sweep`` a key over values: each value is a variant of the method, and
+``datasets: {amazon-beauty: {MAX_ITEM_LIST_LENGTH: 32}, ml-100k: {}}``, and restrict it further on that
+dataset with ``backbones``, ``noise_ratios`` or ``protocols``: ``ml-100k: {backbones: [GRU4Rec]}``), and
+``sweep`` a key over values: each value is a variant of the method, and
 the tables keep the variant with the best validation score (model selection on validation only).
 
 Priority of the keys of one run, lowest first: RecBole's and our property files, the preset, the preset's
@@ -57,8 +59,9 @@ SPEC_KEYS = ("name", "preset", "output", "datasets", "noise_ratios", "protocols"
              "denoise_seed", "methods", "baseline", "models", "config", "config_files", "extra_keys", "report")
 METHOD_KEYS = ("sweep", "backbones", "datasets", "noise_ratios", "protocols")  # besides config keys
 DATASET_KEYS = ("backbones", "methods", "noise_ratios", "protocols")  # besides config keys
+METHOD_DATASET_KEYS = ("backbones", "noise_ratios", "protocols")  # a method's datasets.<d>: besides config keys
 REPORT_KEYS = ("metrics", "plot_metric", "detection_metrics", "beyond_metrics")
-PROTOCOLS = ("loo", "window")
+PROTOCOLS = ("loo", "ratio", "window")
 STANDALONE = "-"  # the backbone column of a model that does not wrap one
 # keys that never change a result (paths, logging, devices): left out of the run hash
 VOLATILE_KEYS = {"data_path", "checkpoint_dir", "log_dir", "result_file", "derived_data_path", "device", "gpu_id",
@@ -284,7 +287,8 @@ def _parse(path, raw, problems):
         _check_keys(problems, f"methods.{name}.sweep", dict(keys.get("sweep") or {}), known)
         if isinstance(keys.get("datasets"), dict):
             for dataset, dataset_keys in _mapping(problems, f"methods.{name}.datasets", keys["datasets"]).items():
-                _check_keys(problems, f"methods.{name}.datasets.{dataset}", dataset_keys, known)
+                _check_keys(problems, f"methods.{name}.datasets.{dataset}",
+                            [k for k in dataset_keys if k not in METHOD_DATASET_KEYS], known)
     output = raw.get("output") or os.path.join("results", str(raw.get("name") or "benchmark"))
     return Spec(path=os.path.abspath(path), name=str(raw.get("name") or os.path.splitext(os.path.basename(path))[0]),
                 preset=preset, output=output, datasets=datasets, noise_ratios=[float(r) for r in ratios if
@@ -409,11 +413,22 @@ def expand(spec, problems):
         own_per_dataset = keys["datasets"] if isinstance(keys.get("datasets"), dict) else {}
         for variant in _variants(problems, name, keys.get("sweep")):
             label = name + ("[" + ",".join(f"{k}={v}" for k, v in variant.items()) + "]" if variant else "")
+            def allowed(d, key, values):  # the dataset's restriction, then the method's on that dataset
+                values = dataset_limit(spec, d, key, values)
+                mine = (own_per_dataset.get(d) or {}).get(key)
+                if mine is None:
+                    return values
+                mine = _limit_values(key, mine)
+                bad = [v for v in mine if v not in values]
+                message = f"methods.{name}.datasets.{d}.{key}: {bad} not among the {key} {values} of that dataset"
+                if bad and message not in problems:
+                    problems.append(message)
+                return [v for v in values if v in mine]
+
             cells = [(d, p, r, b) for d in datasets if dataset_limit(spec, d, "methods", [name])
-                     for p in dataset_limit(spec, d, "protocols", protocols)
-                     for r in dataset_limit(spec, d, "noise_ratios", ratios)
-                     for b in (backbones if backbones == [STANDALONE]
-                               else dataset_limit(spec, d, "backbones", backbones))]
+                     for p in allowed(d, "protocols", protocols)
+                     for r in allowed(d, "noise_ratios", ratios)
+                     for b in (backbones if backbones == [STANDALONE] else allowed(d, "backbones", backbones))]
             for (dataset, protocol, ratio, backbone), seed in itertools.product(cells, spec.seeds):
                 model = model_cls.__name__ if model_cls is not None else backbone
                 cfg = {}
@@ -422,7 +437,8 @@ def expand(spec, problems):
                 cfg.update(spec.config)
                 for layer in (spec.datasets[dataset], spec.models.get(backbone, {}),
                               spec.models.get(model, {}) if model != backbone else {}, own,
-                              own_per_dataset.get(dataset) or {}, variant):
+                              {k: v for k, v in (own_per_dataset.get(dataset) or {}).items()
+                               if k not in METHOD_DATASET_KEYS}, variant):
                     cfg.update(copy.deepcopy(layer))
                 if wrap_key:
                     cfg[wrap_key] = backbone
