@@ -50,6 +50,11 @@ class Config(RecBoleConfig):
                          config_dict=config_dict)
         self.final_config_dict["denoiser"] = self.denoiser_name
         self.denoiser_class = denoiser if isinstance(denoiser, type) else None
+        # the split RecBole runs follows 'protocol'; a user's eval_args that contradict it stop here
+        from recbole_denoise.data.protocol import protocol_eval_args
+
+        self.final_config_dict["eval_args"] = protocol_eval_args(self.final_config_dict,
+                                                                 self.external_config_dict.get("eval_args"))
         self.final_config_dict["source_dataset"] = self.dataset
 
     # -- inputs -------------------------------------------------------------------------------------

@@ -7,9 +7,11 @@ original column plus two ground-truth columns that later stages read:
 * ``noise_label:float`` — 1.0 where the item was replaced, else 0.0;
 * ``clean_item_id:token`` — the item before replacement.
 
-(RecBole itself loads neither: ``load_col`` lists only user, item and time.) With ``restore_last`` the
+(RecBole itself loads neither: ``load_col`` lists only user, item and time.) With ``restore_last`` True the
 last interaction of every user (the leave-one-out test target) is never replaced, which is what the
-official LLM4DSR code does for test targets; the window protocol restores test targets itself.
+official LLM4DSR code does for test targets; with ``restore_last`` ``{"RS": ratios}`` (``protocol: ratio``)
+no interaction of RecBole's per-user test split is (:func:`~recbole_denoise.data.protocol.recbole_parts`);
+the window protocol restores test targets itself.
 """
 import numpy as np
 
@@ -29,9 +31,17 @@ def inject_noise(df, ratio, seed, restore_last=False, uid="user_id", iid="item_i
 
     Draws are made row by row in chronological order with ``numpy.random.default_rng(seed)``, so the
     same (data, ratio, seed) always gives the same file. The replacement is never the original item.
+    ``restore_last``: False, True (each user's last interaction keeps its item) or ``{"RS": ratios}``
+    (every interaction of RecBole's per-user ratio test split keeps its item).
     """
     if not 0.0 <= float(ratio) <= 1.0:
         raise DatasetError(f"noise_ratio must be in [0, 1], got {ratio}")
+    held_out = None
+    if isinstance(restore_last, dict):  # RecBole's order breaks float32 ties by file order: parts first
+        from recbole_denoise.data.protocol import recbole_parts
+
+        parts = recbole_parts(df, ("ratio", tuple(float(r) for r in restore_last["RS"])), uid, time)
+        held_out = chronological(df.assign(_test=parts == 2), uid, time)["_test"].to_numpy()
     df = chronological(df, uid, time)
     items = np.array(sorted(df[iid].unique()))
     if len(items) < 2:
@@ -39,7 +49,9 @@ def inject_noise(df, ratio, seed, restore_last=False, uid="user_id", iid="item_i
     original = df[iid].to_numpy()
     rng = np.random.default_rng(seed)
     flip = rng.random(len(df)) < float(ratio)
-    if restore_last:
+    if held_out is not None:
+        flip &= ~held_out
+    elif restore_last:
         last = df[uid].to_numpy() != np.roll(df[uid].to_numpy(), -1)
         last[-1] = True
         flip &= ~last

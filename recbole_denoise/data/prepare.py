@@ -8,7 +8,8 @@ import time
 
 from recbole_denoise.data.noise import noise_stage
 from recbole_denoise.data.sample import check_sample_users, sample_stage
-from recbole_denoise.data.protocol import check_protocol_keys, window_stage
+from recbole_denoise.data.protocol import check_protocol_keys, check_split_users, config_split, noise_restore, \
+    window_stage
 from recbole_denoise.data.source import BENCHMARK_SPLITS, DatasetError, derive, open_dataset
 from recbole_denoise.data.text import check_text_field
 from recbole.utils import init_seed
@@ -52,6 +53,11 @@ def prepare_dataset(config, logger=None):
         timings["sample"] = time.time() - t
         stages.append(("sample", data.reused))
 
+    if config["protocol"] == "ratio" and data.kind == "inter":  # every user must get RecBole's three splits
+        from recbole_denoise.data.atomic import read_atomic
+
+        check_split_users(read_atomic(data.file("inter"), required=("user_id",)), config_split(config),
+                          config["user_inter_num_interval"] if "user_inter_num_interval" in config else None)
     ratio = float(config["noise_ratio"])
     if ratio > 0:
         if data.kind != "inter":
@@ -59,7 +65,7 @@ def prepare_dataset(config, logger=None):
                 f"dataset '{data.name}' is already windowed (benchmark files); noise_ratio must be 0: "
                 f"noise is injected into the interaction file before windowing")
         t = time.time()
-        restore_last = config["protocol"] == "loo" and config["noise_restore_test_target"]
+        restore_last = noise_restore(config)  # loo: True (as before); ratio: RecBole's test split
         params = {"ratio": ratio, "seed": config["noise_seed"], "restore_last": restore_last}
         data, info["noise"] = derive(data, "noise", params,
                                      lambda p, d, n: noise_stage(p, d, n, ratio, config["noise_seed"], restore_last),
@@ -77,7 +83,7 @@ def prepare_dataset(config, logger=None):
             root, logger)
         timings["protocol"] = time.time() - t
         stages.append(("protocol", data.reused))
-    elif config["protocol"] == "loo" and data.kind == "windows":
+    elif config["protocol"] in ("loo", "ratio") and data.kind == "windows":
         raise DatasetError(f"dataset '{data.name}' comes as windows (benchmark files): use protocol: window")
 
     if config["denoiser"]:

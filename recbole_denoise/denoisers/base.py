@@ -204,24 +204,50 @@ class Denoiser(abc.ABC):
         keys = sorted(set(BASE_KEYS) | set(cls.config_keys) | set(extra_keys))
         values = {k: config[k] if k in config else None for k in keys}
         values["denoise_seed"] = denoise_seed(config)
+        from recbole_denoise.data.protocol import config_split
+
+        spec = config_split(config) if "protocol" in config and config["protocol"] == "ratio" else None
+        if spec is not None:  # what is training data (loo keeps its old hash: the key is absent)
+            values["train_split"] = list(spec[1])
         return {"denoiser": f"{cls.__module__}.{cls.__qualname__}", "keys": values}
 
 
 # -- reading sequences --------------------------------------------------------------------------------
-def load_sequences(dataset, denoise_split="all", edit_train_targets=True):
+def load_sequences(dataset, denoise_split="all", edit_train_targets=True, split=None):
     """:class:`Sequences` of a dataset, and the tables needed to write it back.
+
+    Interaction data: ``split`` is the protocol's RecBole split, ``('loo',)`` (default) or ``('ratio', ratios)``
+    (:func:`~recbole_denoise.data.protocol.config_split`), and the editable positions are exactly the
+    interactions RecBole puts in its training split (:func:`~recbole_denoise.data.protocol.recbole_parts`:
+    RecBole's own split functions, in RecBole's order). Leave-one-out sequences hold the user's whole
+    sequence, its validation and test targets never editable (the denoiser sees them as context, as it always
+    did); ratio sequences hold the training interactions only, so a held-out interaction is never shown to
+    the denoiser (a user with none is left out).
 
     Window protocol: the histories of the splits ``denoise_split`` names are editable, and with
     ``edit_train_targets`` the target of a training window too (a training label; the official LLM4DSR
     code scores and edits all 11 items of a training window). A validation or test target never is."""
     if dataset.kind == "inter":
-        df = chronological(read_atomic(dataset.file("inter"), required=("user_id", "item_id", "timestamp")))
+        from recbole_denoise.data.protocol import recbole_parts
+
+        spec = split or ("loo",)
+        raw = read_atomic(dataset.file("inter"), required=("user_id", "item_id", "timestamp"))
+        parts = recbole_parts(raw, spec)
+        df = chronological(raw.assign(_part=parts))
+        parts = df.pop("_part").to_numpy()
+        item_col = df["item_id"].to_numpy()
+        label_col = df[LABEL].to_numpy() if LABEL in df else None
         users, items, editable, labels, index = [], [], [], [], []
         for user, rows in df.groupby("user_id", sort=False).indices.items():
+            train = parts[rows] == 0
+            if spec[0] != "loo":  # only the training interactions (in exact time order)
+                rows, train = rows[train], train[train]
+                if not len(rows):
+                    continue
             users.append(user)
-            items.append(df["item_id"].to_numpy()[rows].tolist())
-            editable.append(np.arange(len(rows)) < len(rows) - 2)  # last two are valid/test targets
-            labels.append(df[LABEL].to_numpy()[rows] if LABEL in df else None)
+            items.append(item_col[rows].tolist())
+            editable.append(train)
+            labels.append(label_col[rows] if label_col is not None else None)
             index.append(rows)
         labels = labels if LABEL in df else None
         return Sequences(users, items, editable, ["train"] * len(users), labels, index), df
@@ -244,11 +270,14 @@ def load_sequences(dataset, denoise_split="all", edit_train_targets=True):
 
 
 def training_sequences(seqs, kind):
-    """The training data of ``seqs``: leave-one-out prefixes without the two targets (``kind`` inter),
+    """The training data of ``seqs``: the editable positions, RecBole's training interactions (``kind`` inter),
     or the train windows (``kind`` windows), whose ``editable`` marks every history position whatever
     ``denoise_split`` says (it chooses what is edited, not what is training data)."""
-    if kind == "inter":
-        cut = lambda xs: [x[:-2] for x in xs]  # noqa: E731
+    if kind == "inter":  # the editable positions are exactly RecBole's training interactions
+        def cut(xs):
+            return [x[np.asarray(e, dtype=bool)] if isinstance(x, np.ndarray) else [v for v, k in zip(x, e) if k]
+                    for x, e in zip(xs, seqs.editable)]
+
         return Sequences(seqs.users, cut(seqs.items), cut(seqs.editable), seqs.split,
                          None if seqs.labels is None else cut(seqs.labels), cut(seqs.index))
     train = seqs.select([s == "train" for s in seqs.split])
@@ -538,7 +567,9 @@ def denoise_stage(parent, out_dir, out_name, denoiser_cls, config, logger=None):
         raise DatasetError(f"denoise_split must be one of {list(DENOISE_SPLITS)}, got '{split}'")
     check_decision_keys(config)
     edit_targets = config["edit_train_targets"] if "edit_train_targets" in config else True
-    seqs, tables = load_sequences(parent, split, edit_targets)
+    from recbole_denoise.data.protocol import config_split
+
+    seqs, tables = load_sequences(parent, split, edit_targets, config_split(config))
     workdir = work_dir(config, out_name)
     denoiser = denoiser_cls(config)
     denoiser.bind(parent, workdir, logger)

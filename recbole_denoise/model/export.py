@@ -38,9 +38,24 @@ class HistoryBatch(dict):
         return self
 
 
+def decision_end(dataset, n):
+    """How many leading items of a user's RecBole sequence of ``n`` items a model decides on: under
+    leave-one-out the test row's input (all but the test target; the validation target's decision is never
+    exported), under the ratio protocol the user's training interactions only (RecBole's own split,
+    :func:`~recbole_denoise.data.protocol.user_parts`), so no held-out interaction is seen or decided on."""
+    from recbole_denoise.data.protocol import split_spec, train_count
+
+    config = getattr(dataset, "config", None)
+    spec = split_spec(config["eval_args"] if config is not None and "eval_args" in config else None)
+    if spec[0] == "loo":
+        return max(n - 1, 0)
+    return train_count(n, spec)
+
+
 def history_windows(model, dataset, batch_size=256, device=None, position_field=None):
-    """Every user's history up to the validation item (the test row's input), cut from its end into
-    windows of ``MAX_ITEM_LIST_LENGTH`` items, as evaluation-like batches.
+    """Every user's history up to the validation item (the test row's input; under the ratio protocol: the
+    user's training interactions, :func:`decision_end`), cut from its end into windows of
+    ``MAX_ITEM_LIST_LENGTH`` items, as evaluation-like batches.
 
     Yields ``(chunk, batch)``: ``chunk`` = ``[(uid, start, end), ...]`` (positions in the user's sequence),
     ``batch`` = a :class:`HistoryBatch` with the model's item list, length and user id fields, and each
@@ -49,7 +64,7 @@ def history_windows(model, dataset, batch_size=256, device=None, position_field=
     L = model.max_seq_length
     windows = []
     for uid, seq in dataset.user_sequences.items():
-        end = len(seq) - 1
+        end = decision_end(dataset, len(seq))
         while end > 0:
             start = max(0, end - L)
             windows.append((uid, start, end))
@@ -70,7 +85,8 @@ def history_windows(model, dataset, batch_size=256, device=None, position_field=
 
 
 def window_decisions(model, dataset, decide, batch_size=256, position_field=None):
-    """``{uid: (noise_score, dropped, inserted)}`` over positions ``0..n-2`` of each user's sequence, filled
+    """``{uid: (noise_score, dropped, inserted)}`` over positions ``0..end-1`` of each user's sequence
+    (:func:`decision_end`: ``n - 1`` under leave-one-out, the training interactions under ``ratio``), filled
     window by window (:func:`history_windows`) from ``decide(batch) -> (noise_score (B, L), dropped (B, L))``
     or ``(..., {(row, t): [item ids put in before t]})`` for a model that also inserts (``inserted`` maps a
     position of the user's sequence to its items). The model is in evaluation mode meanwhile
@@ -78,8 +94,8 @@ def window_decisions(model, dataset, decide, batch_size=256, position_field=None
     was = model.training
     torch.nn.Module.train(model, False)
     device = next(model.parameters()).device
-    out = {uid: (np.zeros(max(len(seq) - 1, 0)), np.zeros(max(len(seq) - 1, 0), dtype=bool), {})
-           for uid, seq in dataset.user_sequences.items()}
+    ends = {uid: decision_end(dataset, len(seq)) for uid, seq in dataset.user_sequences.items()}
+    out = {uid: (np.zeros(end), np.zeros(end, dtype=bool), {}) for uid, end in ends.items()}
     with torch.no_grad():
         for chunk, batch in history_windows(model, dataset, batch_size, device, position_field):
             score, dropped, *inserts = decide(batch)
@@ -108,10 +124,12 @@ def atomic_positions(ours, items):
     return where
 
 
-def align_decisions(decisions, dataset, seqs):
+def align_decisions(decisions, dataset, seqs, training_only=False):
     """Per atomic sequence ``k``: (score, flag) arrays over its positions, from ``{uid: (score, dropped)}``
     or ``{uid: (score, dropped, {position: [item ids]})}``, and ``{(k, position): [item tokens]}`` to insert.
 
+    ``training_only``: ``seqs`` hold each user's training interactions only (ratio protocol), which are the
+    first ones of the user's RecBole sequence. Only editable positions (RecBole's training data) get a flag.
     The user's RecBole sequence must hold the same items as the atomic one (a mismatch: RecBole filtered
     interactions, e.g. with ``val_interval`` or ``rm_dup_inter``, is an error, not a guess); their order
     may differ among interactions RecBole sees as simultaneous (:func:`atomic_positions`).
@@ -126,6 +144,8 @@ def align_decisions(decisions, dataset, seqs):
         uid = token2uid.get(str(user))
         if uid is not None and uid in decisions:
             ours = [str(t) for t in id2item[dataset.user_sequences[uid]]]
+            if training_only:
+                ours = ours[:len(items)]
             if sorted(ours) != sorted(items):
                 raise DatasetError(f"user '{user}': RecBole's sequence ({len(ours)} items) differs from the "
                                    f"atomic file's ({len(items)}); cannot map decisions back (did a RecBole "
@@ -147,14 +167,20 @@ def export_decisions(model, dataset, data, config, logger=None):
     Returns ``(AtomicDataset, info)``; ``info`` has the edited counts and, with noise labels,
     precision / recall / F1 / AUC, like the denoising stage's result.
     """
+    from recbole_denoise.data.protocol import config_split
+
     if data.kind != "inter":
-        raise DatasetError(f"dataset '{data.name}': decisions can only be exported for leave-one-out data")
+        raise DatasetError(f"dataset '{data.name}': decisions can only be exported for interaction data "
+                           f"(protocol: loo or ratio)")
+    spec = config_split(config)
     decisions = model.denoise_decisions(dataset)
-    seqs, table = load_sequences(data)
-    scores, flags, insertions = align_decisions(decisions, dataset, seqs)
+    seqs, table = load_sequences(data, split=spec)
+    scores, flags, insertions = align_decisions(decisions, dataset, seqs, training_only=spec[0] != "loo")
     name = type(model).__name__
     params = {"model": name, "weights": weights_fingerprint(model),
               "keys": {k: config[k] for k in sorted(getattr(model, "decision_keys", ()))}}
+    if spec[0] != "loo":  # which interactions are training data (loo keeps its old hash)
+        params["train_split"] = list(spec[1])
 
     def build(parent, out_dir, out_name):
         return "inter", write_denoised(parent, table, seqs, scores, flags, out_dir, out_name,

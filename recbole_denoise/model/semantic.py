@@ -123,8 +123,13 @@ class SemanticInterests:
             (logger or logging.getLogger(__name__)).info(
                 f"e1: {cut} of {len(users)} users' training sequences have more than {max_items} items; their "
                 f"texts hold the last {max_items} (semantic_max_items: 0 = all)")
-        # e1: the training part of each sequence (the last two items are the validation and test targets)
-        long_texts = [sequence_text(texts, sequences[u][:-2], sep, max_items) for u in users]
+        # e1: the training part of each sequence: the interactions RecBole's split trains on (leave-one-out:
+        # all but the validation and test targets; protocol ratio: the first ones by split_ratio)
+        from recbole_denoise.data.protocol import config_split, train_count
+
+        spec = config_split(config)
+        long_texts = [sequence_text(texts, sequences[u][:train_count(len(sequences[u]), spec)], sep, max_items)
+                      for u in users]
         self.long = encode("long", list(zip(users, long_texts)), n_users)
         self.items = self.short = None
         if self.mode == "item":
