@@ -217,7 +217,7 @@ def check_split_users(df, spec, filter_interval=None, uid="user_id"):
         if any(not (parts == p).any() for p in need):
             short[int(n)] = int((counts == n).sum())
     if short:
-        fewest = min(n for n in range(1, 10 ** 6) if all((user_parts(n, spec) == p).any() for p in need))
+        fewest = next(n for n in range(1, 10 ** 6) if all((user_parts(n, spec) == p).any() for p in need))
         raise DatasetError(
             f"protocol: ratio with split_ratio {list(spec[1])}: {sum(short.values())} user(s) have too few "
             f"interactions for RecBole's per-user split (interactions: users = "
