@@ -14,8 +14,12 @@ with ``--result_file=F`` each run goes to ``F`` with ``.<denoiser>`` before the 
 the table's rows. ``--benchmark spec.yaml`` runs a whole benchmark matrix instead (README "Benchmarks").
 """
 import argparse
+import functools
 import json
 import os
+import sys
+
+INTERRUPTED = "interrupted; rerun the same command to resume"
 
 
 def _result_path(path, denoiser):
@@ -23,6 +27,20 @@ def _result_path(path, denoiser):
     return f"{stem}.{denoiser}{ext or '.json'}"
 
 
+def _clean_interrupt(fn):
+    """Ctrl-C ends the command with one line (no traceback) and exit code 130 (128 + SIGINT). Finished
+    stages are in ``derived_data_path`` and finished benchmark runs in ``results.csv``: a rerun resumes."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            sys.stderr.write(f"\n{INTERRUPTED}\n")
+            raise SystemExit(130) from None
+    return wrapper
+
+
+@_clean_interrupt
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", "-m", default="SASRec", help="model name (ours first, then RecBole's)")

@@ -25,6 +25,8 @@ import traceback
 from collections import defaultdict
 from datetime import datetime, timezone
 
+from recbole_denoise.data.atomic import replace_atomically
+
 ID_COLUMNS = ("run_id", "status", "error", "dataset", "protocol", "noise_ratio", "method", "method_base", "variant",
               "backbone", "model", "denoiser", "seed", "valid_metric", "valid_score", "valid_bigger")
 
@@ -78,13 +80,14 @@ def write_rows(path, rows):
     columns = list(ID_COLUMNS)
     for row in rows:
         columns += [k for k in row if k not in columns]
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
-    os.replace(tmp, path)
+    def write(tmp):
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
+
+    replace_atomically(path, write)  # a unique temp name, removed when the write is interrupted
 
 
 def machine():
@@ -224,6 +227,11 @@ def write_meta(spec, out, command, commit, seconds, executed):
         "command": command or f"python run_recbole_denoise.py --benchmark {os.path.relpath(spec.path)}",
         "commit": commit, "hardware": machine(), "wall_s": round(seconds, 1),
         "runs_executed": executed, "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(meta, f, indent=1)
+    text = json.dumps(meta, indent=1)
+
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    replace_atomically(path, write)
     return meta

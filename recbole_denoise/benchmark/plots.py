@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from recbole_denoise.benchmark.spec import STANDALONE
+from recbole_denoise.data.atomic import replace_atomically
 
 
 def _plt():
@@ -27,8 +28,10 @@ def _save(fig, folder, name, written):
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, name + ".png")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    _plt().close(fig)
+    try:  # a temporary file renamed over the plot: an interrupted save never leaves a truncated PNG
+        replace_atomically(path, lambda tmp: fig.savefig(tmp, dpi=110))
+    finally:
+        _plt().close(fig)
     written.append(path)
 
 

@@ -24,6 +24,7 @@ import os
 import numpy as np
 import pandas as pd
 
+from recbole_denoise.data.atomic import replace_atomically
 from recbole_denoise.benchmark.spec import STANDALONE
 from recbole_denoise.benchmark import stats
 
@@ -405,8 +406,13 @@ def write_report(spec, out, meta=None):
                          f"| {str(r['error']).replace('|', '/')} |")
         lines.append("")
     path = os.path.join(out, "report.md")
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines))
-    with open(os.path.join(out, "choices.json"), "w", encoding="utf-8") as f:
-        json.dump(choices, f, indent=1, default=str)
+    text = "\n".join(lines)
+    replace_atomically(path, lambda tmp: _write_text(tmp, text))  # interrupted: the old report stays whole
+    text = json.dumps(choices, indent=1, default=str)
+    replace_atomically(os.path.join(out, "choices.json"), lambda tmp: _write_text(tmp, text))
     return path
+
+
+def _write_text(path, text):
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)

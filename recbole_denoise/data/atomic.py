@@ -7,6 +7,19 @@ renamed into place, so an interrupted write never leaves a half-written dataset 
 
 Values are returned as: ``token`` -> str, ``float`` -> float, ``token_seq`` -> list of str,
 ``float_seq`` -> list of float.
+
+Decisions on malformed files (README "Errors and recovery"):
+
+* **Not UTF-8**: an error naming the file, line and field (and the bytes), never a silent replacement:
+  RecBole reads the same files as UTF-8 (its ``encoding`` key) and would fail on them, and replacing bad
+  bytes in an id field could merge two distinct ids into one.
+* **UTF-8 byte-order mark**: an error that says "byte-order mark": RecBole reads the header without
+  stripping it, so ``\ufeffuser_id`` would be a field other than ``user_id`` in RecBole's loader.
+* **Windows line endings (CRLF)** are accepted: Python's text mode (ours and RecBole's) and pandas read
+  them as plain line ends, so the same rows result.
+* **``timestamp`` must be ``float``**: a ``timestamp:token`` header is refused (:func:`parse_header`):
+  tokens sort as text (``100000`` before ``99999``) here, and RecBole remaps a token field to ids in order
+  of first appearance and sorts by those, so a warning could not make RecBole's held-out item right.
 """
 import os
 import tempfile
@@ -16,10 +29,19 @@ import pandas as pd
 from recbole_denoise.errors import AtomicFileError  # noqa: F401
 
 FIELD_TYPES = ("token", "float", "token_seq", "float_seq")
+TIME_FIELD = "timestamp"  # RecBole's default TIME_FIELD, which every stage orders by
+BOM = "\ufeff"
 
 
 def parse_header(path, header_line, sep="\t"):
-    """Return ``[(field, type), ...]`` for a header line, validating every ``name:type`` entry."""
+    """Return ``[(field, type), ...]`` for a header line, validating every ``name:type`` entry (and that
+    ``timestamp`` is ``float``)."""
+    if header_line.startswith(BOM):
+        raise AtomicFileError(
+            f"{path}: the file starts with a UTF-8 byte-order mark (BOM), which RecBole reads as part of the "
+            f"first field's name; save it as UTF-8 without a byte-order mark "
+            f"(e.g. sed -i '1s/^\\xEF\\xBB\\xBF//' {os.path.basename(str(path))})"
+        )
     fields = []
     for col, entry in enumerate(header_line.rstrip("\r\n").split(sep), start=1):
         name, colon, ftype = entry.rpartition(":")
@@ -32,6 +54,12 @@ def parse_header(path, header_line, sep="\t"):
             raise AtomicFileError(
                 f"{path}: header column {col} field '{name}' has type '{ftype}'; "
                 f"RecBole supports {', '.join(FIELD_TYPES)}"
+            )
+        if name == TIME_FIELD and ftype != "float":
+            raise AtomicFileError(
+                f"{path}: field '{name}' has type '{ftype}'; timestamps must be numeric: declare it "
+                f"'{name}:float' (a token timestamp sorts as text, 100000 before 99999, and RecBole orders "
+                f"token fields by their id, not their value)"
             )
         fields.append((name, ftype))
     names = [n for n, _ in fields]
@@ -55,10 +83,47 @@ def _convert(path, lineno, name, ftype, raw, seq_sep):
         ) from None
 
 
+def _not_utf8(path, sep="\t"):
+    """The :class:`AtomicFileError` for a file that is not valid UTF-8: the first bad line, its field and
+    bytes (found by re-reading the file in binary; the fast path reads it as text)."""
+    bsep = sep.encode()
+    with open(path, "rb") as f:
+        names = []
+        for lineno, line in enumerate(f, start=1):
+            if lineno == 1:
+                names = [e.rpartition(b":")[0].decode("utf-8", "replace") for e in line.rstrip(b"\r\n").split(bsep)]
+            try:
+                line.decode("utf-8")
+                continue
+            except UnicodeDecodeError as e:
+                bad, col = line[e.start:e.end], line[:e.start].count(bsep)
+            where = f"field '{names[col]}'" if lineno > 1 and col < len(names) else f"header column {col + 1}"
+            return AtomicFileError(
+                f"{path}:{lineno}: {where} is not valid UTF-8 (bytes {bad!r}); atomic files must be UTF-8 "
+                f"(convert the file, e.g. iconv -f latin1 -t utf-8)"
+            )
+    return AtomicFileError(f"{path}: not valid UTF-8; atomic files must be UTF-8")
+
+
 def read_header(path, sep="\t"):
-    """The ``{field: type}`` of an atomic file, without reading its rows."""
-    with open(path, encoding="utf-8") as f:
-        return dict(parse_header(path, f.readline(), sep))
+    """The ``{field: type}`` of an atomic file, without reading (or decoding) its rows."""
+    with open(path, "rb") as f:
+        raw = f.readline()
+    raw = raw.rstrip(b"\r\n").split(b"\r", 1)[0]  # a lone CR ends a line too, as in Python's text mode
+    if not raw.strip():
+        raise AtomicFileError(f"{path}: empty file (line 1 must be the header)")
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _not_utf8(path, sep) from None
+    return dict(parse_header(path, line, sep))
+
+
+def has_rows(path):
+    """Whether the atomic file has a non-blank line after its header (reads only up to the first one)."""
+    with open(path, "rb") as f:
+        f.readline()
+        return any(line.strip() for line in f)
 
 
 def read_atomic(path, required=(), sep="\t", seq_sep=" "):
@@ -70,6 +135,13 @@ def read_atomic(path, required=(), sep="\t", seq_sep=" "):
     path = str(path)
     if not os.path.isfile(path):
         raise AtomicFileError(f"{path}: no such atomic file")
+    try:
+        return _read_atomic(path, required, sep, seq_sep)
+    except UnicodeDecodeError:
+        raise _not_utf8(path, sep) from None
+
+
+def _read_atomic(path, required, sep, seq_sep):
     with open(path, encoding="utf-8") as f:
         header = f.readline()
         if not header.strip():

@@ -14,6 +14,7 @@ no interaction of RecBole's per-user test split is (:func:`~recbole_denoise.data
 the window protocol restores test targets itself.
 """
 import numpy as np
+import pandas as pd
 
 from recbole_denoise.data.atomic import read_atomic, read_header, write_atomic
 from recbole_denoise.data.source import DatasetError
@@ -22,7 +23,11 @@ LABEL, CLEAN = "noise_label", "clean_item_id"
 
 
 def chronological(df, uid="user_id", time="timestamp"):
-    """Rows sorted by user then time; ties keep file order (stable sort)."""
+    """Rows sorted by user then time; ties keep file order (stable sort). Times must be numbers: text
+    would sort ``100000`` before ``99999`` (the reader refuses a ``timestamp:token`` header)."""
+    if len(df) and not pd.api.types.is_numeric_dtype(df[time]):
+        raise DatasetError(f"field '{time}' must be numeric to order interactions, got {df[time].dtype} values "
+                           f"such as {df[time].iloc[0]!r} (declare it '{time}:float')")
     return df.sort_values([uid, time], kind="mergesort").reset_index(drop=True)
 
 
@@ -76,6 +81,10 @@ def noise_stage(parent, out_dir, out_name, ratio, seed, restore_last):
     if "timestamp" not in types:
         raise DatasetError(f"{path}: noise injection needs a 'timestamp' field to order each user's sequence")
     df = read_atomic(path, required=("user_id", "item_id", "timestamp"))
+    n_items = df["item_id"].nunique()
+    if n_items < 2:
+        raise DatasetError(f"{path}: noise injection (key 'noise_ratio') needs at least two distinct items to "
+                           f"swap between; the file has {n_items} in {len(df)} interaction(s)")
     noisy = inject_noise(df, ratio, seed, restore_last)
     types = dict(types)
     types.setdefault(LABEL, "float")

@@ -29,6 +29,20 @@ def check_config(config):
         check_decision_keys(config)
 
 
+def check_source(data):
+    """Cheap checks of the source files before any stage runs, so a malformed file never reaches a stage or
+    RecBole: the header (UTF-8, no byte-order mark, ``name:type`` entries, a ``float`` timestamp) and at least
+    one interaction (a header-only file would end in RecBole's "Some feat is empty")."""
+    from recbole_denoise.data.atomic import has_rows, read_header
+
+    files = [data.file("inter")] if data.kind == "inter" else [data.file(f"{s}.inter") for s in BENCHMARK_SPLITS]
+    for path in files:
+        read_header(path)
+        if not has_rows(path):
+            raise DatasetError(f"{path}: no interactions (a header line and no rows); dataset '{data.name}' "
+                               f"(key 'dataset') needs at least one interaction per user")
+
+
 def prepare_dataset(config, logger=None):
     """Build (or reuse) every derived dataset this run needs; returns ``(dataset, info)``.
 
@@ -40,8 +54,11 @@ def prepare_dataset(config, logger=None):
     timings, info, stages = {}, {}, []
     root = os.path.abspath(config["derived_data_path"])
     data = open_dataset(config["dataset"], config["data_path"])
-    if config["item_text_field"]:
-        check_text_field(data, config["item_text_field"])
+    check_source(data)
+    if config["item_text_field"]:  # read whole now, so a bad row is named in the user's file, not a derived copy
+        from recbole_denoise.data.atomic import read_atomic
+
+        read_atomic(check_text_field(data, config["item_text_field"]), required=("item_id",))
 
     n_users = check_sample_users(config["sample_users"] or 0)
     if n_users:
@@ -99,7 +116,7 @@ def prepare_dataset(config, logger=None):
 
     info["reused"] = [stage for stage, reused in stages if reused]
     t = time.time()
-    validate_files(data)
+    validate_files(data, config)
     timings["validate"] = time.time() - t
     point_config_at(config, data)
     return data, {"timings": timings, **info}
@@ -121,12 +138,39 @@ def point_config_at(config, data):
         config["load_col"] = load
 
 
-def validate_files(data):
-    """Read every atomic file RecBole will read, so a malformed one fails here with file and line."""
+def validate_files(data, config=None):
+    """Read every atomic file RecBole will read, so a malformed one fails here with file and line; with
+    ``config``, also check that RecBole gets training data and at least ``max(topk)`` items to rank (else a
+    torch sampler or ``topk`` traceback from inside RecBole)."""
+    import numpy as np
+
     from recbole_denoise.data.atomic import read_atomic
 
     if data.kind == "inter":
-        read_atomic(data.file("inter"), required=("user_id", "item_id", "timestamp"))
+        path = data.file("inter")
+        df = read_atomic(path, required=("user_id", "item_id", "timestamp"))
+        items = set(df["item_id"])
     else:
-        for split in BENCHMARK_SPLITS:
-            read_atomic(data.file(f"{split}.inter"), required=("user_id", "item_id_list", "item_id"))
+        parts = {split: read_atomic(data.file(f"{split}.inter"), required=("user_id", "item_id_list", "item_id"))
+                 for split in BENCHMARK_SPLITS}
+        items = {i for part in parts.values() for seq in part["item_id_list"] for i in seq} | \
+            {i for part in parts.values() for i in part["item_id"]}
+        path = data.file("train.inter")
+    if config is None:
+        return
+    if data.kind == "inter" and config["protocol"] == "loo":
+        from recbole.utils import ModelType
+
+        sequential = config["MODEL_TYPE"] == ModelType.SEQUENTIAL
+        need = 4 if sequential else 3  # test + validation + a training target (with a history, if sequential)
+        counts = df.groupby("user_id", sort=False).size().to_numpy()
+        if not (counts >= need).any():
+            raise DatasetError(
+                f"{path}: leave-one-out (key 'protocol') leaves no training data: {len(counts)} user(s) with at "
+                f"most {int(counts.max())} interaction(s); a user needs {need} (test, validation and a training "
+                f"target{' with a history' if sequential else ''})")
+    topk = config["topk"] if "topk" in config else None
+    k = int(np.max(topk)) if topk else 0
+    if k > len(items):
+        raise DatasetError(f"{path}: {len(items)} distinct item(s), fewer than max(topk) = {k} (key 'topk'): "
+                           f"RecBole cannot rank a top-{k} list; lower topk or use more data")

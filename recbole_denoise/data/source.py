@@ -9,12 +9,22 @@ A dataset is a folder ``<dir>/<name>.*`` in one of two kinds:
 Every stage (noise, windowing, denoising) turns one dataset into a new one under ``derived_data_path``,
 named ``<parent>-<stage>-<hash>`` where the hash covers the parent's file contents and the stage's
 parameters, so a second run with the same inputs reuses the folder instead of recomputing it.
+
+A stage builds in a hidden temporary folder ``.<name>.<host>-<pid>.<random>`` that is renamed into place
+when the build finishes. A killed process (SIGKILL, power loss) cannot remove its folder, so every
+:func:`derive` first removes the temporary folders of processes that are gone (:func:`clean_stale`): this
+host's folders whose pid is dead, and folders without an owner in their name (older versions) that have not
+changed for :data:`STALE_AFTER_S`. Folders are created with mode 0777 less the umask (0755 under the usual
+umask 022), like their files (0644).
 """
 import hashlib
 import json
 import os
+import re
+import secrets
 import shutil
-import tempfile
+import socket
+import time
 from dataclasses import dataclass
 
 from recbole_denoise.errors import DatasetError  # noqa: F401
@@ -66,6 +76,66 @@ def open_dataset(name, path):
     )
 
 
+STALE_AFTER_S = 24 * 3600  # an ownerless temporary folder unchanged this long is stale
+_OWNER = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)\.[0-9a-f]{8}$")
+_LEGACY = re.compile(r"^\..+-[0-9a-f]{10}\.[A-Za-z0-9_]{8}$")  # tempfile.mkdtemp(prefix=".<name>.")
+
+
+def _host():
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:40] or "host"
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def make_temp_dir(root, name):
+    """A new hidden folder ``root/.<name>.<host>-<pid>.<random>`` (mode 0777 less the umask)."""
+    while True:
+        path = os.path.join(root, f".{name}.{_host()}-{os.getpid()}.{secrets.token_hex(4)}")
+        try:
+            os.mkdir(path)  # the mode 0o777 & ~umask, unlike mkdtemp's 0700
+            return path
+        except FileExistsError:
+            continue
+
+
+def clean_stale(root, logger=None):
+    """Remove the temporary build folders under ``root`` that no running process owns: this host's whose
+    pid is dead, and ownerless ones (older versions) unchanged for :data:`STALE_AFTER_S`. Folders of other
+    hosts (a shared file system) are left alone. Returns the removed paths."""
+    removed = []
+    try:
+        entries = os.listdir(root)
+    except FileNotFoundError:
+        return removed
+    host, now = _host(), time.time()
+    for entry in entries:
+        path = os.path.join(root, entry)
+        if not entry.startswith(".") or not os.path.isdir(path):
+            continue
+        owner = _OWNER.match(entry)
+        if owner:
+            stale = owner["host"] == host and not _alive(int(owner["pid"]))
+        else:
+            try:
+                stale = bool(_LEGACY.match(entry)) and now - os.path.getmtime(path) > STALE_AFTER_S
+            except OSError:
+                continue
+        if stale:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    if removed and logger:
+        logger.info(f"removed {len(removed)} temporary folder(s) of interrupted runs under {root}")
+    return removed
+
+
 def stage_key(parent, params):
     blob = json.dumps({"parent": parent.fingerprint(), "params": params}, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:10]
@@ -98,7 +168,8 @@ def derive(parent, stage, params, build, root, logger=None):
             logger.info(f"reusing cached {stage} dataset {out_dir}")
         return AtomicDataset(name, out_dir, meta["kind"], reused=True), meta.get("info", {})
     os.makedirs(root, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=root, prefix=f".{name}.")
+    clean_stale(root, logger)
+    tmp = make_temp_dir(root, name)
     try:
         kind, info = build(parent, tmp, name)
         if parent.item_file and not os.path.exists(os.path.join(tmp, f"{name}.item")):
