@@ -90,6 +90,12 @@ def main(argv=None):
         return
     summary = [o.split("=", 1)[1] for o in overrides if o.startswith("--result_file=")]
     others = [o for o in overrides if not o.startswith("--result_file=")]
+    for name in names:  # every name of the list, the model, the dataset and the keys before the first run
+        extra = [f"--result_file={_result_path(summary[-1], name)}"] if summary else []
+        try:
+            check_run(args.model, args.dataset, None if name == "None" else name, files, others + extra)
+        except UserInputError as e:
+            parser.exit(2, f"error ({name}): {e}\n")
     results = []
     for name in names:
         denoiser = None if name == "None" else name
@@ -104,6 +110,18 @@ def main(argv=None):
         os.makedirs(os.path.dirname(os.path.abspath(summary[-1])), exist_ok=True)
         with open(summary[-1], "w") as f:
             json.dump({"rows": rows, "runs": [_result_path(summary[-1], n) for n in names]}, f, indent=2)
+
+
+def check_run(model, dataset, denoiser, files, cmd_args):
+    """Resolve one run's config and find its dataset, loading and training nothing: a wrong name or key
+    stops a ``--denoiser A,B`` comparison before its first run, not after it."""
+    from recbole_denoise.config import Config
+    from recbole_denoise.data.source import open_dataset
+    from recbole_denoise.quick_start import check_writable
+
+    config = Config(model, dataset, files, cmd_args=cmd_args, denoiser=denoiser)
+    check_writable(config["result_file"], "result_file")
+    open_dataset(config["dataset"], config["data_path"])
 
 
 def inference(parser, args, overrides):

@@ -76,6 +76,8 @@ def run_recbole_denoise(model=None, dataset=None, denoiser=None, config_file_lis
     """
     t0 = time.time()
     config = Config(model, dataset, config_file_list, config_dict, cmd_args=cmd_args, denoiser=denoiser)
+    check_writable(config["result_file"], "result_file")  # before any training, not after it
+    check_writable(config["per_user_file"], "per_user_file")
     if (int(config["nproc"] or 1) > 1 or int(config["world_size"] or 0) > 1) and config["single_spec"]:
         return spawn_workers(config, (model, dataset, denoiser, config_file_list, config_dict, cmd_args, saved))
     init_seed(config["seed"], config["reproducibility"])
@@ -91,6 +93,13 @@ def run_recbole_denoise(model=None, dataset=None, denoiser=None, config_file_lis
     t = time.time()
     recbole_dataset = build_dataset(config, data)
     logger.info(recbole_dataset)
+    warnings = []
+    single = single_interaction_users(config, data, recbole_dataset)
+    if single:
+        warnings.append(f"{single} user(s) with a single interaction: leave-one-out has no history to predict "
+                        f"their item from, so RecBole builds no training, validation or test row for them "
+                        f"(they are not evaluated)")
+        logger.warning(warnings[-1])
     train_data, valid_data, test_data = data_preparation(config, recbole_dataset)
     timings["load"] = time.time() - t
 
@@ -111,6 +120,10 @@ def run_recbole_denoise(model=None, dataset=None, denoiser=None, config_file_lis
     best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, saved=saved,
                                                       show_progress=config["show_progress"], callback_fn=callback_fn)
     timings["train"] = time.time() - t
+    if not epoch_times:
+        warnings.append(f"epochs={config['epochs']}: the model was never trained; its validation and test "
+                        f"metrics are those of its initial (random) weights")
+        logger.warning(warnings[-1])
     distributed.barrier()  # rank 0 has written the best checkpoint every rank loads
     skip_test = bool(config["skip_test"])  # a tuning trial: validation only, the test split is never read
     t = time.time()
@@ -175,6 +188,7 @@ def run_recbole_denoise(model=None, dataset=None, denoiser=None, config_file_lis
         "reused": info.get("reused", []),
         "processes": 1 if config["single_spec"] else int(config["world_size"]),
         "model_file": os.path.abspath(trainer.saved_model_file) if saved else None,  # load_data_and_model's input
+        "warnings": warnings,
     }
     if model_denoise is not None:
         result["model_denoise"] = model_denoise
@@ -185,7 +199,7 @@ def run_recbole_denoise(model=None, dataset=None, denoiser=None, config_file_lis
     if users_file:
         result["per_user_file"] = os.path.abspath(users_file)
     if config["result_file"]:
-        write_result(config, result)
+        result["result_file"] = write_result(config, result, logger)
     result["per_user"] = per_user  # in memory only (the CLI's per-user p-values), not in the JSON
     # the next run of this process (e.g. the next --denoiser of a list) starts without this one's model,
     # trainer, optimiser and loaders (RecBole's objects reference each other, so only a collection frees them)
@@ -261,11 +275,66 @@ def load_category_table(config, data):
     return table
 
 
-def write_result(config, result):
+def write_result(config, result, logger=None):
+    """Write the run's JSON summary to ``result_file``; when that fails at the end of a run (checked before
+    training, but a disk can fill or a folder appear meanwhile), to ``<cwd>/saved/result-<time>.json`` (or
+    the temp folder) instead, with a warning naming it in the log and in ``warnings``: finished results are
+    never lost. Returns the path written."""
+    import tempfile
+
     path = config["result_file"]
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump({**result, "config": config.resolved()}, f, indent=1, sort_keys=True, default=str)
+    stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+    candidates = [path] + [os.path.join(d, f"result-{stamp}.json")
+                           for d in (os.path.join(os.getcwd(), "saved"), tempfile.gettempdir())]
+    errors = []
+    for target in candidates:
+        summary = {**result, "config": config.resolved()}
+        if errors:
+            summary["warnings"] = list(result.get("warnings") or []) + [
+                f"result_file '{path}' could not be written ({errors[0]}); the results are in {target}"]
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+            with open(target, "w", encoding="utf-8") as f:
+                json.dump(summary, f, indent=1, sort_keys=True, default=str)
+        except OSError as e:
+            errors.append(e)
+            continue
+        if errors:
+            result["warnings"] = summary["warnings"]
+            if logger is not None:
+                logger.warning(summary["warnings"][-1])
+        return os.path.abspath(target)
+    raise OSError(f"result_file '{path}' and every fallback could not be written: {errors}")
+
+
+def check_writable(path, key):
+    """Stop before training when ``path`` (the key ``key``) cannot be written: a folder, a parent that is
+    a file, or a folder without write permission. Nothing is created here."""
+    if not path:
+        return
+    path = os.path.abspath(str(path))
+    if os.path.isdir(path):
+        raise ConfigError(f"{key} '{path}' is a folder: give a file name, e.g. {os.path.join(path, 'result.json')}")
+    existing = os.path.dirname(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigError(f"{key} '{path}': '{existing}' is a file, so no folder can be made there")
+    target = path if os.path.exists(path) else existing
+    if not os.access(target, os.W_OK):
+        raise ConfigError(f"{key} '{path}': no permission to write '{target}'")
+
+
+def single_interaction_users(config, data, dataset):
+    """How many users have one interaction in RecBole's leave-one-out data (after its filters): RecBole
+    builds no row for them, so they drop out of training and evaluation; 0 for other protocols."""
+    if data.kind != "inter" or config["protocol"] != "loo":
+        return 0
+    import numpy as np
+
+    uids = dataset.inter_feat[dataset.uid_field]
+    counts = np.bincount(np.asarray(uids), minlength=1)
+    return int((counts == 1).sum())
 
 
 TABLE_COLUMNS = ("denoiser", "ndcg@10", "hit@10", "mrr@10", "p_ndcg@10", "edited", "precision", "recall", "f1",

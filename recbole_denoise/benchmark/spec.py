@@ -52,7 +52,8 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from recbole_denoise.config import PROPERTIES_DIR, Config
+from recbole_denoise.config import PROPERTIES_DIR, RUNTIME_KEYS, Config, known_config_keys  # noqa: F401
+from recbole_denoise.config import check_keys as _check_keys
 from recbole_denoise.errors import UserInputError
 
 SPEC_KEYS = ("name", "preset", "output", "datasets", "noise_ratios", "protocols", "backbones", "seeds",
@@ -68,11 +69,9 @@ VOLATILE_KEYS = {"data_path", "checkpoint_dir", "log_dir", "result_file", "deriv
                  "use_gpu", "show_progress", "state", "log_console", "worker", "nproc", "world_size", "offset",
                  "ip", "port", "local_rank", "single_spec", "log_wandb", "wandb_project", "save_dataset",
                  "save_dataloaders", "dataset_save_path", "dataloaders_save_path", "semantic_cache_dir",
-                 "llm_cache_dir", "llm_device", "config_files", "per_user_file"}
+                 "llm_cache_dir", "llm_device", "config_files", "per_user_file", "extra_keys"}
 # keys a model's own yaml takes from its paper: a preset's top-level value only fills in where that yaml has none
 MODEL_KEYS = ("train_batch_size", "learning_rate", "embedding_size", "hidden_size", "inner_size")
-# keys RecBole reads that no property file declares
-RUNTIME_KEYS = {"nproc", "world_size", "offset", "ip", "port", "local_rank", "device", "denoiser", "model", "dataset"}
 
 
 class SpecError(UserInputError):
@@ -114,29 +113,6 @@ def preset_layers(preset, model, backbone, wrap_key):
     flat = {k: v for k, v in preset.items() if k != "models" and not (k in MODEL_KEYS and k in own)}
     layers = [flat, per_model.get(backbone, {}) if backbone != model else {}, per_model.get(model, {})]
     return [copy.deepcopy(layer) for layer in layers]
-
-
-def known_config_keys(config_files=()):
-    """Every key a property file of RecBole or of ours declares, plus the keys of ``config_files`` and of
-    every registered denoiser: what a spec may set."""
-    import recbole
-
-    from recbole_denoise.denoisers import DENOISERS
-
-    roots = [os.path.join(os.path.dirname(recbole.__file__), "properties"), PROPERTIES_DIR]
-    keys = set(RUNTIME_KEYS)
-    paths = [p for r in roots for p in glob.glob(os.path.join(r, "**", "*.yaml"), recursive=True)]
-    presets_dir = os.path.join(PROPERTIES_DIR, "benchmark")
-    for path in paths + list(config_files):
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                values = yaml.safe_load(f) or {}
-            if os.path.dirname(os.path.abspath(path)) == presets_dir:  # a preset: its models.<name> are not keys
-                values = {k: v for k, v in values.items() if k != "models"}
-            keys |= set(values)
-    for cls in DENOISERS.values():
-        keys |= set(getattr(cls, "config_keys", ()))
-    return keys
 
 
 @dataclass
@@ -207,14 +183,6 @@ def _mapping(problems, where, value):
     return out
 
 
-def _check_keys(problems, where, keys, known):
-    for key in keys:
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=3)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            problems.append(f"{where}: unknown key '{key}'{hint}")
-
-
 def load_spec(path, overrides=None):
     """Read and validate the spec at ``path`` (``overrides``: top-level keys that replace the file's);
     returns a :class:`Spec` with every run resolved and hashed, or raises :class:`SpecError`."""
@@ -276,6 +244,8 @@ def _parse(path, raw, problems):
     extra = set(_as_list(raw.get("extra_keys") or []))
     known = known_config_keys(config_files) | extra | _denoiser_keys(methods)
     config = dict(raw.get("config") or {})
+    if extra:  # each run's Config checks its keys too (config.py check_user_keys)
+        config.setdefault("extra_keys", sorted(extra))
     models = _mapping(problems, "models", raw.get("models"))
     _check_keys(problems, "config", config, known)
     for name, keys in datasets.items():

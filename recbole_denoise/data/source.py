@@ -69,11 +69,26 @@ def open_dataset(name, path):
     if all(os.path.isfile(os.path.join(path, f"{name}.{s}.inter")) for s in BENCHMARK_SPLITS):
         return AtomicDataset(name, path, "windows")
     parent = os.path.dirname(os.path.abspath(path))
-    known = sorted(d for d in os.listdir(parent) if os.path.isdir(os.path.join(parent, d))) if os.path.isdir(parent) else []
+    known = _folders(parent)
+    try:
+        from recbole_denoise import resources
+
+        shipped_dir = os.path.abspath(resources.dataset_dir())
+    except Exception:  # a wheel's cache that cannot be unpacked: list nothing shipped
+        shipped_dir = None
+    shipped = _folders(shipped_dir) if shipped_dir else []
+    mine = (f"Datasets under data_path {parent}: {', '.join(map(repr, known)) or 'none'}"
+            if parent != shipped_dir else f"data_path is the shipped folder {parent}")
     raise DatasetError(
         f"Unknown dataset '{name}' (key 'dataset'): neither {os.path.join(path, name + '.inter')} nor "
-        f"benchmark files {name}.train/valid/test.inter exist. Datasets under {parent}: {known + ['ml-100k']}"
+        f"benchmark files {name}.train/valid/test.inter exist. {mine}. Shipped with recbole-denoise (under the "
+        f"default data_path {shipped_dir}): {', '.join(map(repr, shipped)) or 'none'}; 'ml-100k' is RecBole's "
+        f"packaged copy (any data_path)."
     )
+
+
+def _folders(path):
+    return sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d))) if os.path.isdir(path) else []
 
 
 STALE_AFTER_S = 24 * 3600  # an ownerless temporary folder unchanged this long is stale

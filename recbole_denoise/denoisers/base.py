@@ -292,8 +292,13 @@ def decide(scores, editable, threshold_quantile, max_edits, min_keep=1, eta=None
 
     Strictly greater, as LLM4DSR §3.2 states: scores tied at eta are kept, so a scorer with coarse values
     should break its ties itself (CoocOutlier does, by rarity). ``eta`` given: used instead of the quantile.
-    Per sequence at most ``max_edits`` positions (highest scores first; ``max_edits`` < 0 = no limit),
-    and at least ``min_keep`` editable positions are left untouched. Returns one bool array per sequence.
+    Per sequence at most ``max_edits`` positions (highest scores first), and at least ``min_keep``
+    editable positions are left untouched. Returns one bool array per sequence.
+
+    ``max_edits`` None (or < 0) means no cap here, for callers of this function alone (tests, analyses):
+    the config keys ``max_edits`` / ``max_edits_test`` are integers >= 0 (``properties/overall.yaml``,
+    checked when the Config is built and again by :func:`check_decision_keys`), because LLM4DSR's ``b``
+    bounds the edits per window; a run that edits without a cap is not a configuration we offer.
     """
     if not 0.0 <= float(threshold_quantile) <= 1.0:
         raise DatasetError(f"threshold_quantile must be in [0, 1], got {threshold_quantile}")
