@@ -183,18 +183,25 @@ def _mapping(problems, where, value):
     return out
 
 
-def load_spec(path, overrides=None):
-    """Read and validate the spec at ``path`` (``overrides``: top-level keys that replace the file's);
-    returns a :class:`Spec` with every run resolved and hashed, or raises :class:`SpecError`."""
+def read_spec_file(path, error, what):
+    """The top-level mapping of the yaml spec at ``path``; a missing file, invalid yaml or another top level
+    raises ``error`` naming ``what`` and the file."""
     if not os.path.isfile(path):
-        raise SpecError(f"benchmark spec '{path}' does not exist")
+        raise error(f"{what} '{path}' does not exist")
     with open(path, encoding="utf-8") as f:
         try:
             raw = yaml.safe_load(f) or {}
         except yaml.YAMLError as e:
-            raise SpecError(f"benchmark spec '{path}': not valid yaml ({e})") from None
+            raise error(f"{what} '{path}': not valid yaml ({e})") from None
     if not isinstance(raw, dict):
-        raise SpecError(f"benchmark spec '{path}': expected a mapping of keys at the top")
+        raise error(f"{what} '{path}': expected a mapping of keys at the top")
+    return raw
+
+
+def load_spec(path, overrides=None):
+    """Read and validate the spec at ``path`` (``overrides``: top-level keys that replace the file's);
+    returns a :class:`Spec` with every run resolved and hashed, or raises :class:`SpecError`."""
+    raw = read_spec_file(path, SpecError, "benchmark spec")
     raw.update(overrides or {})
     problems = []
     spec = _parse(path, raw, problems)

@@ -58,7 +58,6 @@ import time
 import warnings
 from datetime import datetime, timezone
 
-import yaml
 
 from recbole_denoise.errors import UserInputError
 
@@ -175,19 +174,11 @@ class TuneSpec:
 def load_tune_spec(path):
     """Read and validate the tuning spec at ``path``; a :class:`TuneSpec` or :class:`TuneSpecError` listing
     every problem (nothing is run, no folder is created)."""
-    from recbole_denoise.benchmark.spec import _check_keys, known_config_keys
+    from recbole_denoise.benchmark.spec import _check_keys, known_config_keys, read_spec_file
     from recbole_denoise.denoisers import get_denoiser
     from recbole_denoise.model import get_model
 
-    if not os.path.isfile(path):
-        raise TuneSpecError(f"tuning spec '{path}' does not exist")
-    with open(path, encoding="utf-8") as f:
-        try:
-            raw = yaml.safe_load(f) or {}
-        except yaml.YAMLError as e:
-            raise TuneSpecError(f"tuning spec '{path}': not valid yaml ({e})") from None
-    if not isinstance(raw, dict):
-        raise TuneSpecError(f"tuning spec '{path}': expected a mapping of keys at the top")
+    raw = read_spec_file(path, TuneSpecError, "tuning spec")
     problems = []
     unknown = [k for k in raw if k not in TUNE_KEYS]
     for key in unknown:
