@@ -376,20 +376,7 @@ def bench_encoder_variants(args):
               f"{new_vs_old2:.2f}x, so {41.5 / new_vs_old2 * distinct / total:.1f} min for the {distinct} distinct "
               f"prefixes on an idle machine (41.5 min x {distinct}/{total} / {new_vs_old2:.2f}), valid only if the "
               "2-thread ratio measured here transfers to an idle machine, i.e. only at a low load average.", ""]
-    path = os.path.join(RESULTS, "iadsr_encoder_throughput.md")
-    with open(path) as f:
-        old = f.read()
-    head = "# IADSR: text-encoder throughput\n"
-    body = old[len(head):] if old.startswith(head) else old
-    i = body.find("## Round 2")
-    if i >= 0:  # replace an earlier round-2 section
-        j = body.find("\n## ", i + 1)
-        body = body[:i] + (body[j + 1:] if j >= 0 else "")
-    section = "\n".join(lines)
-    print(section)
-    with open(path, "w") as f:
-        f.write(head + "\n" + section + "\n" + ("\n" + body.lstrip("\n") if body.strip() else ""))
-    print(f"wrote {path}")
+    write_encoder_section(lines, replace="## Round 2")
 
 
 def _time_default_encoder(n, reps):
@@ -452,20 +439,7 @@ def bench_encoder_threads(args):
                          for r in rows[label])
         lines.append(f"| {label} | {runs} | {min(vals):.1f} | {min(vals) * distinct / 1000 / 60:.1f} | "
                      f"{statistics.median(vals) * distinct / 1000 / 60:.1f} |")
-    path = os.path.join(RESULTS, "iadsr_encoder_throughput.md")
-    with open(path) as f:
-        old = f.read()
-    head = "# IADSR: text-encoder throughput\n"
-    body = old[len(head):] if old.startswith(head) else old
-    i = body.find("## Threads (issue 16 item 4)")
-    if i >= 0:
-        j = body.find("\n## ", i + 1)
-        body = body[:i] + (body[j + 1:] if j >= 0 else "")
-    section = "\n".join(lines)
-    print(section)
-    with open(path, "w") as f:
-        f.write(head + "\n" + section + "\n" + ("\n" + body.lstrip("\n") if body.strip() else ""))
-    print(f"wrote {path}")
+    write_encoder_section(lines, replace="## Threads (issue 16 item 4)")
 
 
 def bench_encoder_full(args):
@@ -498,11 +472,21 @@ def bench_encoder_full(args):
              f"Default MiniLM encoder ({enc.dtype}, sorted, batch 32, encoder_max_length 128, cut from the left): "
              f"{len(longs)} e1 texts, then {len(prefixes)} prefix texts ({len(set(prefixes))} distinct; the e1 "
              f"rows copied): **{sec / 60:.1f} min** in all ({short.shape[0]} x {short.shape[1]}); target <= 10 min."]
+    write_encoder_section(lines)
+
+
+def write_encoder_section(lines, replace=None):
+    """Put ``lines`` as a new section at the top of results/iadsr_encoder_throughput.md (under its title),
+    keeping every earlier section except one that starts with ``replace`` (an earlier run of the same kind)."""
     path = os.path.join(RESULTS, "iadsr_encoder_throughput.md")
     with open(path) as f:
         old = f.read()
     head = "# IADSR: text-encoder throughput\n"
     body = old[len(head):] if old.startswith(head) else old
+    i = body.find(replace) if replace else -1
+    if i >= 0:
+        j = body.find("\n## ", i + 1)
+        body = body[:i] + (body[j + 1:] if j >= 0 else "")
     section = "\n".join(lines)
     print(section)
     with open(path, "w") as f:
