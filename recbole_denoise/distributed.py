@@ -49,6 +49,24 @@ def barrier():
         dist.barrier()
 
 
+def leave(together=True):
+    """Leave the process group. With ``together``, first wait until every rank got here (rank 0 alone
+    computes the whole-split analyses after training, for as long as they take): ranks that tear their
+    group down while a peer still uses its connections can abort in gloo's C++ teardown (SIGABRT,
+    "terminate called without an active exception"), and the spawner then kills the other ranks, rank 0's
+    finished results with them. ``together=False`` (a rank failed) leaves at once."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if together and dist.get_world_size() > 1:
+        from datetime import timedelta
+
+        if dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=timedelta(days=7))
+        else:
+            dist.barrier()
+    dist.destroy_process_group()
+
+
 def owned(n):
     """Indices of ``range(n)`` this rank computes: ``i % world == rank`` (deterministic, balanced)."""
     rank, world = rank_world()

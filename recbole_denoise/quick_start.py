@@ -137,6 +137,11 @@ def run_recbole_denoise(model=None, dataset=None, denoiser=None, config_file_lis
     logger.info(set_color("test result", "yellow") + f": {test_result}")
     if not config["single_spec"]:  # the rest reads whole splits: rank 0 alone, on unsharded loaders
         if not distributed.is_main():
+            # free the trainer's DistributedDataParallel (its reducer holds the process group) while the
+            # group is alive: left to the interpreter's exit, after _worker destroyed the group, it could
+            # abort the process ("terminate called without an active exception", SIGABRT)
+            del net, trainer, train_data, valid_data, test_data, recbole_dataset
+            release_memory()
             return None
         test_data = unsharded_loader(config, test_data)
     with distributed.solo():  # whole-split steps: one process (rank 0 of a distributed run)
@@ -245,18 +250,17 @@ def spawn_workers(config, args):
 
 
 def _worker(local_rank, args, world, queue):
-    import torch.distributed as dist
-
     model, dataset, denoiser, files, config_dict, cmd_args, saved = args
     config_dict = dict(config_dict or {}, local_rank=local_rank, world_size=world)
     cmd_args = [a for a in cmd_args or [] if not a.startswith(("--world_size=", "--local_rank="))]  # resolved above
     try:
         result = run_recbole_denoise(model, dataset, denoiser, files, config_dict, cmd_args, saved)
-        if local_rank == 0:
-            queue.put(result)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    except BaseException:
+        distributed.leave(together=False)
+        raise
+    if local_rank == 0:
+        queue.put(result)
+    distributed.leave()
 
 
 def load_category_table(config, data):

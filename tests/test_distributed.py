@@ -68,6 +68,22 @@ def _score_worker(rank, world, port, cfg, workdir, out):
         _leave()
 
 
+def _leave_worker(rank, world, port, out):
+    """Rank 0 works on alone for a while (as after training); every rank then leaves the group."""
+    import time
+
+    from recbole_denoise import distributed
+
+    _join(rank, world, port)
+    if rank == 0:
+        time.sleep(1.5)
+    with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+        json.dump({"arrived": time.time()}, f)
+    distributed.leave()
+    with open(os.path.join(out, f"left{rank}.json"), "w") as f:
+        json.dump({"left": time.time(), "initialized": distributed.dist.is_initialized()}, f)
+
+
 def spawn(fn, world, *args):
     mp.spawn(fn, args=(world, free_port(), *args), nprocs=world, join=True)
 
@@ -119,6 +135,15 @@ def test_lora_finetuning_runs_ddp_over_the_ranks(tmp_path, tiny_llm_dir):
     adapter = json.load(open(tmp_path / "rank0.json"))["denoise"]["adapter"]
     done = json.load(open(os.path.join(adapter, "adapter", "DONE.json")))
     assert done["global_steps"] == 2  # 16 examples / (4 per rank x 2 ranks); one process takes 4 steps
+
+
+def test_ranks_leave_the_group_together(tmp_path):
+    """A rank that is done waits for rank 0's solo work before tearing the group down (a lone teardown
+    can abort in gloo and take rank 0's results with it)."""
+    spawn(_leave_worker, 2, str(tmp_path))
+    arrived0 = json.load(open(tmp_path / "rank0.json"))["arrived"]
+    left = [json.load(open(tmp_path / f"left{r}.json")) for r in (0, 1)]
+    assert left[1]["left"] >= arrived0 and not any(x["initialized"] for x in left)
 
 
 @pytest.mark.parametrize("model", ["SASRec", "FMLPRec", "CL4SRec", "HSD", "IADSR"])
