@@ -31,6 +31,7 @@ import yaml
 from recbole.config import Config as RecBoleConfig
 
 from recbole_denoise.model import get_model
+from recbole_denoise.model.abstract import declared
 from recbole_denoise.errors import ConfigError  # noqa: F401
 
 from recbole_denoise import resources
@@ -344,7 +345,7 @@ class Config(RecBoleConfig):
         declares its key. Known: every key of RecBole's and our property files, the model's and denoiser's
         ``config_keys``, the keys listed in ``extra_keys``, and the keys of the user's own config files (a
         config-file key this close to a known one, ``TYPO_CUTOFF``, is taken for a typo instead)."""
-        known = known_config_keys() | set(getattr(model_class, "config_keys", ()) or ())
+        known = known_config_keys() | set(declared(model_class, "config_keys"))
         denoiser = self._denoiser_arg or self.external_config_dict.get("denoiser")
         if isinstance(denoiser, str) and denoiser != "None":
             from recbole_denoise.denoisers import get_denoiser
@@ -454,7 +455,7 @@ class Config(RecBoleConfig):
     def backbone_property_files(self, model, model_class):
         """Default-key files of the backbone a wrapper model names by its ``backbone_key`` (IADSR's
         ``iadsr_backbone``): RecBole's ``properties/model/<Backbone>.yaml`` and ours."""
-        key = getattr(model_class, "backbone_key", None)
+        key = declared(model_class, "backbone_key")
         if not key:
             return []
         name = self.external_config_dict.get(key)

@@ -8,7 +8,7 @@ import os
 import time
 
 from recbole.data import create_dataset, data_preparation
-from recbole.utils import get_trainer, init_seed, set_color
+from recbole.utils import init_seed, set_color
 
 from recbole_denoise import distributed
 from recbole_denoise.config import Config
@@ -22,33 +22,22 @@ from recbole_denoise.evaluator.beyond_accuracy import beyond_accuracy, item_cate
 from recbole_denoise.evaluator.cold_items import cold_item_analysis, target_ranks
 from recbole_denoise.benchmark.stats import per_user_path, write_per_user
 from recbole_denoise.log import init_logger
+from recbole_denoise.model.abstract import declared
 from recbole_denoise.model.export import export_decisions
+from recbole_denoise.trainer import get_trainer
 
 
 def _to_plain(d):
     return {k: float(v) for k, v in (d or {}).items()}
 
 
-def _time_epochs(trainer, sink):
-    """Record the wall time of every training epoch of ``trainer`` in ``sink``."""
-    train_epoch = trainer._train_epoch
-
-    def timed(*args, **kwargs):
-        start = time.time()
-        out = train_epoch(*args, **kwargs)
-        sink.append(time.time() - start)
-        return out
-
-    trainer._train_epoch = timed
-
-
 def build_dataset(config, data):
     """RecBole's dataset for the prepared data: ours for windows (refused for a model whose
     ``dataset_class`` it ``needs_user_sequences``, as IADSR); for leave-one-out the model's own
     ``dataset_class`` when it declares one (item positions, user sequences), else RecBole's choice."""
-    wanted = getattr(config.model_class, "dataset_class", None)
+    wanted = declared(config.model_class, "dataset_class")
     if data.kind == "windows":
-        if wanted is not None and getattr(config.model_class, "needs_user_sequences", True):
+        if wanted is not None and declared(config.model_class, "needs_user_sequences"):
             raise ConfigError(f"model '{config['model']}' needs leave-one-out user sequences "
                               f"({wanted.__name__}); use protocol: loo (key 'protocol')")
         return WindowDataset(config)
@@ -109,17 +98,16 @@ def run_recbole_denoise(model=None, dataset=None, denoiser=None, config_file_lis
     timings["model"] = time.time() - t  # IADSR: includes encoding its texts (cached after the first run)
     logger.info(net)
     os.makedirs(config["checkpoint_dir"], exist_ok=True)  # RecBole's exists-then-makedirs races between ranks
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
+    trainer = get_trainer(config["MODEL_TYPE"], config.model_class)(config, net)  # epoch hooks, epoch_times
     trainer.saved_model_file = distributed.broadcast(trainer.saved_model_file)  # RecBole names it by each rank's clock
     if not distributed.is_main():  # RecBole saves on every local rank 0 (one per machine): only global rank 0
         trainer._save_checkpoint = lambda *args, **kwargs: None  # writes the one shared file, the others read it
-    epoch_times = []
-    _time_epochs(trainer, epoch_times)
 
     t = time.time()
     best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, saved=saved,
                                                       show_progress=config["show_progress"], callback_fn=callback_fn)
     timings["train"] = time.time() - t
+    epoch_times = trainer.epoch_times
     if not epoch_times:
         warnings.append(f"epochs={config['epochs']}: the model was never trained; its validation and test "
                         f"metrics are those of its initial (random) weights")
@@ -146,7 +134,7 @@ def run_recbole_denoise(model=None, dataset=None, denoiser=None, config_file_lis
         test_data = unsharded_loader(config, test_data)
     with distributed.solo():  # whole-split steps: one process (rank 0 of a distributed run)
         model_denoise, scores_file = None, data.file("denoise_scores")
-        if config["export_denoised"] and hasattr(net, "denoise_decisions") and data.kind == "inter":
+        if config["export_denoised"] and declared(type(net), "exports_decisions") and data.kind == "inter":
             t = time.time()
             exported, model_denoise = export_decisions(net, train_data._dataset, data, config, logger)
             scores_file = exported.file("denoise_scores")

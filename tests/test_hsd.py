@@ -39,8 +39,8 @@ def test_flags_keep_the_last_item_of_an_emptied_row(tiny_cfg):
 def test_curriculum_and_temperature_schedules(tiny_cfg):
     net = build_model("HSD", tiny_cfg(hsd_drop_start=0.2, hsd_drop_epochs=4, gumbel_anneal_every=2))[0]
     rates = []
-    for _ in range(6):
-        net.train()
+    for epoch in range(6):
+        net.on_epoch_start(epoch)
         rates.append(round(net.drop_rate(), 6))
     assert rates == [0.2, 0.15, 0.1, 0.05, 0.0, 0.0]
     tau = net.tau
@@ -54,8 +54,8 @@ def test_default_curriculum_is_the_official_linspace(tiny_cfg):
     """The official trainer's drop rates: np.linspace(0.2, 0, 10) over epochs 0..9, then 0."""
     net = build_model("HSD", tiny_cfg())[0]
     rates = []
-    for _ in range(11):
-        net.train()
+    for epoch in range(11):
+        net.on_epoch_start(epoch)
         rates.append(net.drop_rate())
     assert rates == pytest.approx([0.2 * (1 - e / 9) for e in range(10)] + [0.0])
 

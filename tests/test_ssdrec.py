@@ -210,7 +210,7 @@ def test_official_position_pick_scores_padding_and_augments_fewer(tiny_cfg, capl
                     lengths = (batch["item_id_list"] > 0).sum(1)
                     unchanged = (ids == batch["item_id_list"]).all(1)
                     assert unchanged.sum() >= len(lengths) - net.augmented  # padding picks change nothing
-            net.eval()
+            net.on_epoch_end(0)
         assert len(net.augmented_shares) == 1 and f"ssdrec_position_pick: {pick}" in caplog.text
         shares[pick] = net.augmented_shares[0]
     assert shares["sequence"] > 0.9 and shares["official"] < 0.5 * shares["sequence"]

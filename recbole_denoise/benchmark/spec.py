@@ -55,6 +55,7 @@ import yaml
 from recbole_denoise.config import PROPERTIES_DIR, RUNTIME_KEYS, Config, known_config_keys  # noqa: F401
 from recbole_denoise.config import check_keys as _check_keys
 from recbole_denoise.errors import UserInputError
+from recbole_denoise.model.abstract import declared
 
 SPEC_KEYS = ("name", "preset", "output", "datasets", "noise_ratios", "protocols", "backbones", "seeds",
              "denoise_seed", "methods", "baseline", "models", "config", "config_files", "extra_keys", "report")
@@ -374,7 +375,7 @@ def expand(spec, problems):
     runs = []
     for name, keys in spec.methods.items():
         model_cls, denoiser = _method_kind(name, keys, problems)
-        wrap_key = getattr(model_cls, "backbone_key", None) if model_cls is not None else None
+        wrap_key = declared(model_cls, "backbone_key") if model_cls is not None else None
         if model_cls is not None and not wrap_key:
             if "backbones" in keys:
                 problems.append(f"methods.{name}.backbones: model '{keys['model']}' wraps no backbone")

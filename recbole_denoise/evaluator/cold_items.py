@@ -54,7 +54,7 @@ def target_ranks(model, eval_data, device=None, topk=0):
         if topk:
             tops.append(scores.topk(topk, dim=1).indices.cpu())
             users.append(interaction[model.USER_ID].cpu())
-    torch.nn.Module.train(model, was)
+    model.train(was)
     out = torch.cat(targets).numpy(), torch.cat(ranks).numpy()
     return out + (torch.cat(users).numpy(), torch.cat(tops).numpy()) if topk else out
 

@@ -2,8 +2,9 @@
 
 A model that denoises inside training (IADSR, HSD, STEAM, SSDRec) implements ``denoise_decisions(dataset) ->
 {uid: (noise_score, dropped[, inserted])}`` over the history positions of each user's sequence (RecBole
-ids, :class:`~recbole_denoise.data.dataset.PositionalSequentialDataset` order). :func:`export_decisions`
-maps them back onto the atomic dataset the run loaded and writes, with the same writer as the denoising
+ids, :class:`~recbole_denoise.data.dataset.PositionalSequentialDataset` order) and declares ``exports_decisions =
+True`` (:class:`~recbole_denoise.model.abstract.DenoisingRecommender`). :func:`export_decisions` maps them back
+onto the atomic dataset the run loaded and writes, with the same writer as the denoising
 stage, ``<derived_data_path>/<dataset>-<Model>-<hash>/``: the ``.inter`` file without the dropped
 interactions and with the inserted ones, the ``.item`` file, and ``.denoise_scores`` (one row per
 training interaction: score, flagged, noise label when the data has one). The hash covers the model's
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from recbole_denoise.data.source import DatasetError, derive
+from recbole_denoise.model.abstract import declared
 from recbole_denoise.denoisers.base import load_sequences, write_denoised
 
 
@@ -89,10 +91,9 @@ def window_decisions(model, dataset, decide, batch_size=256, position_field=None
     (:func:`decision_end`: ``n - 1`` under leave-one-out, the training interactions under ``ratio``), filled
     window by window (:func:`history_windows`) from ``decide(batch) -> (noise_score (B, L), dropped (B, L))``
     or ``(..., {(row, t): [item ids put in before t]})`` for a model that also inserts (``inserted`` maps a
-    position of the user's sequence to its items). The model is in evaluation mode meanwhile
-    (``nn.Module.train``, so an epoch counter on ``train()`` does not move)."""
+    position of the user's sequence to its items). The model is in evaluation mode meanwhile."""
     was = model.training
-    torch.nn.Module.train(model, False)
+    model.eval()
     device = next(model.parameters()).device
     ends = {uid: decision_end(dataset, len(seq)) for uid, seq in dataset.user_sequences.items()}
     out = {uid: (np.zeros(end), np.zeros(end, dtype=bool), {}) for uid, end in ends.items()}
@@ -105,7 +106,7 @@ def window_decisions(model, dataset, decide, batch_size=256, position_field=None
             for (k, t), items in (inserts[0].items() if inserts else ()):
                 uid, s, e = chunk[k]
                 out[uid][2][s + t] = list(items)
-    torch.nn.Module.train(model, was)
+    model.train(was)
     return out
 
 
@@ -178,7 +179,7 @@ def export_decisions(model, dataset, data, config, logger=None):
     scores, flags, insertions = align_decisions(decisions, dataset, seqs, training_only=spec[0] != "loo")
     name = type(model).__name__
     params = {"model": name, "weights": weights_fingerprint(model),
-              "keys": {k: config[k] for k in sorted(getattr(model, "decision_keys", ()))}}
+              "keys": {k: config[k] for k in sorted(declared(type(model), "decision_keys"))}}
     if spec[0] != "loo":  # which interactions are training data (loo keeps its old hash)
         params["train_split"] = list(spec[1])
 

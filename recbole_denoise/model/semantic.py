@@ -30,6 +30,7 @@ import os
 
 import numpy as np
 
+from recbole_denoise.data.dataset import PositionalSequentialDataset
 from recbole_denoise.data.source import open_dataset
 from recbole_denoise.data.text import item_texts
 from recbole_denoise.errors import ConfigError, DatasetError
@@ -69,11 +70,11 @@ class SemanticInterests:
         self.mode = config["short_term"]
         if self.mode not in SHORT_TERM_MODES:
             raise ConfigError(f"short_term must be one of {list(SHORT_TERM_MODES)}, got {self.mode!r}")
-        sequences = getattr(dataset, "user_sequences", None)
-        if sequences is None:
+        if not isinstance(dataset, PositionalSequentialDataset):
             raise ConfigError("IADSR needs user sequences from recbole_denoise.data.dataset."
                               "PositionalSequentialDataset (run it through run_recbole_denoise, or build that "
                               "dataset class instead of RecBole's create_dataset)")
+        sequences = dataset.user_sequences
         field = config["item_text_field"]
         if not field:
             raise ConfigError(f"dataset '{config['dataset']}': IADSR needs item text; set item_text_field")

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from recbole.model.sequential_recommender.sasrec import SASRec
 
 from recbole_denoise.errors import ConfigError
+from recbole_denoise.model.abstract import DenoisingRecommender
 
 __all__ = ["CL4SRec"]
 
@@ -96,7 +97,7 @@ def nt_xent(z1, z2, temperature, similarity="dot"):
     return F.cross_entropy(logits, targets)
 
 
-class CL4SRec(SASRec):
+class CL4SRec(SASRec, DenoisingRecommender):
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.cl_weight = config["cl_weight"]

@@ -67,6 +67,7 @@ from recbole.model.sequential_recommender.sasrec import SASRec
 
 from recbole_denoise.errors import ConfigError
 from recbole_denoise.model import item_graphs
+from recbole_denoise.model.abstract import DenoisingRecommender
 from recbole_denoise.model.backbones import transformer_states
 
 __all__ = ["DCRec"]
@@ -109,7 +110,7 @@ def info_nce_rows(a, b, temperature):
     return -torch.log_softmax(logits, dim=1).diagonal()
 
 
-class DCRec(SASRec):
+class DCRec(SASRec, DenoisingRecommender):
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         if self.loss_type != "CE":

@@ -46,6 +46,7 @@ from recbole.model.layers import FeedForward
 from recbole.model.sequential_recommender.sasrec import SASRec
 
 from recbole_denoise.errors import ConfigError
+from recbole_denoise.model.abstract import DenoisingRecommender
 
 __all__ = ["FMLPRec"]
 
@@ -110,7 +111,7 @@ def left_align(item_seq, item_seq_len):
     return aligned.masked_fill(source < 0, 0)
 
 
-class FMLPRec(SASRec):
+class FMLPRec(SASRec, DenoisingRecommender):
     def __init__(self, config, dataset):
         loss_type = config["loss_type"]
         if loss_type not in LOSSES:

@@ -44,11 +44,11 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
 from recbole_denoise.data.dataset import PositionalSequentialDataset
 from recbole_denoise.errors import ConfigError
+from recbole_denoise.model.abstract import DenoisingRecommender
 from recbole_denoise.model.backbones import states_for
 from recbole_denoise.model.export import window_decisions
 
@@ -70,12 +70,13 @@ def pack(item_seq, x, keep):
     return ids, emb, kept.sum(1)
 
 
-class HSD(SequentialRecommender):
+class HSD(DenoisingRecommender):
     input_type = InputType.POINTWISE
     dataset_class = PositionalSequentialDataset   # leave-one-out: user sequences for export
     needs_user_sequences = False                  # windows train too (nothing to export)
     backbone_key = "hsd_sub_model"
     decision_keys = ("hsd_sub_model", "hsd_stochastic_eval")
+    exports_decisions = True
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -109,13 +110,11 @@ class HSD(SequentialRecommender):
         self.seq_out = nn.Linear(d, 2, bias=False)
         for module in (self.user_embedding, self.att_item, self.att_query, self.att_out, self.seq_out):
             nn.init.xavier_normal_(module.weight)
-        self.epoch, self.batches = -1, 0
+        self.epoch, self.batches = -1, 0  # the training epoch (-1: none yet), training batches so far
 
-    def train(self, mode=True):
-        """RecBole calls ``model.train()`` once at the start of every training epoch."""
-        if mode:
-            self.epoch += 1
-        return super().train(mode)
+    def on_epoch_start(self, epoch):
+        """The curriculum's epoch (``drop_rate``) is the trainer's."""
+        self.epoch = epoch
 
     # -- the two signals -------------------------------------------------------------------------------
     def item_level(self, x, mask, query):

@@ -20,8 +20,8 @@ frozen text encoder (``model/semantic.py``). For a training row with history ``S
    user (RecBole trains on every prefix) and, for the short term, the same interaction are not used as
    negatives of each other; at most ``infonce_short_max`` random positions per batch enter the short term;
 6. ``K`` is remembered per interaction (the row whose history ends latest wins, so the decision comes
-   from the most context) and becomes ``K_prev`` in the next epoch. The epoch boundary is RecBole's
-   ``model.train()`` call at the start of each training epoch.
+   from the most context) and becomes ``K_prev`` in the next epoch. The epoch boundary is the trainer's
+   ``on_epoch_start`` hook (``recbole_denoise.trainer``), called at the start of each training epoch.
 
 Evaluation (the paper is silent) is deterministic, without Gumbel noise. ``iadsr_eval_history: masked``
 (default): the mask is computed on the original history and the backbone predicts from the kept items.
@@ -50,11 +50,11 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
 from recbole_denoise.data.dataset import POSITION_FIELD, PositionalSequentialDataset
 from recbole_denoise.errors import ConfigError
+from recbole_denoise.model.abstract import DenoisingRecommender
 from recbole_denoise.model.backbones import states_for
 from recbole_denoise.model.export import window_decisions
 from recbole_denoise.model.semantic import SemanticInterests
@@ -96,10 +96,11 @@ def info_nce(anchors, positives, tau, same=None):
     return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
 
 
-class IADSR(SequentialRecommender):
+class IADSR(DenoisingRecommender):
     input_type = InputType.POINTWISE
     dataset_class = PositionalSequentialDataset
     backbone_key = "iadsr_backbone"    # its RecBole yaml of defaults is loaded by our Config
+    exports_decisions = True
 
     def __init__(self, config, dataset):
         from recbole_denoise.model import get_model
@@ -133,7 +134,7 @@ class IADSR(SequentialRecommender):
         self.weights = {k: float(config[k]) for k in ("ce_weight", "info_long_weight", "info_short_weight",
                                                       "recon_weight")}
 
-        sem = SemanticInterests(config, dataset, logger=getattr(self, "logger", None))
+        sem = SemanticInterests(config, dataset, logger=self.logger)
         self.semantic = sem
         self.short_term = sem.mode
         # embeddings, offsets and the mask memory are derived data, not parameters: kept out of checkpoints
@@ -172,15 +173,13 @@ class IADSR(SequentialRecommender):
         return h.shape[-1]
 
     # -- epochs -------------------------------------------------------------------------------------------
-    def train(self, mode=True):
-        """RecBole calls ``model.train()`` at the start of every training epoch: the masks remembered in
-        the epoch that just ended become the input masks of the next one."""
-        if mode and self._pending:
+    def on_epoch_start(self, epoch):
+        """The masks remembered in the epoch that just ended become the input masks of the next one."""
+        if self._pending:
             self.mask_prev.copy_(self.mask_next)
             self.mask_next_end.fill_(-1)
             self.masked_epochs += 1
             self._pending = False
-        return super().train(mode)
 
     # -- pieces -------------------------------------------------------------------------------------------
     def _rows(self, interaction):

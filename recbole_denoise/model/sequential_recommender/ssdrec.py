@@ -111,17 +111,15 @@ class SSDRec(HSD):
         self.epoch_augmented = [0, 0]  # (augmented, seen) in the current training epoch
         self.augmented_shares = []  # augmented share of each finished training epoch (also logged)
 
-    def train(self, mode=True):
-        """Close the epoch's augmentation count (RecBole calls ``eval()`` after each training epoch, ``train()``
-        before the next): its share goes to ``augmented_shares`` and the log."""
-        augmented, seen = getattr(self, "epoch_augmented", (0, 0))
+    def on_epoch_end(self, epoch):
+        """Close the epoch's augmentation count: its share goes to ``augmented_shares`` and the log."""
+        augmented, seen = self.epoch_augmented
         if seen:
             self.augmented_shares.append(augmented / seen)
             getLogger().info(f"SSDRec epoch {len(self.augmented_shares) - 1}: augmented {augmented} of {seen} "
                              f"training sequences ({100 * augmented / seen:.1f}%, "
                              f"ssdrec_position_pick: {self.position_pick})")
             self.epoch_augmented = [0, 0]
-        return super().train(mode)
 
     # -- 1. global relation encoder ---------------------------------------------------------------------
     def propagate(self, name, x):

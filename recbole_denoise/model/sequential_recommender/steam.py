@@ -70,12 +70,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.layers import TransformerEncoder
 from recbole.utils import InputType
 
 from recbole_denoise.data.dataset import PositionalSequentialDataset
 from recbole_denoise.errors import ConfigError
+from recbole_denoise.model.abstract import DenoisingRecommender
 from recbole_denoise.model.export import window_decisions
 
 __all__ = ["STEAM"]
@@ -174,11 +174,12 @@ def item_cross_entropy(h, weight, targets):
     return _ItemCrossEntropy.apply(h, weight, targets)
 
 
-class STEAM(SequentialRecommender):
+class STEAM(DenoisingRecommender):
     input_type = InputType.POINTWISE
     dataset_class = PositionalSequentialDataset   # leave-one-out: user sequences for export
     needs_user_sequences = False
     decision_keys = ("steam_max_insert",)
+    exports_decisions = True
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -523,7 +524,7 @@ class STEAM(SequentialRecommender):
             self.eval()
             history = interaction[self.ITEM_SEQ]
             corrected = self.correct(history, interaction[self.ITEM_SEQ_LEN], keep_last=self.max_len - 1)
-            nn.Module.train(self, was)
+            self.train(was)
             targets = interaction[self.POS_ITEM_ID].tolist()
             losses.append(self.cloze_loss(self.pad([c + [t] for c, t in zip(corrected, targets)], self.max_len)))
         return tuple(losses)

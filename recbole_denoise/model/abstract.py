@@ -1,0 +1,73 @@
+"""The contract between our models and the pipeline (``quick_start``, ``config``, ``export``, the benchmark).
+
+Every model of ours derives from :class:`DenoisingRecommender` (directly, or next to the RecBole model it
+extends: ``class FMLPRec(SASRec, DenoisingRecommender)``) and overrides the class attributes it needs; the
+pipeline reads them through :func:`declared`, which gives the base class's defaults for any other model
+class (RecBole's own SASRec, GRU4Rec, ...), so no module probes a model for attributes of its own.
+
+Epochs are explicit: our trainer (:mod:`recbole_denoise.trainer`) calls :meth:`~DenoisingRecommender.on_epoch_start`
+and :meth:`~DenoisingRecommender.on_epoch_end` around every training epoch, so ``model.train()`` and
+``model.eval()`` mean only what they mean in PyTorch and may be called any number of times.
+"""
+from recbole.model.abstract_recommender import SequentialRecommender
+
+CAPABILITIES = ("dataset_class", "needs_user_sequences", "backbone_key", "decision_keys", "config_keys",
+                "exports_decisions", "trainer_class")
+
+
+class DenoisingRecommender(SequentialRecommender):
+    """A sequential model of ours: RecBole's contract (``calculate_loss``, ``predict``, ``full_sort_predict``)
+    plus the capabilities below, each with the default that holds for RecBole's own models."""
+
+    #: RecBole dataset class the model needs under leave-one-out (``PositionalSequentialDataset``: item
+    #: positions and user sequences); ``None``: RecBole's own choice (``create_dataset``).
+    dataset_class = None
+    #: with a ``dataset_class``: whether the model needs its user sequences to train (IADSR) and so cannot
+    #: train on the ``window`` protocol's rows; ``False``: windows train too (there is just nothing to export).
+    needs_user_sequences = True
+    #: a config key naming a wrapped RecBole backbone (IADSR's ``iadsr_backbone``), whose default yaml
+    #: ``Config`` loads and over which the benchmark harness runs the model once per backbone.
+    backbone_key = None
+    #: config keys that change :meth:`denoise_decisions`'s output (they enter the exported dataset's hash).
+    decision_keys = ()
+    #: config keys of the model that no property file declares (they count as known keys).
+    config_keys = ()
+    #: whether :meth:`denoise_decisions` is implemented: ``run_recbole_denoise`` then exports the trained
+    #: model's decisions as a denoised dataset (``export_denoised``).
+    exports_decisions = False
+    #: the RecBole ``Trainer`` subclass that trains the model; ``None``: :func:`recbole_denoise.trainer.get_trainer`
+    #: picks RecBole's choice with our epoch hooks (``DenoisingTrainer`` for a plain model).
+    trainer_class = None
+
+    def on_epoch_start(self, epoch):
+        """Called by the trainer before training epoch ``epoch`` (RecBole's ``epoch_idx``: 0, 1, ...; a resumed
+        run starts at the checkpoint's epoch + 1)."""
+
+    def on_epoch_end(self, epoch):
+        """Called by the trainer after training epoch ``epoch``, before its validation."""
+
+    def denoise_decisions(self, dataset, batch_size=256):
+        """``{uid: (noise_score, dropped[, inserted])}`` over the history positions of each user of ``dataset``
+        (see :mod:`recbole_denoise.model.export`); only models with ``exports_decisions = True`` have them."""
+        raise NotImplementedError(f"{type(self).__name__} exports no decisions (exports_decisions = False)")
+
+
+def is_ours(model_class):
+    """Whether ``model_class`` declares the :class:`DenoisingRecommender` contract."""
+    return isinstance(model_class, type) and issubclass(model_class, DenoisingRecommender)
+
+
+def declared(model_class, name):
+    """The capability ``name`` (one of :data:`CAPABILITIES`) of ``model_class``: its own declaration for a
+    :class:`DenoisingRecommender`, the base class's default for any other model class.
+
+    One exception, documented in the README (Configuration): ``config_keys`` is read from any model class, since
+    a user's RecBole model (``class MySASRec(SASRec)``) may declare its own keys without deriving from ours.
+    """
+    if name not in CAPABILITIES:
+        raise KeyError(f"unknown model capability '{name}'; known: {', '.join(CAPABILITIES)}")
+    if is_ours(model_class):
+        return getattr(model_class, name)
+    if name == "config_keys" and isinstance(model_class, type):
+        return tuple(getattr(model_class, name, ()) or ())
+    return getattr(DenoisingRecommender, name)
