@@ -154,3 +154,47 @@ def test_two_epochs_call_the_hooks_with_recboles_epoch_index(tiny_cfg, monkeypat
 def test_recboles_own_model_is_timed_without_hooks(tiny_cfg):
     result = run_recbole_denoise("SASRec", "tiny", config_dict=tiny_cfg(epochs=2, stopping_step=10), saved=False)
     assert result["timings"]["epochs"] == 2 and result["timings"]["train_epoch_mean"] > 0
+
+
+def test_resumed_training_continues_the_hooks_epoch_index(tmp_path):
+    """RecBole's ``resume_checkpoint`` restarts ``fit`` at the checkpoint's epoch + 1: HSD's curriculum
+    continues there (the hook gets RecBole's ``epoch_idx``, not a count of this process's epochs)."""
+    from recbole.data import data_preparation
+    from recbole.utils import init_seed
+
+    from recbole_denoise.config import Config
+    from recbole_denoise.data.prepare import prepare_dataset
+    from recbole_denoise.quick_start import build_dataset
+
+    def trainer_for(epochs):
+        config = Config("HSD", "tiny", config_dict=tiny_config(tmp_path, epochs=epochs, stopping_step=10))
+        init_seed(config["seed"], True)
+        data, _ = prepare_dataset(config)
+        train, valid, _ = data_preparation(config, build_dataset(config, data))
+        net = config.model_class(config, train._dataset)
+        return get_trainer(config["MODEL_TYPE"], config.model_class)(config, net), train, valid
+
+    first, train, valid = trainer_for(1)
+    first.fit(train, valid, saved=True)
+    assert first.model.epoch == 0 and len(first.epoch_times) == 1
+    resumed, train, valid = trainer_for(3)
+    resumed.resume_checkpoint(first.saved_model_file)
+    starts = []
+    resumed.model.on_epoch_start = lambda epoch: (starts.append(epoch), HSD.on_epoch_start(resumed.model, epoch))
+    resumed.fit(train, valid, saved=False)
+    assert starts == [1, 2] and resumed.model.epoch == 2 and len(resumed.epoch_times) == 2
+
+
+def test_distributed_ranks_run_the_hooks(tiny_cfg, tmp_path):
+    """Under DDP the trainers call their model's hooks: SSDRec closes (and logs: rank 0's log) each epoch's
+    augmentation count."""
+    from recbole_denoise.distributed import free_port
+
+    log_dir = tmp_path / "ddp-log"
+    cfg = tiny_cfg(nproc=2, port=str(free_port()), epochs=2, stopping_step=10, log_dir=str(log_dir), state="INFO",
+                   ssdrec_min_cooccurrence=1)
+    result = run_recbole_denoise("SSDRec", "tiny", config_dict=cfg, saved=False)
+    assert result["processes"] == 2 and result["timings"]["epochs"] == 2
+    text = "".join(open(log_dir / f).read() for f in os.listdir(log_dir) if f.endswith(".log"))
+    for epoch in (0, 1):
+        assert f"SSDRec epoch {epoch}: augmented" in text
