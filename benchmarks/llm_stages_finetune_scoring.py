@@ -126,7 +126,7 @@ def bench_scoring(args, path, hists, labels):
 
 
 def build_examples(args, path, ids, texts):
-    from recbole_denoise.denoisers.base import Sequences
+    from recbole_denoise.data.edits import Sequences
     from recbole_denoise.denoisers.llm4dsr import instruction_samples
     from recbole_denoise.llm.loader import load_llm
     from recbole_denoise.llm.prompts import PromptBuilder

@@ -129,12 +129,13 @@ def main():
 
         finetune.labelled_loss = lambda model, inputs: model(**inputs).loss
     if args.no_release:
-        import recbole_denoise.denoisers.base as base
+        import recbole_denoise.memory as memory
         import recbole_denoise.quick_start as quick_start
+        from recbole_denoise.denoisers import Denoiser
 
-        base.release_memory = quick_start.release_memory = lambda: 0
-        base.mmap_large_allocations = lambda *a, **k: False
-        base.Denoiser.release = lambda self: None
+        memory.release_memory = quick_start.release_memory = lambda: 0
+        memory.mmap_large_allocations = lambda *a, **k: False
+        Denoiser.release = lambda self: None
         from recbole_denoise.denoisers.llm4dsr import LLM4DSR
 
         LLM4DSR.release = lambda self: None

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 import torch
 import torch.distributed as dist
 
+from recbole_denoise.io import replace_atomically
+
 TORCHRUN_KEYS = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
 _solo = [0]
 
@@ -124,8 +126,6 @@ def sharded_map(items, folder, size, compute, write, read, suffix):
     shard. Returns ``(results in shard order, shards reused, shards computed by this rank)``. The shard
     boundaries, and so the batches inside ``compute``, are the same for any world size, so the merged
     results equal a single process's byte for byte."""
-    from recbole_denoise.data.atomic import replace_atomically
-
     os.makedirs(folder, exist_ok=True)
     starts = list(range(0, len(items), max(1, int(size))))
     paths = [os.path.join(folder, f"shard-{n:05d}{suffix}") for n in range(len(starts))]

@@ -105,7 +105,7 @@ def test_token_timestamp_is_refused_naming_file_and_field(tiny):
 def test_noise_orders_numeric_times_not_text():
     import pandas as pd
 
-    from recbole_denoise.data.noise import chronological
+    from recbole_denoise.data.atomic import chronological
 
     df = pd.DataFrame({"user_id": ["u"] * 2, "item_id": ["a", "b"], "timestamp": [100000.0, 99999.0]})
     assert chronological(df)["item_id"].tolist() == ["b", "a"]

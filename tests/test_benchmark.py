@@ -12,7 +12,8 @@ import yaml
 from tests.conftest import FIXTURES
 from recbole_denoise.benchmark import SpecError, load_spec, run_benchmark
 from recbole_denoise.denoisers import Denoiser
-from recbole_denoise.benchmark.report import marks, metric_table, paired_p, read_results, select_variants
+from recbole_denoise.benchmark.report import marks, metric_table, paired_p
+from recbole_denoise.benchmark.results import read_results, select_variants
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

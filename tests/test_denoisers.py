@@ -130,7 +130,7 @@ def test_readme_example_runs(tmp_path, monkeypatch):
 
 def test_popularity_draws_exclude_only_the_items_shown():
     from recbole_denoise.denoisers import Sequences
-    from recbole_denoise.denoisers.base import popularity_replacements
+    from recbole_denoise.denoisers.decision import popularity_replacements
 
     # training popularity: half "x", half "z"; the user's test target is x, its prompt shows z
     train = Sequences(["t"], [["x", "z"] * 50], [np.ones(100, bool)], ["train"])
@@ -161,7 +161,7 @@ def test_deleting_a_training_target_drops_its_window(tiny_cfg):
 
 _MMAP_CHECK = """
 import ctypes, sys
-from recbole_denoise.denoisers import base
+from recbole_denoise import memory
 
 libc = ctypes.CDLL("libc.so.6")
 class Mallinfo2(ctypes.Structure):
@@ -173,9 +173,9 @@ libc.free.argtypes = [ctypes.c_void_p]
 big = libc.malloc(16 << 20)  # once freed, glibc's dynamic threshold rises to 16 MB
 libc.free(big)
 if sys.argv[1] in ("set", "after"):
-    assert base.mmap_large_allocations() is True
+    assert memory.mmap_large_allocations() is True
 if sys.argv[1] == "after":  # what the stage sets when it ends: glibc's 32 MB ceiling
-    assert base.mmap_large_allocations(base.MMAP_THRESHOLD_AFTER) is True
+    assert memory.mmap_large_allocations(memory.MMAP_THRESHOLD_AFTER) is True
 before = libc.mallinfo2().hblks
 block = libc.malloc(4 << 20)
 print(libc.mallinfo2().hblks - before)
@@ -183,21 +183,21 @@ print(libc.mallinfo2().hblks - before)
 
 
 def test_large_allocations_are_mmapped_after_the_stage_setting(monkeypatch):
-    """denoisers.base.mmap_large_allocations (issue 16 memory): on glibc a 4 MB block is then its own mmap
+    """memory.mmap_large_allocations (issue 16 memory): on glibc a 4 MB block is then its own mmap
     (returned to the OS when freed), not carved from the heap as after glibc raised its threshold; glibc's
     own env variable wins. In a fresh process (a used heap serves blocks from its free chunks first)."""
     import ctypes
     import subprocess
     import sys
 
-    from recbole_denoise.denoisers import base
+    from recbole_denoise import memory
 
     try:
         ctypes.CDLL("libc.so.6").mallinfo2
     except (OSError, AttributeError):
         pytest.skip("not glibc >= 2.33")
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
-    assert base.mmap_large_allocations() is False
+    assert memory.mmap_large_allocations() is False
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
     mmapped = {mode: subprocess.run([sys.executable, "-c", _MMAP_CHECK, mode], capture_output=True, text=True,
                                     check=True).stdout.strip() for mode in ("dynamic", "set", "after")}

@@ -49,7 +49,7 @@ def _score_worker(rank, world, port, cfg, workdir, out):
     """LLM4DSR's fit + score only, with a work folder that outlives the call (as after a crash)."""
     from recbole_denoise.config import Config
     from recbole_denoise.data.prepare import prepare_dataset
-    from recbole_denoise.denoisers.base import load_sequences, training_sequences
+    from recbole_denoise.data.edits import load_sequences, training_sequences
     from recbole_denoise.denoisers.llm4dsr import LLM4DSR
 
     _join(rank, world, port)

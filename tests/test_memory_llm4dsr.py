@@ -6,7 +6,8 @@ stage leaves LLM4DSR's threshold alone (``Denoiser.stage_mmap_threshold`` None) 
 for each forward pass (whose saved activations are the peak) and glibc's 32 MB ceiling for the backward.
 """
 from recbole_denoise import run_recbole_denoise
-from recbole_denoise.denoisers import base
+from recbole_denoise import memory
+from recbole_denoise.denoisers import Denoiser
 from recbole_denoise.denoisers.llm4dsr import LLM4DSR
 from recbole_denoise.llm import finetune, scoring
 from tests.test_llm4dsr import llm_cfg
@@ -15,7 +16,7 @@ from tests.test_llm4dsr import llm_cfg
 def test_low_threshold_only_in_the_fine_tuning_forward(tiny_cfg, tiny_llm_dir, monkeypatch):
     calls = []  # (threshold set, what was running)
     phase = ["stage"]
-    monkeypatch.setattr(base, "mmap_large_allocations", lambda threshold=base.MMAP_THRESHOLD: calls.append(
+    monkeypatch.setattr(memory, "mmap_large_allocations", lambda threshold=memory.MMAP_THRESHOLD: calls.append(
         (threshold, phase[0])) or True)
     real_loss, real_score = finetune.labelled_loss, scoring.score_candidates
 
@@ -36,8 +37,8 @@ def test_low_threshold_only_in_the_fine_tuning_forward(tiny_cfg, tiny_llm_dir, m
     cfg = llm_cfg(tiny_cfg, tiny_llm_dir, noise_ratio=0.15)
     result = run_recbole_denoise("GRU4Rec", "tiny", denoiser="LLM4DSR", config_dict=cfg, saved=False)
     assert result["denoise"]["finetune_examples"] == 16
-    assert LLM4DSR.stage_mmap_threshold is None and base.Denoiser.stage_mmap_threshold == base.MMAP_THRESHOLD
-    assert seen and all(t == base.MMAP_THRESHOLD for t in seen)  # every fine-tuning forward: 1 MB
-    assert backward and all(t == base.MMAP_THRESHOLD_AFTER for t in backward)  # every backward: 32 MB
-    assert scored and all(t == base.MMAP_THRESHOLD_AFTER for t in scored)  # scoring runs on the heap
-    assert [t for t, _ in calls].count(base.MMAP_THRESHOLD) == len(seen)  # the stage itself never set 1 MB
+    assert LLM4DSR.stage_mmap_threshold is None and Denoiser.stage_mmap_threshold == memory.MMAP_THRESHOLD
+    assert seen and all(t == memory.MMAP_THRESHOLD for t in seen)  # every fine-tuning forward: 1 MB
+    assert backward and all(t == memory.MMAP_THRESHOLD_AFTER for t in backward)  # every backward: 32 MB
+    assert scored and all(t == memory.MMAP_THRESHOLD_AFTER for t in scored)  # scoring runs on the heap
+    assert [t for t, _ in calls].count(memory.MMAP_THRESHOLD) == len(seen)  # the stage itself never set 1 MB

@@ -25,7 +25,7 @@ import traceback
 from collections import defaultdict
 from datetime import datetime, timezone
 
-from recbole_denoise.data.atomic import replace_atomically
+from recbole_denoise.io import replace_atomically
 
 ID_COLUMNS = ("run_id", "status", "error", "dataset", "protocol", "noise_ratio", "method", "method_base", "variant",
               "backbone", "model", "denoiser", "seed", "valid_metric", "valid_score", "valid_bigger")

@@ -7,8 +7,9 @@ import re
 import numpy as np
 import pandas as pd
 
+from recbole_denoise.benchmark.results import numeric, select_variants
 from recbole_denoise.benchmark.spec import STANDALONE
-from recbole_denoise.data.atomic import replace_atomically
+from recbole_denoise.io import replace_atomically
 
 
 def _plt():
@@ -136,8 +137,6 @@ def f1_plots(df, folder, written):
 
 def write_plots(spec, ok, folder):
     """Every figure the rows support (``ok``: the successful rows, all variants); returns their paths."""
-    from recbole_denoise.benchmark.report import numeric, select_variants
-
     written = []
     if ok.empty:
         return written

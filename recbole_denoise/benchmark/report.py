@@ -24,9 +24,11 @@ import os
 import numpy as np
 import pandas as pd
 
-from recbole_denoise.data.atomic import replace_atomically
-from recbole_denoise.benchmark.spec import STANDALONE
 from recbole_denoise.benchmark import stats
+from recbole_denoise.benchmark.plots import write_plots
+from recbole_denoise.benchmark.results import numeric, read_results, select_variants
+from recbole_denoise.benchmark.spec import STANDALONE
+from recbole_denoise.io import replace_atomically
 
 DEFAULT_METRICS = ("hit@10", "ndcg@10")
 SIGNIFICANCE_LEVEL = 0.05
@@ -35,33 +37,6 @@ BEYOND_METRICS = ("ild@10", "novelty@10", "warm_hit@10", "cold_hit@10")
 TIMING_COLUMNS = ("t_denoise", "t_model", "t_train", "t_test", "t_total", "epochs")
 UNMARKED = {"edited_fraction"}  # columns where neither direction is "better"
 ROW_KEYS = ("backbone", "method_base")
-
-
-def numeric(df, columns):
-    out = df.copy()
-    for c in columns:
-        if c in out:
-            out[c] = pd.to_numeric(out[c], errors="coerce")
-    return out
-
-
-def select_variants(df):
-    """Keep, per (dataset, protocol, alpha, backbone, method), the variant with the best mean validation
-    score; returns ``(rows, choices)`` where ``choices`` lists the picks of swept methods."""
-    if df.empty:
-        return df, []
-    df = numeric(df, ["valid_score"])
-    keys = ["dataset", "protocol", "noise_ratio", "backbone", "method_base"]
-    keep, choices = [], []
-    for key, group in df.groupby(keys, sort=False):
-        means = group.groupby("method", sort=False)["valid_score"].mean()
-        bigger = str(group["valid_bigger"].iloc[0]).lower() not in ("false", "0", "0.0")
-        best = means.idxmax() if bigger else means.idxmin()
-        keep.append(group[group["method"] == best])
-        if len(means) > 1:
-            choices.append(dict(zip(keys, key), method=best, valid_score=float(means[best]),
-                                candidates=len(means)))
-    return pd.concat(keep), choices
 
 
 def block_order(df, backbones, methods):
@@ -310,20 +285,8 @@ def bucket_table(df, backbones, methods):
     return "\n".join(lines)
 
 
-def read_results(path, run_ids=None):
-    """The rows of a ``results.csv`` (those of ``run_ids`` when given), typed by pandas; empty cells are
-    missing values, while a method or denoiser called "None" stays a name."""
-    df = pd.read_csv(path, dtype={"run_id": str, "variant": str, "method": str, "method_base": str, "denoiser": str},
-                     keep_default_na=False, na_values=[""])
-    if run_ids is not None:
-        df = df[df["run_id"].isin(set(run_ids))]
-    return df.reset_index(drop=True)
-
-
 def write_report(spec, out, meta=None):
     """``report.md`` (and ``plots/``) under ``out`` from its ``results.csv`` (the rows of ``spec``)."""
-    from recbole_denoise.benchmark.plots import write_plots
-
     df = read_results(os.path.join(out, "results.csv"), [r.run_id for r in spec.runs])
     ok = df[df["status"] == "ok"] if len(df) else df
     failed = df[df["status"] != "ok"] if len(df) else df

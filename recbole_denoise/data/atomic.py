@@ -3,7 +3,9 @@
 RecBole's own loader gives a pandas/numpy traceback for a malformed file; this reader checks the header
 types, the required columns and the number of fields on every line first and raises
 :class:`AtomicFileError` naming the file, the line and the field. Writes go to a temporary file that is
-renamed into place, so an interrupted write never leaves a half-written dataset behind.
+renamed into place (:func:`recbole_denoise.io.replace_atomically`), so an interrupted write never leaves a
+half-written dataset behind. Every stage orders a user's interactions the same way (:func:`chronological`)
+and carries the noise stage's ground-truth fields (:data:`LABEL`, :data:`CLEAN`) along.
 
 Values are returned as: ``token`` -> str, ``float`` -> float, ``token_seq`` -> list of str,
 ``float_seq`` -> list of float.
@@ -22,15 +24,26 @@ Decisions on malformed files (README "Errors and recovery"):
   of first appearance and sorts by those, so a warning could not make RecBole's held-out item right.
 """
 import os
-import tempfile
 
 import pandas as pd
 
-from recbole_denoise.errors import AtomicFileError  # noqa: F401
+from recbole_denoise.errors import AtomicFileError, DatasetError  # noqa: F401
+from recbole_denoise.io import replace_atomically
 
 FIELD_TYPES = ("token", "float", "token_seq", "float_seq")
 TIME_FIELD = "timestamp"  # RecBole's default TIME_FIELD, which every stage orders by
 BOM = "\ufeff"
+# the ground truth the noise stage adds (``data/noise.py``): 1.0 where the item was replaced, the item before
+LABEL, CLEAN = "noise_label", "clean_item_id"
+
+
+def chronological(df, uid="user_id", time="timestamp"):
+    """Rows sorted by user then time; ties keep file order (stable sort). Times must be numbers: text
+    would sort ``100000`` before ``99999`` (the reader refuses a ``timestamp:token`` header)."""
+    if len(df) and not pd.api.types.is_numeric_dtype(df[time]):
+        raise DatasetError(f"field '{time}' must be numeric to order interactions, got {df[time].dtype} values "
+                           f"such as {df[time].iloc[0]!r} (declare it '{time}:float')")
+    return df.sort_values([uid, time], kind="mergesort").reset_index(drop=True)
 
 
 def parse_header(path, header_line, sep="\t"):
@@ -180,24 +193,6 @@ def _format(value, ftype, seq_sep):
         v = float(value)
         return str(int(v)) if v.is_integer() and abs(v) < 1e15 else repr(v)
     return str(value)
-
-
-def replace_atomically(path, write):
-    """Create ``path`` by ``write(tmp)`` on a temporary file in the same folder, then ``os.replace``: readers
-    see the old file or the whole new one, never a half-written one; a failed write leaves no temp file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    suffix = os.path.splitext(path)[1]  # keeps np.save / np.savez from appending their own extension
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; datasets and caches are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def write_atomic(df, path, field_types, sep="\t", seq_sep=" "):

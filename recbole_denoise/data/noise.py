@@ -14,21 +14,9 @@ no interaction of RecBole's per-user test split is (:func:`~recbole_denoise.data
 the window protocol restores test targets itself.
 """
 import numpy as np
-import pandas as pd
 
-from recbole_denoise.data.atomic import read_atomic, read_header, write_atomic
+from recbole_denoise.data.atomic import CLEAN, LABEL, chronological, read_atomic, read_header, write_atomic
 from recbole_denoise.data.source import DatasetError
-
-LABEL, CLEAN = "noise_label", "clean_item_id"
-
-
-def chronological(df, uid="user_id", time="timestamp"):
-    """Rows sorted by user then time; ties keep file order (stable sort). Times must be numbers: text
-    would sort ``100000`` before ``99999`` (the reader refuses a ``timestamp:token`` header)."""
-    if len(df) and not pd.api.types.is_numeric_dtype(df[time]):
-        raise DatasetError(f"field '{time}' must be numeric to order interactions, got {df[time].dtype} values "
-                           f"such as {df[time].iloc[0]!r} (declare it '{time}:float')")
-    return df.sort_values([uid, time], kind="mergesort").reset_index(drop=True)
 
 
 def inject_noise(df, ratio, seed, restore_last=False, uid="user_id", iid="item_id", time="timestamp"):

@@ -14,7 +14,9 @@ from recbole_denoise.data.source import BENCHMARK_SPLITS, DatasetError, derive, 
 from recbole_denoise.data.text import check_text_field
 from recbole.utils import init_seed
 
-from recbole_denoise.denoisers.base import check_decision_keys, denoise_seed, denoise_stage, get_denoiser
+from recbole_denoise.denoisers.base import denoise_seed, get_denoiser
+from recbole_denoise.denoisers.decision import check_decision_keys
+from recbole_denoise.denoisers.stage import denoise_stage
 
 
 def check_config(config):

@@ -26,8 +26,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from recbole_denoise.data.atomic import read_atomic, read_header, write_atomic
-from recbole_denoise.data.noise import CLEAN, LABEL, chronological
+from recbole_denoise.data.atomic import CLEAN, LABEL, chronological, read_atomic, read_header, write_atomic
 from recbole_denoise.data.source import BENCHMARK_SPLITS, DatasetError
 
 PROTOCOLS = ("loo", "ratio", "window")

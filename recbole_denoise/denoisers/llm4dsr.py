@@ -54,7 +54,8 @@ import os
 import numpy as np
 
 from recbole_denoise.data.text import item_texts
-from recbole_denoise.denoisers.base import Denoiser, excluded_items, register_denoiser
+from recbole_denoise.denoisers.base import Denoiser, register_denoiser
+from recbole_denoise.denoisers.decision import excluded_items
 from recbole_denoise.errors import ConfigError, DatasetError
 from recbole_denoise.llm.grounding import GROUND_KINDS, normalize_title
 from recbole_denoise.llm.loader import model_fingerprint
@@ -234,7 +235,7 @@ class LLM4DSR(Denoiser):
         """``compute(units) -> list of arrays``, over shards of ``score_shard_size`` units kept in the work
         folder: a shard on disk (from a crashed run) is reused; in a distributed run each rank computes its
         own shards and every rank gets all of them (``distributed.sharded_map``)."""
-        from recbole_denoise.denoisers.base import load_ragged, save_ragged
+        from recbole_denoise.io import load_ragged, save_ragged
         from recbole_denoise.distributed import sharded_map
 
         parts, reused, computed = sharded_map(units, os.path.join(self.workdir, tag),

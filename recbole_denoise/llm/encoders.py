@@ -37,7 +37,7 @@ import warnings
 
 import numpy as np
 
-from recbole_denoise.data.atomic import replace_atomically
+from recbole_denoise.io import replace_atomically
 from recbole_denoise.errors import ConfigError
 from recbole_denoise.llm.loader import model_fingerprint
 

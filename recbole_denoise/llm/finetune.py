@@ -52,9 +52,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from recbole_denoise import memory
 from recbole_denoise.compat import import_peft
-from recbole_denoise.data.atomic import replace_atomically
 from recbole_denoise.errors import ConfigError
+from recbole_denoise.io import replace_atomically
 
 CHECKPOINTS = "checkpoints"
 ADAPTER = "adapter"
@@ -362,21 +363,19 @@ def labelled_loss(model, inputs):
 @contextlib.contextmanager
 def _mmap_forward():
     """glibc's mmap threshold at 1 MB during a fine-tuning forward pass, at its 32 MB ceiling after it
-    (``denoisers.base.mmap_large_allocations``; nothing when ``MALLOC_MMAP_THRESHOLD_`` is set or not glibc).
+    (``recbole_denoise.memory.mmap_large_allocations``; nothing when ``MALLOC_MMAP_THRESHOLD_`` is set or not glibc).
 
     Issue 16 (memory vs speed): the forward pass allocates the activations saved for the backward, the peak
     RSS of LLM4DSR's stage. From glibc's heap (its dynamic threshold rises to 32 MB) these 1-4 MB tensors of
     varying sizes fragment it: +0.7 GB resident. Each served by its own ``mmap`` they are returned exactly
     when the backward frees them, but every page is faulted in anew; the backward pass, the optimiser,
     scoring and suggestion decoding reuse heap pages instead (``results/memory_main_job.md``)."""
-    from recbole_denoise.denoisers import base
-
-    low = base.mmap_large_allocations(base.MMAP_THRESHOLD)
+    low = memory.mmap_large_allocations(memory.MMAP_THRESHOLD)
     try:
         yield
     finally:
         if low:
-            base.mmap_large_allocations(base.MMAP_THRESHOLD_AFTER)
+            memory.mmap_large_allocations(memory.MMAP_THRESHOLD_AFTER)
 
 
 def _make_trainer(micro_batch_size, sampler=None, **kwargs):
