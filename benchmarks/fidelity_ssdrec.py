@@ -152,7 +152,7 @@ def shares(args):
                     net.augment(seq, batch["user_id"])
                     short += int(((seq > 0).sum(1) <= length - 2).sum())
                     seen += len(seq)
-            net.eval()
+            net.on_epoch_end(0)  # closes the epoch's augmentation count (augmented_shares)
             rows.append((length, pick, net.augmented_shares[0], short / seen))
             print(rows[-1], flush=True)
     return rows

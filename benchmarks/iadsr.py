@@ -581,11 +581,12 @@ def bench_eval_history(args, dataset="ml-100k", extra=None):
 
     import torch
     from recbole.data import data_preparation
-    from recbole.utils import get_trainer, init_logger, init_seed
+    from recbole.utils import init_logger, init_seed
 
     from recbole_denoise.config import Config
     from recbole_denoise.data.prepare import prepare_dataset
     from recbole_denoise.quick_start import build_dataset
+    from recbole_denoise.trainer import get_trainer
 
     settings = [("masked", "probability"), ("masked", "sign"), ("original", "-")]
     backbone = args.backbones if args.backbones in ("GRU4Rec", "SASRec", "Caser") else "GRU4Rec"
@@ -603,7 +604,7 @@ def bench_eval_history(args, dataset="ml-100k", extra=None):
         train, valid, test = data_preparation(config, build_dataset(config, data))
         init_seed(config["seed"], config["reproducibility"])
         net = config.model_class(config, train._dataset).to(config["device"])
-        trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
+        trainer = get_trainer(config["MODEL_TYPE"], config.model_class)(config, net)  # epoch hooks: mask roll-over
         t = time.time()
         trainer.fit(train, valid, saved=True, show_progress=False)   # model selection: default (masked, probability)
         train_s = time.time() - t

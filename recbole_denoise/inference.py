@@ -83,7 +83,7 @@ def _open_saved_dataset(config, model_file, logger):
     source (every stage again, with the saved keys) and checked to be the same dataset."""
     from recbole_denoise.data.prepare import prepare_dataset
     from recbole_denoise.data.source import DatasetError, open_dataset
-    from recbole_denoise.denoisers.base import release_memory
+    from recbole_denoise.memory import release_memory
 
     try:
         return open_dataset(config["dataset"], config["data_path"])
@@ -226,7 +226,7 @@ def denoise_only(dataset, denoiser, config_file_list=None, config_dict=None, cmd
 
     from recbole_denoise.config import Config
     from recbole_denoise.data.prepare import prepare_dataset
-    from recbole_denoise.denoisers.base import release_memory
+    from recbole_denoise.memory import release_memory
     from recbole_denoise.errors import ConfigError
     from recbole_denoise.log import init_logger
 

@@ -17,7 +17,7 @@ from recbole_denoise.data.atomic import read_atomic
 from recbole_denoise.data.dataset import WindowDataset
 from recbole_denoise.data.prepare import prepare_dataset
 from recbole_denoise.inference import stamp_config
-from recbole_denoise.denoisers.base import release_memory
+from recbole_denoise.memory import release_memory
 from recbole_denoise.evaluator.beyond_accuracy import beyond_accuracy, item_categories
 from recbole_denoise.evaluator.cold_items import cold_item_analysis, target_ranks
 from recbole_denoise.benchmark.stats import per_user_path, write_per_user

@@ -133,8 +133,3 @@ class Denoiser(abc.ABC):
         if spec is not None:  # what is training data (loo keeps its old hash: the key is absent)
             values["train_split"] = list(spec[1])
         return {"denoiser": f"{cls.__module__}.{cls.__qualname__}", "keys": values}
-
-
-# temporary: until model/export.py, quick_start.py, inference.py import from the new homes
-from recbole_denoise.data.edits import load_sequences, write_denoised  # noqa: E402,F401
-from recbole_denoise.memory import release_memory  # noqa: E402,F401

@@ -18,7 +18,7 @@ import torch
 
 from recbole_denoise.data.source import DatasetError, derive
 from recbole_denoise.model.abstract import declared
-from recbole_denoise.denoisers.base import load_sequences, write_denoised
+from recbole_denoise.data.edits import load_sequences, write_denoised
 
 
 def weights_fingerprint(model):
