@@ -28,7 +28,7 @@ def _worker(rank, world, port, threads, cfg, out):
 
     from recbole_denoise import distributed
     from recbole_denoise.config import Config
-    from recbole_denoise.data.prepare import prepare_dataset
+    from recbole_denoise.prepare import prepare_dataset
     from recbole_denoise.data.edits import load_sequences, training_sequences
     from recbole_denoise.denoisers.llm4dsr import LLM4DSR
 

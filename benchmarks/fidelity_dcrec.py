@@ -55,9 +55,9 @@ def bench_graphs(args):
     from recbole.data import data_preparation
 
     from recbole_denoise.config import Config
-    from recbole_denoise.data.prepare import prepare_dataset
+    from recbole_denoise.prepare import prepare_dataset
     from recbole_denoise.model import item_graphs
-    from recbole_denoise.quick_start import build_dataset
+    from recbole_denoise.pipeline import build_dataset
 
     config = Config("DCRec", "ml-100k", config_dict={"MAX_ITEM_LIST_LENGTH": args.max_len, "show_progress": False,
                                                      "state": "WARNING"})

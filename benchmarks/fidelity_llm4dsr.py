@@ -30,7 +30,7 @@ def run(cfg, edit_train_targets):
     from recbole_denoise import run_recbole_denoise
     from recbole_denoise.config import Config
     from recbole_denoise.data.atomic import read_atomic
-    from recbole_denoise.data.prepare import prepare_dataset
+    from recbole_denoise.prepare import prepare_dataset
     from recbole_denoise.evaluator.noise_detection import noise_detection_metrics
 
     cfg = {**cfg, "edit_train_targets": edit_train_targets}

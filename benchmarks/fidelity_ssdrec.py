@@ -92,12 +92,12 @@ def graphs(args):
     from recbole.data import data_preparation
 
     from recbole_denoise.config import Config
-    from recbole_denoise.data.prepare import prepare_dataset
+    from recbole_denoise.prepare import prepare_dataset
     from recbole_denoise.model.item_graphs import training_rows
     from recbole_denoise.model.relation_graphs import graphs_from_sequences, user_sequences_from_rows
     import numpy as np
     import scipy.sparse as sp
-    from recbole_denoise.quick_start import build_dataset
+    from recbole_denoise.pipeline import build_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         config = Config("SSDRec", "ml-100k", config_dict=base_config(args, tmp))
@@ -130,8 +130,8 @@ def shares(args):
     from recbole.utils import init_seed
 
     from recbole_denoise.config import Config
-    from recbole_denoise.data.prepare import prepare_dataset
-    from recbole_denoise.quick_start import build_dataset
+    from recbole_denoise.prepare import prepare_dataset
+    from recbole_denoise.pipeline import build_dataset
 
     rows = []
     for length in map(int, args.share_lengths.split(",")):

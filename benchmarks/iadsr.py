@@ -584,8 +584,8 @@ def bench_eval_history(args, dataset="ml-100k", extra=None):
     from recbole.utils import init_logger, init_seed
 
     from recbole_denoise.config import Config
-    from recbole_denoise.data.prepare import prepare_dataset
-    from recbole_denoise.quick_start import build_dataset
+    from recbole_denoise.prepare import prepare_dataset
+    from recbole_denoise.pipeline import build_dataset
     from recbole_denoise.trainer import get_trainer
 
     settings = [("masked", "probability"), ("masked", "sign"), ("original", "-")]

@@ -177,7 +177,7 @@ def parse_run(spec, default_lr):
 
 def run_one(spec, args, data_root, derived, logger, first_of):
     from recbole_denoise.config import Config
-    from recbole_denoise.data.prepare import prepare_dataset
+    from recbole_denoise.prepare import prepare_dataset
 
     tuning, lr, mode, label = parse_run(spec, args.finetune_lr)
 

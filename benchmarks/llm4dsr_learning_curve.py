@@ -161,7 +161,7 @@ def replacement_stats(ev, windows, clean, titles):
 def run_point(point, mode, args, data_root, derived, logger, windows, clean, titles):
     from recbole_denoise.config import Config
     from recbole_denoise.data.atomic import read_atomic
-    from recbole_denoise.data.prepare import prepare_dataset
+    from recbole_denoise.prepare import prepare_dataset
 
     n, variant = point
     keys = variant_keys(variant, args.lr)

@@ -86,7 +86,7 @@ class Monitor:
 def instrument(mon):
     from recbole.trainer import Trainer
 
-    import recbole_denoise.data.prepare as prepare
+    import recbole_denoise.prepare as prepare
     import recbole_denoise.llm.finetune as finetune
     import recbole_denoise.llm.grounding as grounding
     import recbole_denoise.llm.loader as loader
@@ -130,10 +130,10 @@ def main():
         finetune.labelled_loss = lambda model, inputs: model(**inputs).loss
     if args.no_release:
         import recbole_denoise.memory as memory
-        import recbole_denoise.quick_start as quick_start
+        import recbole_denoise.pipeline as pipeline
         from recbole_denoise.denoisers import Denoiser
 
-        memory.release_memory = quick_start.release_memory = lambda: 0
+        memory.release_memory = pipeline.release_memory = lambda: 0
         memory.mmap_large_allocations = lambda *a, **k: False
         Denoiser.release = lambda self: None
         from recbole_denoise.denoisers.llm4dsr import LLM4DSR

@@ -37,8 +37,8 @@ def build(model, cfg):
     from recbole.utils import init_seed
 
     from recbole_denoise.config import Config
-    from recbole_denoise.data.prepare import prepare_dataset
-    from recbole_denoise.quick_start import build_dataset
+    from recbole_denoise.prepare import prepare_dataset
+    from recbole_denoise.pipeline import build_dataset
 
     config = Config(model, "ml-100k", config_dict={**QUIET, **cfg})
     data, _ = prepare_dataset(config)

@@ -76,7 +76,6 @@ def main(argv=None):
         return inference(parser, args, overrides)
     from recbole_denoise import run_recbole_denoise
     from recbole_denoise.errors import UserInputError
-    from recbole_denoise.quick_start import comparison_rows, format_table
 
     files = args.config_files.split() if args.config_files else None
     names = [n.strip() for n in (args.denoiser or "").split(",") if n.strip()] or [None]
@@ -117,11 +116,67 @@ def check_run(model, dataset, denoiser, files, cmd_args):
     stops a ``--denoiser A,B`` comparison before its first run, not after it."""
     from recbole_denoise.config import Config
     from recbole_denoise.data.source import open_dataset
-    from recbole_denoise.quick_start import check_writable
+    from recbole_denoise.pipeline import check_writable
 
     config = Config(model, dataset, files, cmd_args=cmd_args, denoiser=denoiser)
     check_writable(config["result_file"], "result_file")
     open_dataset(config["dataset"], config["data_path"])
+
+
+# -- the --denoiser A,B comparison table ------------------------------------------------------------------
+TABLE_COLUMNS = ("denoiser", "ndcg@10", "hit@10", "mrr@10", "p_ndcg@10", "edited", "precision", "recall", "f1",
+                 "auc", "denoise_s", "total_s")
+
+
+def per_user_p(result, first, metric="ndcg@10"):
+    """Two-sided paired t-test p-value of ``result`` against ``first`` over the users both were tested on
+    (their in-memory ``per_user`` ranks; ``benchmark.stats``); None without ranks or common users."""
+    import pandas as pd
+
+    from recbole_denoise.benchmark.stats import pair_users, paired_tests, user_metric
+
+    if not result.get("per_user") or not first.get("per_user"):
+        return None
+    mine, theirs = (user_metric(pd.DataFrame({"user": r["per_user"]["user"], "rank": r["per_user"]["rank"]}), metric)
+                    for r in (result, first))
+    try:
+        _, x, y = pair_users(mine, theirs, (result["denoiser"] or "None", first["denoiser"] or "None"))
+    except ValueError:
+        return None
+    return paired_tests(x, y)["t_p"]
+
+
+def comparison_rows(results):
+    """One flat row per run: test metrics, the per-user paired t-test p-value of its NDCG@10 against the
+    first run's (``p_ndcg@10``), noise-detection metrics (when labels exist) and timings."""
+    rows = []
+    for i, r in enumerate(results):
+        d, t = r["denoise"], r["timings"]
+        row = {"denoiser": r["denoiser"] or "None", "model": r["model"], "dataset": r["dataset"]}
+        row.update({k: r["test_result"].get(k) for k in ("ndcg@10", "hit@10", "mrr@10")})
+        row["p_ndcg@10"] = per_user_p(r, results[0]) if i else None
+        row["edited"] = d.get("edited_fraction", 0.0)
+        row.update({k: d.get(k) for k in ("precision", "recall", "f1", "auc")})
+        row["denoise_s"] = t.get("denoise", 0.0)
+        row["total_s"] = t.get("total")
+        rows.append(row)
+    return rows
+
+
+def format_table(rows, columns=TABLE_COLUMNS):
+    """A Markdown table of :func:`comparison_rows` (missing values as '-')."""
+    def cell(column, v):
+        if v is None:
+            return "-"
+        if column.startswith("p_") and isinstance(v, float):
+            return "n/a" if v != v else (f"{v:.2g}" if v < 0.001 else f"{v:.3f}")
+        if isinstance(v, float):
+            return f"{v:.1f}" if column.endswith("_s") else f"{v:.4f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(c, row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
 
 
 def inference(parser, args, overrides):

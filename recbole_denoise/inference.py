@@ -4,9 +4,9 @@ denoise a dataset without training a model.
 * :func:`load_data_and_model` is RecBole's ``recbole.quick_start.load_data_and_model`` for checkpoints
   of ``run_recbole_denoise`` (our models and RecBole's, on noised / windowed / denoised datasets), and
   for plain RecBole checkpoints. RecBole's checkpoint holds the run's ``Config``, whose ``data_path`` /
-  ``dataset`` point at the derived dataset the model was trained on (``data/prepare.py``
-  ``point_config_at``). ``run_recbole_denoise`` also stamps that config (attribute :data:`STAMP`,
-  not a config key) with our version and the *source* dataset (its folder, name and
+  ``dataset`` point at the derived dataset the model was trained on (``prepare.py``
+  ``point_config_at``). ``run_recbole_denoise`` also stamps that config (``pipeline.stamp_config``:
+  attribute :data:`STAMP`, not a config key) with our version and the *source* dataset (its folder, name and
   ``derived_data_path``, as absolute paths). Loading uses the derived folder when it is still there;
   when it is gone (a cleaned cache, another machine), the stages run again from the source with the
   saved keys (noise, protocol and denoiser are seeded, and a derived folder is named by a hash of its
@@ -28,23 +28,11 @@ import time
 import numpy as np
 
 from recbole_denoise.errors import UserInputError
-
-STAMP = "recbole_denoise_checkpoint"  # attribute of the saved Config (not a key: run ids stay the same)
+from recbole_denoise.pipeline import STAMP
 
 
 class CheckpointError(UserInputError):
     """A model file that cannot be loaded (the message names the file)."""
-
-
-def stamp_config(config):
-    """Record, on ``config`` before :func:`prepare_dataset` points it at a derived dataset, our version
-    and where its source dataset lives; RecBole's trainer saves the config (and so this) in every
-    checkpoint."""
-    from recbole_denoise import __version__
-
-    setattr(config, STAMP, {"version": __version__, "dataset": config["dataset"],
-                            "data_path": os.path.abspath(config["data_path"]),
-                            "derived_data_path": os.path.abspath(config["derived_data_path"])})
 
 
 def read_checkpoint(model_file):
@@ -81,7 +69,7 @@ def read_checkpoint(model_file):
 def _open_saved_dataset(config, model_file, logger):
     """The atomic dataset a stamped ``config`` was trained on: its derived folder, else rebuilt from the
     source (every stage again, with the saved keys) and checked to be the same dataset."""
-    from recbole_denoise.data.prepare import prepare_dataset
+    from recbole_denoise.prepare import prepare_dataset
     from recbole_denoise.data.source import DatasetError, open_dataset
     from recbole_denoise.memory import release_memory
 
@@ -116,7 +104,7 @@ def load_data_and_model(model_file):
     from recbole_denoise.config import Config
     from recbole_denoise.log import init_logger
     from recbole_denoise.model import get_model
-    from recbole_denoise.quick_start import build_dataset
+    from recbole_denoise.pipeline import build_dataset
 
     checkpoint = read_checkpoint(model_file)
     config = checkpoint["config"]
@@ -225,7 +213,7 @@ def denoise_only(dataset, denoiser, config_file_list=None, config_dict=None, cmd
     from recbole.utils import init_seed
 
     from recbole_denoise.config import Config
-    from recbole_denoise.data.prepare import prepare_dataset
+    from recbole_denoise.prepare import prepare_dataset
     from recbole_denoise.memory import release_memory
     from recbole_denoise.errors import ConfigError
     from recbole_denoise.log import init_logger

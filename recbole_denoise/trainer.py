@@ -6,7 +6,9 @@ distributed run too, on every rank, with the rank's own model; and from ``start_
 :meth:`~recbole_denoise.model.abstract.DenoisingRecommender.on_epoch_start` (models of ours only), RecBole's
 epoch, then ``on_epoch_end``, and appends the epoch's wall time (hooks included) to ``epoch_times``.
 Models that count epochs (HSD's curriculum, IADSR's progressive masks, SSDRec's augmentation shares) read
-them from the hooks, never from ``model.train()``.
+them from the hooks, never from ``model.train()``. In a distributed run only global rank 0 saves the
+checkpoint (``_save_checkpoint``): RecBole saves on every local rank 0 (one per machine), and every rank
+loads the one shared file.
 
 :func:`get_trainer` is ``recbole.utils.get_trainer`` for this package, after RecBole-GNN's: the model's
 own ``trainer_class`` if it declares one, else RecBole's choice (``Trainer`` for sequential models) with
@@ -18,11 +20,13 @@ import time
 from recbole.trainer import Trainer
 from recbole.utils import get_trainer as _recbole_get_trainer
 
+from recbole_denoise import distributed
 from recbole_denoise.model.abstract import declared, is_ours
 
 
 class EpochHooks:
-    """Mix-in for a RecBole trainer (before it in the bases): epoch hooks and ``epoch_times``."""
+    """Mix-in for a RecBole trainer (before it in the bases): epoch hooks, ``epoch_times``, one checkpoint
+    writer."""
 
     def __init__(self, config, model):
         super().__init__(config, model)
@@ -38,6 +42,13 @@ class EpochHooks:
             self.model.on_epoch_end(epoch_idx)
         self.epoch_times.append(time.time() - start)
         return loss
+
+    def _save_checkpoint(self, *args, **kwargs):
+        """RecBole's, on global rank 0 only: the other ranks read the file it writes (the run broadcasts its
+        name, ``saved_model_file``, and waits for it at a barrier)."""
+        if distributed.is_main():
+            return super()._save_checkpoint(*args, **kwargs)
+        return None
 
 
 class DenoisingTrainer(EpochHooks, Trainer):

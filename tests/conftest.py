@@ -167,8 +167,8 @@ def build_model(model, cfg, dataset="tiny"):
     from recbole.utils import init_seed
 
     from recbole_denoise.config import Config
-    from recbole_denoise.data.prepare import prepare_dataset
-    from recbole_denoise.quick_start import build_dataset
+    from recbole_denoise.prepare import prepare_dataset
+    from recbole_denoise.pipeline import build_dataset
 
     config = Config(model, dataset, config_dict=cfg)
     data, _ = prepare_dataset(config)

@@ -28,8 +28,8 @@ def test_window_protocol_evaluates_each_window(tiny_cfg):
     # 40 users x 12 items, window 6 -> 7 windows each = 280 windows, split 224 / 28 / 28
     from recbole.data import data_preparation
     from recbole_denoise.config import Config
-    from recbole_denoise.data.prepare import prepare_dataset
-    from recbole_denoise.quick_start import build_dataset
+    from recbole_denoise.prepare import prepare_dataset
+    from recbole_denoise.pipeline import build_dataset
 
     config = Config("GRU4Rec", "tiny", config_dict=tiny_cfg(protocol="window"))
     data, _ = prepare_dataset(config)

@@ -207,7 +207,7 @@ def test_result_file_pointing_at_a_folder_stops_before_training(tmp_path, monkey
     def trained(*args, **kwargs):
         raise AssertionError("the run went on to prepare data and train")
 
-    monkeypatch.setattr(quick_start, "prepare_dataset", trained)
+    monkeypatch.setattr(quick_start, "prepare_data", trained)
     (tmp_path / "out").mkdir()
     run = lambda path: quick_start.run_recbole_denoise(  # noqa: E731
         "SASRec", "tiny", config_dict=tiny_config(tmp_path, result_file=str(path)))

@@ -161,7 +161,7 @@ def test_byte_order_mark_is_named(tiny):
 
 def test_ctrl_c_prints_one_line_and_exits_130(tiny, monkeypatch, capsys):
     from recbole_denoise import cli
-    from recbole_denoise.data import prepare
+    from recbole_denoise import prepare
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

@@ -139,7 +139,7 @@ def test_malformed_interaction_file(tiny_cli, capsys, case, noise):
 
 def _prepare(cfg):
     from recbole_denoise.config import Config
-    from recbole_denoise.data.prepare import prepare_dataset
+    from recbole_denoise.prepare import prepare_dataset
 
     return prepare_dataset(Config("GRU4Rec", "tiny", config_dict=cfg))
 
@@ -293,7 +293,7 @@ def test_interruption_at_every_stage_then_resume(tiny_cli, capsys, monkeypatch):
     byte; the last rerun finishes."""
     import recbole.trainer.trainer as recbole_trainer
 
-    from recbole_denoise.data import prepare
+    from recbole_denoise import prepare
 
     _, _, cfg = tiny_cli
     config = cfg(noise_ratio=0.2, protocol="window")

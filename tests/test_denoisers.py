@@ -8,7 +8,7 @@ import pytest
 from recbole_denoise import run_recbole_denoise
 from recbole_denoise.config import Config
 from recbole_denoise.data.atomic import read_atomic
-from recbole_denoise.data.prepare import prepare_dataset
+from recbole_denoise.prepare import prepare_dataset
 from recbole_denoise.denoisers import DENOISERS, Denoiser, decide, get_denoiser, register_denoiser
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")

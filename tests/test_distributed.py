@@ -34,7 +34,7 @@ def _leave():
 def _prepare_worker(rank, world, port, cfg, out):
     """The whole LLM4DSR stage (fit, score, decide, suggest, write) on ``world`` processes."""
     from recbole_denoise.config import Config
-    from recbole_denoise.data.prepare import prepare_dataset
+    from recbole_denoise.prepare import prepare_dataset
 
     _join(rank, world, port)
     try:
@@ -48,7 +48,7 @@ def _prepare_worker(rank, world, port, cfg, out):
 def _score_worker(rank, world, port, cfg, workdir, out):
     """LLM4DSR's fit + score only, with a work folder that outlives the call (as after a crash)."""
     from recbole_denoise.config import Config
-    from recbole_denoise.data.prepare import prepare_dataset
+    from recbole_denoise.prepare import prepare_dataset
     from recbole_denoise.data.edits import load_sequences, training_sequences
     from recbole_denoise.denoisers.llm4dsr import LLM4DSR
 

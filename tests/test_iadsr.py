@@ -10,12 +10,13 @@ from recbole.utils import init_seed
 
 from recbole_denoise.config import Config
 from recbole_denoise.data.atomic import read_atomic
-from recbole_denoise.data.prepare import prepare_dataset
+from recbole_denoise.prepare import prepare_dataset
 from recbole_denoise.errors import ConfigError, DatasetError
 from recbole_denoise.evaluator.cold_items import popularity_buckets
 from recbole_denoise.model.semantic import SemanticInterests, build_encoder
 from recbole_denoise.model.sequential_recommender.iadsr import gumbel_sigmoid
-from recbole_denoise.quick_start import build_dataset, run_recbole_denoise
+from recbole_denoise.pipeline import build_dataset
+from recbole_denoise.quick_start import run_recbole_denoise
 from tests.conftest import tiny_config
 
 

@@ -148,7 +148,7 @@ def test_everything_or_all_but_one_excluded(setup):
 def llm4dsr_run(tiny_cfg, llm_dir, **kw):
     from recbole_denoise.config import Config
     from recbole_denoise.data.atomic import read_atomic
-    from recbole_denoise.data.prepare import prepare_dataset
+    from recbole_denoise.prepare import prepare_dataset
 
     cfg = tiny_cfg(llm_path=llm_dir, tuning="zero_shot", threshold_quantile=0.0, max_edits=3, llm_batch_size=8,
                    llm_title_max_tokens=8, llm_window=6, **kw)

@@ -405,9 +405,9 @@ def test_iadsr_long_term_texts_are_not_encoded_again(tmp_path, tiny_st_dir, monk
     from recbole.data import data_preparation
 
     from recbole_denoise.config import Config
-    from recbole_denoise.data.prepare import prepare_dataset
+    from recbole_denoise.prepare import prepare_dataset
     from recbole_denoise.model.semantic import SemanticInterests, build_encoder
-    from recbole_denoise.quick_start import build_dataset
+    from recbole_denoise.pipeline import build_dataset
     from tests.conftest import tiny_config
 
     config = Config("IADSR", "tiny", config_dict=tiny_config(tmp_path, encoder="sentence_transformers",

@@ -167,7 +167,7 @@ def test_llm4dsr_stage_runs_in_the_auto_dtype(tiny_cfg, tiny_llm_dir, monkeypatc
     """LLM4DSR end to end with ``llm_dtype: auto``: bf16 weights (float32 LoRA, bf16 autocast) on a CPU with
     native bf16, float32 elsewhere; the two train separate cached adapters."""
     from recbole_denoise.config import Config
-    from recbole_denoise.data.prepare import prepare_dataset
+    from recbole_denoise.prepare import prepare_dataset
 
     cfg = tiny_cfg(llm_path=tiny_llm_dir, finetune_samples=16, finetune_epochs=1, finetune_batch_size=8,
                    llm_batch_size=8, threshold_quantile=0.8, max_edits=1, suggest_max_tokens=6,

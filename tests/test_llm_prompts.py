@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from recbole_denoise.config import PROPERTIES_DIR, Config
-from recbole_denoise.data.prepare import prepare_dataset
+from recbole_denoise.prepare import prepare_dataset
 from recbole_denoise.errors import UserInputError
 from recbole_denoise.llm import grounding
 from recbole_denoise.llm.finetune import LoraSettings, PadCollator, encode_example

@@ -5,7 +5,7 @@ import pytest
 
 from recbole_denoise.data.atomic import read_atomic
 from recbole_denoise.data.noise import inject_noise
-from recbole_denoise.data.prepare import prepare_dataset
+from recbole_denoise.prepare import prepare_dataset
 from recbole_denoise.config import Config
 from tests.conftest import FIXTURES
 

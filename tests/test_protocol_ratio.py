@@ -11,12 +11,13 @@ import pytest
 from recbole_denoise.config import Config
 from recbole_denoise.data.atomic import read_atomic
 from recbole_denoise.data.noise import inject_noise
-from recbole_denoise.data.prepare import prepare_dataset
+from recbole_denoise.prepare import prepare_dataset
 from recbole_denoise.data.protocol import recbole_parts, user_parts
 from recbole_denoise.data.source import open_dataset
 from recbole_denoise.data.edits import load_sequences
 from recbole_denoise.errors import UserInputError
-from recbole_denoise.quick_start import build_dataset, run_recbole_denoise
+from recbole_denoise.pipeline import build_dataset
+from recbole_denoise.quick_start import run_recbole_denoise
 from tests.conftest import tiny_config
 
 RATIO = [0.6, 0.2, 0.2]

@@ -84,8 +84,8 @@ def test_no_incompatible_edge_joins_pairs_together_on_ml100k(tmp_path):
     from recbole.data import data_preparation
 
     from recbole_denoise.config import Config
-    from recbole_denoise.data.prepare import prepare_dataset
-    from recbole_denoise.quick_start import build_dataset
+    from recbole_denoise.prepare import prepare_dataset
+    from recbole_denoise.pipeline import build_dataset
     from tests.conftest import tiny_config
 
     cfg = tiny_config(tmp_path, MAX_ITEM_LIST_LENGTH=20)

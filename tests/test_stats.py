@@ -246,7 +246,7 @@ def test_report_has_the_significance_and_epochs_tables(tmp_path):
 
 
 def test_cli_comparison_rows_carry_the_per_user_p_value_against_the_first_run():
-    from recbole_denoise.quick_start import comparison_rows, format_table
+    from recbole_denoise.cli import comparison_rows, format_table
 
     def result(name, ranks, users=tuple("abcdef")):
         return {"denoiser": name, "model": "SASRec", "dataset": "d", "denoise": {}, "timings": {"total": 1.0},

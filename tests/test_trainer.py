@@ -163,8 +163,8 @@ def test_resumed_training_continues_the_hooks_epoch_index(tmp_path):
     from recbole.utils import init_seed
 
     from recbole_denoise.config import Config
-    from recbole_denoise.data.prepare import prepare_dataset
-    from recbole_denoise.quick_start import build_dataset
+    from recbole_denoise.prepare import prepare_dataset
+    from recbole_denoise.pipeline import build_dataset
 
     def trainer_for(epochs):
         config = Config("HSD", "tiny", config_dict=tiny_config(tmp_path, epochs=epochs, stopping_step=10))

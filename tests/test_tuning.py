@@ -39,12 +39,12 @@ def test_reads(monkeypatch):
     final retrain of the best trial was running); per-user test ranks likewise."""
     from recbole.trainer import Trainer
 
-    from recbole_denoise import quick_start
+    from recbole_denoise import pipeline
 
     loaders, reads = [], []
     state = {"final": False}
-    preparation, evaluate, ranks, final_run = (quick_start.data_preparation, Trainer.evaluate,
-                                               quick_start.per_user_ranks, tune.final_run)
+    preparation, evaluate, ranks, final_run = (pipeline.data_preparation, Trainer.evaluate,
+                                               pipeline.per_user_ranks, tune.final_run)
 
     def data_preparation(*args, **kwargs):
         train, valid, test = preparation(*args, **kwargs)
@@ -67,9 +67,9 @@ def test_reads(monkeypatch):
         finally:
             state["final"] = False
 
-    monkeypatch.setattr(quick_start, "data_preparation", data_preparation)
+    monkeypatch.setattr(pipeline, "data_preparation", data_preparation)
     monkeypatch.setattr(Trainer, "evaluate", spy_evaluate)
-    monkeypatch.setattr(quick_start, "per_user_ranks", spy_ranks)
+    monkeypatch.setattr(pipeline, "per_user_ranks", spy_ranks)
     monkeypatch.setattr(tune, "final_run", spy_final)
     return reads
 

@@ -125,7 +125,7 @@ def llm4dsr_cfg(args, work, name, llm):
 
 def llm4dsr_stage(args, work, name, llm):
     from recbole_denoise.config import Config
-    from recbole_denoise.data.prepare import prepare_dataset
+    from recbole_denoise.prepare import prepare_dataset
 
     data, info = prepare_dataset(Config("SASRec", args.dataset, config_dict=llm4dsr_cfg(args, work, name, llm),
                                         denoiser="LLM4DSR"))

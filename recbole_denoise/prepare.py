@@ -1,10 +1,11 @@
-"""The data flow before RecBole: source -> noise -> protocol -> denoiser -> the dataset RecBole loads.
+"""The data stages of a run: source -> (sample) -> noise -> protocol -> denoiser -> the dataset RecBole loads.
 
 :func:`prepare_dataset` runs the stages a config asks for (each cached, see ``data/source.py``) and
-points the config at the result (``data_path``, ``dataset``, ``benchmark_filename``).
+points the config at the result (:func:`point_config_at`: ``data_path``, ``dataset``,
+``benchmark_filename``). It orchestrates ``data/`` (sample, noise, protocol) and ``denoisers/`` (the
+denoising stage), so it lives above both, in the pipeline layer (``pipeline.py`` runs it first).
 """
 import os
-import time
 
 from recbole_denoise.data.noise import noise_stage
 from recbole_denoise.data.sample import check_sample_users, sample_stage
@@ -17,6 +18,7 @@ from recbole.utils import init_seed
 from recbole_denoise.denoisers.base import denoise_seed, get_denoiser
 from recbole_denoise.denoisers.decision import check_decision_keys
 from recbole_denoise.denoisers.stage import denoise_stage
+from recbole_denoise.timings import Timings
 
 
 def check_config(config):
@@ -46,14 +48,23 @@ def check_source(data):
 
 
 def prepare_dataset(config, logger=None):
-    """Build (or reuse) every derived dataset this run needs; returns ``(dataset, info)``.
+    """Build (or reuse) every derived dataset this run needs (:func:`run_stages`) and point ``config`` at
+    the last (:func:`point_config_at`); returns ``(dataset, info)`` as :func:`run_stages`."""
+    data, info = run_stages(config, logger)
+    point_config_at(config, data)
+    return data, info
+
+
+def run_stages(config, logger=None):
+    """Build (or reuse) every derived dataset this run needs; returns ``(dataset, info)``. ``config`` still
+    names the source dataset afterwards (:func:`prepare_dataset` points it at the result).
 
     ``info`` has per-stage timings (seconds), the noise statistics and, with a denoiser, the denoising
     statistics (edited fraction and, with labels, precision / recall / F1 / AUC); ``reused`` lists the
     stages whose dataset came from the cache.
     """
     check_config(config)
-    timings, info, stages = {}, {}, []
+    timings, info, stages = Timings(), {}, []
     root = os.path.abspath(config["derived_data_path"])
     data = open_dataset(config["dataset"], config["data_path"])
     check_source(data)
@@ -64,12 +75,11 @@ def prepare_dataset(config, logger=None):
 
     n_users = check_sample_users(config["sample_users"] or 0)
     if n_users:
-        t = time.time()
-        params = {"users": n_users, "seed": config["sample_seed"]}
-        data, info["sample"] = derive(data, "sample", params,
-                                      lambda p, d, n: sample_stage(p, d, n, n_users, config["sample_seed"]),
-                                      root, logger)
-        timings["sample"] = time.time() - t
+        with timings.stage("sample"):
+            params = {"users": n_users, "seed": config["sample_seed"]}
+            data, info["sample"] = derive(data, "sample", params,
+                                          lambda p, d, n: sample_stage(p, d, n, n_users, config["sample_seed"]),
+                                          root, logger)
         stages.append(("sample", data.reused))
 
     if config["protocol"] == "ratio" and data.kind == "inter":  # every user must get RecBole's three splits
@@ -83,49 +93,50 @@ def prepare_dataset(config, logger=None):
             raise DatasetError(
                 f"dataset '{data.name}' is already windowed (benchmark files); noise_ratio must be 0: "
                 f"noise is injected into the interaction file before windowing")
-        t = time.time()
-        restore_last = noise_restore(config)  # loo: True (as before); ratio: RecBole's test split
-        params = {"ratio": ratio, "seed": config["noise_seed"], "restore_last": restore_last}
-        data, info["noise"] = derive(data, "noise", params,
-                                     lambda p, d, n: noise_stage(p, d, n, ratio, config["noise_seed"], restore_last),
-                                     root, logger)
-        timings["noise"] = time.time() - t
+        with timings.stage("noise"):
+            restore_last = noise_restore(config)  # loo: True (as before); ratio: RecBole's test split
+            params = {"ratio": ratio, "seed": config["noise_seed"], "restore_last": restore_last}
+            data, info["noise"] = derive(
+                data, "noise", params,
+                lambda p, d, n: noise_stage(p, d, n, ratio, config["noise_seed"], restore_last), root, logger)
         stages.append(("noise", data.reused))
 
     if config["protocol"] == "window" and data.kind == "inter":
-        t = time.time()
-        params = {"window_size": config["window_size"], "split_ratio": [float(r) for r in config["split_ratio"]],
-                  "restore": bool(config["noise_restore_test_target"])}
-        data, info["windows"] = derive(
-            data, "window", params,
-            lambda p, d, n: window_stage(p, d, n, params["window_size"], params["split_ratio"], params["restore"]),
-            root, logger)
-        timings["protocol"] = time.time() - t
+        with timings.stage("protocol"):
+            params = {"window_size": config["window_size"], "split_ratio": [float(r) for r in config["split_ratio"]],
+                      "restore": bool(config["noise_restore_test_target"])}
+            data, info["windows"] = derive(
+                data, "window", params,
+                lambda p, d, n: window_stage(p, d, n, params["window_size"], params["split_ratio"], params["restore"]),
+                root, logger)
         stages.append(("protocol", data.reused))
     elif config["protocol"] in ("loo", "ratio") and data.kind == "windows":
         raise DatasetError(f"dataset '{data.name}' comes as windows (benchmark files): use protocol: window")
 
     if config["denoiser"]:
-        t = time.time()
-        cls = getattr(config, "denoiser_class", None) or get_denoiser(config["denoiser"])
-        params = cls.hash_params(config, getattr(config, "denoiser_keys", ()))
-        init_seed(denoise_seed(config), config["reproducibility"])  # the stage's output depends on denoise_seed only
-        data, info["denoise"] = derive(data, f"{cls.name or cls.__name__}", params,
-                                       lambda p, d, n: denoise_stage(p, d, n, cls, config, logger), root, logger)
-        init_seed(config["seed"], config["reproducibility"])
-        timings["denoise"] = time.time() - t
+        with timings.stage("denoise"):
+            cls = getattr(config, "denoiser_class", None) or get_denoiser(config["denoiser"])
+            params = cls.hash_params(config, getattr(config, "denoiser_keys", ()))
+            init_seed(denoise_seed(config), config["reproducibility"])  # the output depends on denoise_seed only
+            data, info["denoise"] = derive(data, f"{cls.name or cls.__name__}", params,
+                                           lambda p, d, n: denoise_stage(p, d, n, cls, config, logger), root, logger)
+            init_seed(config["seed"], config["reproducibility"])
         stages.append(("denoise", data.reused))
 
     info["reused"] = [stage for stage, reused in stages if reused]
-    t = time.time()
-    validate_files(data, config)
-    timings["validate"] = time.time() - t
-    point_config_at(config, data)
-    return data, {"timings": timings, **info}
+    with timings.stage("validate"):
+        validate_files(data, config)
+    return data, {"timings": dict(timings), **info}
 
 
 def point_config_at(config, data):
-    """Make RecBole load ``data``: its folder, its name, and the benchmark files for windows."""
+    """Make RecBole load ``data``: its folder, its name, and the benchmark files for windows.
+
+    The config is repointed after it was built (``data_path`` / ``dataset`` named the source, now the
+    derived dataset) because everything after the data stages reads these keys: RecBole's dataset and
+    loaders, ``build_dataset``, the checkpoint (whose config ``load_data_and_model`` reopens the derived
+    dataset from) and ``result_file``'s resolved config. The source stays on the config's checkpoint
+    stamp (``pipeline.stamp_config``, called before this)."""
     config["data_path"] = data.path
     config["dataset"] = data.name
     if data.kind == "windows":

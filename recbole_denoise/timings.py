@@ -1,0 +1,26 @@
+"""Wall seconds per named stage of a run: the ``timings`` of its result (README "Running").
+
+A :class:`Timings` is a plain ``dict`` (name -> seconds; JSON and pickles as one) that also times a block:
+``with timings.stage("train"): ...`` stores the block's wall time under ``"train"`` when the block
+finishes; a block that raises records nothing, as the run it belongs to has no result.
+"""
+import contextlib
+import time
+
+
+class Timings(dict):
+    """``{stage: seconds}``; :meth:`stage` times one block, :meth:`total` the time since this was made."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.start = time.time()
+
+    @contextlib.contextmanager
+    def stage(self, name):
+        start = time.time()
+        yield
+        self[name] = time.time() - start
+
+    def total(self):
+        """Seconds since this was made (a run makes it first thing, so this is the run's wall time)."""
+        return time.time() - self.start
