@@ -51,7 +51,7 @@ def test_zero_ratio_changes_nothing():
 
 @pytest.mark.parametrize("ratio", [-0.1, 1.5])
 def test_ratio_outside_unit_interval(ratio):
-    from recbole_denoise.data.source import DatasetError
+    from recbole_denoise.errors import ConfigError
 
-    with pytest.raises(DatasetError, match="noise_ratio"):
+    with pytest.raises(ConfigError, match="noise_ratio"):  # a value wrong on its own (errors.py)
         inject_noise(pd.DataFrame({"user_id": ["a"], "item_id": ["x"], "timestamp": [1.0]}), ratio, 0)

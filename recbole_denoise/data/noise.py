@@ -17,6 +17,7 @@ import numpy as np
 
 from recbole_denoise.data.atomic import CLEAN, LABEL, chronological, read_atomic, read_header, write_atomic
 from recbole_denoise.data.source import DatasetError
+from recbole_denoise.errors import ConfigError
 
 
 def inject_noise(df, ratio, seed, restore_last=False, uid="user_id", iid="item_id", time="timestamp"):
@@ -28,7 +29,7 @@ def inject_noise(df, ratio, seed, restore_last=False, uid="user_id", iid="item_i
     (every interaction of RecBole's per-user ratio test split keeps its item).
     """
     if not 0.0 <= float(ratio) <= 1.0:
-        raise DatasetError(f"noise_ratio must be in [0, 1], got {ratio}")
+        raise ConfigError(f"noise_ratio must be in [0, 1], got {ratio}")
     held_out = None
     if isinstance(restore_last, dict):  # RecBole's order breaks float32 ties by file order: parts first
         from recbole_denoise.data.protocol import recbole_parts

@@ -28,6 +28,7 @@ import pandas as pd
 
 from recbole_denoise.data.atomic import CLEAN, LABEL, chronological, read_atomic, read_header, write_atomic
 from recbole_denoise.data.source import BENCHMARK_SPLITS, DatasetError
+from recbole_denoise.errors import ConfigError
 
 PROTOCOLS = ("loo", "ratio", "window")
 LOO_SPLIT = {"LS": "valid_and_test"}
@@ -35,22 +36,22 @@ LOO_SPLIT = {"LS": "valid_and_test"}
 
 def check_protocol_keys(protocol, window_size, split_ratio):
     if protocol not in PROTOCOLS:
-        raise DatasetError(f"protocol must be one of {list(PROTOCOLS)}, got '{protocol}' (key 'protocol')")
+        raise ConfigError(f"protocol must be one of {list(PROTOCOLS)}, got '{protocol}' (key 'protocol')")
     if protocol == "loo":
         return
     if protocol == "window" and (not isinstance(window_size, int) or isinstance(window_size, bool)
                                  or window_size < 2):
-        raise DatasetError(f"window_size must be an integer >= 2 (history + target), got {window_size!r}")
+        raise ConfigError(f"window_size must be an integer >= 2 (history + target), got {window_size!r}")
     try:
         ratios = [float(r) for r in split_ratio]
     except (TypeError, ValueError):
-        raise DatasetError(f"split_ratio must be a list of 3 numbers, got {split_ratio!r}") from None
+        raise ConfigError(f"split_ratio must be a list of 3 numbers, got {split_ratio!r}") from None
     if len(ratios) != 3 or any(r < 0 for r in ratios) or not math.isclose(sum(ratios), 1.0, abs_tol=1e-6):
-        raise DatasetError(
+        raise ConfigError(
             f"split_ratio must be 3 non-negative numbers (train, valid, test) that sum to 1, got {split_ratio!r}"
         )
     if protocol == "ratio" and ratios[0] <= 0:
-        raise DatasetError(f"split_ratio: the training share must be > 0 under protocol: ratio, got {split_ratio!r}")
+        raise ConfigError(f"split_ratio: the training share must be > 0 under protocol: ratio, got {split_ratio!r}")
 
 
 # -- RecBole's own split (loo, ratio) ----------------------------------------------------------------------
@@ -71,8 +72,6 @@ def protocol_eval_args(config, user_eval_args):
     user set in ``eval_args`` (``user_eval_args``: the keys of their config files, ``config_dict`` and command
     line) must agree with the protocol, else a :class:`ConfigError` names both keys.
     """
-    from recbole_denoise.errors import ConfigError
-
     protocol = config["protocol"]
     check_protocol_keys(protocol, config["window_size"], config["split_ratio"])
     user = user_eval_args if isinstance(user_eval_args, dict) else {}
@@ -117,7 +116,7 @@ def split_spec(eval_args):
     if "RS" in split:
         return ("ratio", tuple(float(r) for r in split["RS"]))
     if split.get("LS", "valid_and_test") != "valid_and_test":
-        raise DatasetError(f"eval_args split {split}: only LS valid_and_test (protocol: loo) or RS "
+        raise ConfigError(f"eval_args split {split}: only LS valid_and_test (protocol: loo) or RS "
                            f"(protocol: ratio) are supported")
     return ("loo",)
 

@@ -9,11 +9,12 @@ import numpy as np
 
 from recbole_denoise.data.atomic import read_atomic, read_header, write_atomic
 from recbole_denoise.data.source import DatasetError
+from recbole_denoise.errors import ConfigError
 
 
 def check_sample_users(value):
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise DatasetError(f"sample_users must be an integer >= 0 (0 keeps every user), got {value!r}")
+        raise ConfigError(f"sample_users must be an integer >= 0 (0 keeps every user), got {value!r}")
     return value
 
 

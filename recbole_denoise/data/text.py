@@ -8,13 +8,14 @@ import logging
 
 from recbole_denoise.data.atomic import read_atomic, read_header
 from recbole_denoise.data.source import DatasetError
+from recbole_denoise.errors import ConfigError
 
 
 def check_text_field(dataset, field):
     """The ``.item`` path of ``dataset`` after checking that it has the text field ``field``."""
     path = dataset.item_file
     if not field:
-        raise DatasetError(f"dataset '{dataset.name}': no item text field configured (key 'item_text_field')")
+        raise ConfigError(f"dataset '{dataset.name}': no item text field configured (key 'item_text_field')")
     if path is None:
         raise DatasetError(f"dataset '{dataset.name}' has no .item file in {dataset.path} "
                            f"(needed for item_text_field '{field}')")

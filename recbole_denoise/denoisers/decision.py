@@ -8,7 +8,7 @@ scores become edits, not the scores, so the score cache (``denoisers/stage.py``)
 """
 import numpy as np
 
-from recbole_denoise.errors import DatasetError
+from recbole_denoise.errors import ConfigError
 
 DECISION_KEYS = ("threshold_quantile", "threshold_quantile_test", "max_edits", "max_edits_test", "denoise_action",
                  "suggest_exclude")
@@ -29,7 +29,7 @@ def decide(scores, editable, threshold_quantile, max_edits, min_keep=1, eta=None
     bounds the edits per window; a run that edits without a cap is not a configuration we offer.
     """
     if not 0.0 <= float(threshold_quantile) <= 1.0:
-        raise DatasetError(f"threshold_quantile must be in [0, 1], got {threshold_quantile}")
+        raise ConfigError(f"threshold_quantile must be in [0, 1], got {threshold_quantile}")
     pool = [np.asarray(s, dtype=float)[e] for s, e in zip(scores, editable)]
     pool = np.concatenate(pool) if pool else np.array([])
     if pool.size == 0:
@@ -56,19 +56,19 @@ def check_decision_keys(config):
         if q is None and key == "threshold_quantile_test":
             continue
         if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0.0 <= float(q) <= 1.0:
-            raise DatasetError(f"{key} must be a number in [0, 1], got {q!r}")
+            raise ConfigError(f"{key} must be a number in [0, 1], got {q!r}")
     for key in ("max_edits", "max_edits_test"):
         b = config[key] if key in config else None
         if b is None and key == "max_edits_test":
             continue
         if isinstance(b, bool) or not isinstance(b, int) or b < 0:
-            raise DatasetError(f"{key} must be an integer >= 0 (at most this many edits per sequence), got {b!r}")
-    mode = config["suggest_exclude"] if "suggest_exclude" in config else None
+            raise ConfigError(f"{key} must be an integer >= 0 (at most this many edits per sequence), got {b!r}")
+    mode = config["suggest_exclude"]
     if mode is not None and mode not in SUGGEST_EXCLUDES:
-        raise DatasetError(f"suggest_exclude must be one of {list(SUGGEST_EXCLUDES)}, got {mode!r}")
-    flag = config["edit_train_targets"] if "edit_train_targets" in config else True
+        raise ConfigError(f"suggest_exclude must be one of {list(SUGGEST_EXCLUDES)}, got {mode!r}")
+    flag = config["edit_train_targets"]
     if not isinstance(flag, bool):
-        raise DatasetError(f"edit_train_targets must be True or False, got {flag!r}")
+        raise ConfigError(f"edit_train_targets must be True or False, got {flag!r}")
 
 
 def _test_value(config, key):
@@ -116,8 +116,7 @@ def excluded_items(denoiser, seqs, edits, config):
     """Per edit, the items a replacement may not be: ``suggest_exclude: prompt`` (default) the items shown
     with the edit (:func:`shown_items`), ``none`` nothing (LLM4DSR Eq. 4 takes the argmin over every item,
     and the official code excludes only the padding id)."""
-    mode = config["suggest_exclude"] if "suggest_exclude" in config else None
-    if mode == "none":
+    if config["suggest_exclude"] == "none":
         return [frozenset()] * len(edits)
     return shown_items(denoiser, seqs, edits)
 

@@ -46,19 +46,23 @@ The stages, each following the paper (``../shared/papers/LLM4DSR-TOIS2025.txt``)
 Only training data reaches the instruction data; scoring prompts hold only editable positions (never a
 validation or test target), so ``denoise_split: train`` also keeps test histories out of every prompt.
 """
+import dataclasses
 import difflib
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
 from recbole_denoise.data.text import item_texts
 from recbole_denoise.denoisers.base import Denoiser, register_denoiser
 from recbole_denoise.denoisers.decision import excluded_items
+from recbole_denoise.denoisers.settings import DenoiserSettings
 from recbole_denoise.errors import ConfigError, DatasetError
+from recbole_denoise.llm.finetune import LoraSettings
 from recbole_denoise.llm.grounding import GROUND_KINDS, normalize_title
-from recbole_denoise.llm.loader import model_fingerprint
+from recbole_denoise.llm.loader import DTYPES, model_fingerprint
 
 PNOISE_MODES = ("first_token", "full_title", "ppl")
 TUNINGS = ("denoise", "zero_shot")
@@ -70,6 +74,78 @@ FINETUNE_KEYS = ("tuning", "finetune_samples", "finetune_seed", "finetune_epochs
                  "finetune_grad_accum", "finetune_warmup_steps",
                  "finetune_learning_rate", "finetune_max_length", "lora_r", "lora_alpha", "lora_dropout",
                  "lora_target_modules", "loss_on_prompt", "finetune_autocast", "finetune_group_by_length")
+
+
+@dataclass(frozen=True)
+class LLM4DSRSettings(DenoiserSettings):
+    """LLM4DSR's keys, built once from the resolved config (:meth:`from_config`) and checked here.
+
+    The defaults and their meaning are ``properties/denoiser/LLM4DSR.yaml``'s, the one place they are
+    written (``tests/test_settings.py`` holds the two together); that file's decision keys
+    (``threshold_quantile``, ``max_edits``, ...: ``BASE_KEYS``) are the stage's, read from the config.
+    """
+
+    property_file = "LLM4DSR"
+
+    # the LLM
+    llm_path: object             # str or None: a local HF causal-LM folder; None = the packaged SmolLM2
+    llm_cache_dir: object        # str or None: where the packaged GGUF is converted
+    llm_device: str              # auto | cpu | cuda | cuda:N
+    llm_dtype: str               # auto | float32 | bfloat16 | float16 (loader.DTYPES)
+    llm_batch_size: int          # sequences per forward pass
+    score_shard_size: int        # windows per score shard kept on disk
+    # prompts (§3.1)
+    llm_window: int              # items per window the LLM reads
+    llm_title_max_tokens: int    # 0 = whole titles
+    llm_instruction: str
+    llm_prompt_template: str
+    llm_response_template: str
+    llm_item_template: str
+    # fine-tuning (§3.1 Eq. 1; LoraSettings.from_config maps these keys)
+    tuning: str                  # denoise | zero_shot
+    finetune_samples: int
+    finetune_seed: int
+    finetune_epochs: int
+    finetune_batch_size: int
+    finetune_grad_accum: int
+    finetune_warmup_steps: int
+    finetune_learning_rate: float
+    finetune_max_length: int
+    lora_r: int
+    lora_alpha: int
+    lora_dropout: float
+    lora_target_modules: tuple
+    loss_on_prompt: bool
+    finetune_autocast: str       # auto | bfloat16 | none
+    finetune_group_by_length: bool
+    # uncertainty and replacement (§3.2, §3.3, §4.3)
+    pnoise_mode: str             # first_token | full_title | ppl
+    use_uncertainty: bool
+    suggest_mode: str            # constrained | free
+    suggest_beam_width: int
+    suggest_max_tokens: object   # int or None: None = the longest title + the closing quote + 2
+    ground_encoder: str          # sentence_transformers | llm
+    ground_encoder_path: object  # str or None: None = the packaged all-MiniLM-L6-v2
+
+    def __post_init__(self):
+        for key, allowed in (("pnoise_mode", PNOISE_MODES), ("tuning", TUNINGS), ("suggest_mode", SUGGEST_MODES)):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"{key} must be one of {list(allowed)}, got '{getattr(self, key)}'")
+        for key in ("llm_window", "finetune_samples", "finetune_epochs", "llm_batch_size", "score_shard_size",
+                    "suggest_max_tokens", "suggest_beam_width"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{key} must be an integer >= 1, got {value!r}")
+        if self.llm_dtype not in DTYPES:  # the message of loader.resolve_dtype, which reads it again
+            raise ConfigError(f"llm_dtype must be one of {', '.join(DTYPES)}, got {self.llm_dtype!r}")
+        if not isinstance(self.use_uncertainty, bool):
+            raise ConfigError(f"use_uncertainty must be True or False, got {self.use_uncertainty!r}")
+        # the fine-tuning keys, checked by LoraSettings (naming the key); the prompt head is known after loading
+        object.__setattr__(self, "_lora", LoraSettings.from_config(lambda key: getattr(self, key)))
+
+    def lora(self, keep_prompt_head=0):
+        """The :class:`LoraSettings` of these keys, keeping the first ``keep_prompt_head`` prompt tokens."""
+        return dataclasses.replace(self._lora, keep_prompt_head=keep_prompt_head)
 
 
 def windows_of(positions, size):
@@ -131,83 +207,67 @@ class LLM4DSR(Denoiser):
     stage_mmap_threshold = None
 
     # -- setup ----------------------------------------------------------------------------------------
-    def _key(self, key, default=None):
-        value = self.config[key] if key in self.config else None
-        return default if value is None else value
-
-    def _check_keys(self):
-        mode = self._key("pnoise_mode", "first_token")
-        if mode not in PNOISE_MODES:
-            raise ConfigError(f"pnoise_mode must be one of {list(PNOISE_MODES)}, got '{mode}'")
-        tuning = self._key("tuning", "denoise")
-        if tuning not in TUNINGS:
-            raise ConfigError(f"tuning must be one of {list(TUNINGS)}, got '{tuning}'")
-        if self._key("suggest_mode", "constrained") not in SUGGEST_MODES:
-            raise ConfigError(f"suggest_mode must be one of {list(SUGGEST_MODES)}, got '{self._key('suggest_mode')}'")
-        for key in ("llm_window", "finetune_samples", "finetune_epochs", "llm_batch_size", "score_shard_size",
-                    "suggest_max_tokens", "suggest_beam_width"):
-            value = self._key(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ConfigError(f"{key} must be an integer >= 1, got {value!r}")
+    def __init__(self, config):
+        super().__init__(config)
+        self.settings = LLM4DSRSettings.from_config(config)  # the yaml-resolved keys, checked once
 
     def _device_dtype(self):
         import torch
 
-        device = self._key("llm_device", "auto")
+        device = self.settings.llm_device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         from recbole_denoise.llm.loader import resolve_dtype
 
         # auto: bfloat16 on GPU and on CPUs with native bf16 (loader.cpu_native_bf16), else float32
-        return device, resolve_dtype(self._key("llm_dtype", "auto"), device, "llm_dtype")
+        return device, resolve_dtype(self.settings.llm_dtype, device, "llm_dtype")
 
     def _load(self):
         from recbole_denoise.llm.loader import load_llm, resolve_llm_path
-        from recbole_denoise.llm.prompts import PAPER_INSTRUCTION, PAPER_ITEM, PAPER_PROMPT, PAPER_RESPONSE, PromptBuilder
+        from recbole_denoise.llm.prompts import PromptBuilder
 
-        self.llm_path = resolve_llm_path(self._key("llm_path"), self._key("llm_cache_dir"), self.logger)
+        s = self.settings
+        self.llm_path = resolve_llm_path(s.llm_path, s.llm_cache_dir, self.logger)
         device, dtype = self._device_dtype()
         self.model, self.tokenizer = load_llm(self.llm_path, dtype=dtype, device=device)
         self.info["llm_dtype"] = str(dtype).replace("torch.", "")
         self.prompts = PromptBuilder(
-            self.tokenizer, instruction=self._key("llm_instruction", PAPER_INSTRUCTION),
-            prompt_template=self._key("llm_prompt_template", PAPER_PROMPT),
-            response_template=self._key("llm_response_template", PAPER_RESPONSE),
-            item_template=self._key("llm_item_template", PAPER_ITEM),
-            title_max_tokens=self._key("llm_title_max_tokens", 0))
+            self.tokenizer, instruction=s.llm_instruction, prompt_template=s.llm_prompt_template,
+            response_template=s.llm_response_template, item_template=s.llm_item_template,
+            title_max_tokens=s.llm_title_max_tokens)
         self.pad_id = self.tokenizer.pad_token_id
 
     def adapter_dir(self):
         """Cache folder of the LoRA adapter: a hash of (training data, LLM, prompt and fine-tuning keys)."""
         params = {"data": self.dataset.fingerprint(), "llm": model_fingerprint(self.llm_path),
-                  "keys": {k: self._key(k) for k in PROMPT_KEYS + FINETUNE_KEYS},
+                  # the keys as the config holds them (a ~ stays None), as adapters were always named
+                  "keys": {k: self.config[k] if k in self.config else None for k in PROMPT_KEYS + FINETUNE_KEYS},
                   "dtype": str(self._device_dtype()[1])}  # bf16 and float32 weights train different adapters
         digest = hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:10]
         root = os.path.join(os.path.abspath(self.config["derived_data_path"]), "adapters")
         return os.path.join(root, f"{self.dataset.name}-LLM4DSR-{digest}")
 
     def fit(self, train):
-        from recbole_denoise.llm.finetune import LoraSettings, finetune_lora
+        from recbole_denoise.llm.finetune import finetune_lora
 
-        self._check_keys()
         self.texts = item_texts(self.dataset, self.config["item_text_field"], self.logger)
         if all(t == f"item {i}" for i, t in self.texts.items()):
             raise DatasetError(f"{self.dataset.item_file}: every '{self.config['item_text_field']}' is empty; "
                                f"LLM4DSR needs item texts")
-        self.window = int(self._key("llm_window", 11))
-        self.progress = bool(self._key("show_progress", False))
+        self.window = self.settings.llm_window
+        self.progress = bool(self.config["show_progress"])  # RecBole's key
         self.vocabulary = {i for seq in train.items for i in seq}
         self._require_texts(self.vocabulary)
         self._load()
-        if self._key("tuning", "denoise") == "zero_shot":
+        if self.settings.tuning == "zero_shot":
             self.info["tuning"] = "zero_shot"
             return
-        samples = instruction_samples(train, self.vocabulary, self._key("finetune_samples", 5000), self.window,
-                                      self._key("finetune_seed", 2020))
+        samples = instruction_samples(train, self.vocabulary, self.settings.finetune_samples, self.window,
+                                      self.settings.finetune_seed)
         examples = [self.prompts.example([self.texts[i] for i in items], self.texts[noise], self.texts[orig])
                     for items, _, noise, orig in samples]
         # the fine-tuning keys (finetune.CONFIG_KEYS); a cut prompt keeps its BOS and instruction
-        settings = LoraSettings.from_config(self._key, keep_prompt_head=len(self.prompts.shared_prefix))
+        settings = self.settings.lora(keep_prompt_head=len(self.prompts.shared_prefix))
         out = self.adapter_dir()
         self.model = finetune_lora(self.model, examples, out, settings, self.pad_id, logger=self.logger,
                                    progress=self.progress)
@@ -229,7 +289,7 @@ class LLM4DSR(Denoiser):
         return [(k, w) for k, edit in enumerate(seqs.editable) for w in windows_of(np.flatnonzero(edit), self.window)]
 
     def fixed_threshold(self):
-        return None if self._key("use_uncertainty", True) else 0.5
+        return None if self.settings.use_uncertainty else 0.5
 
     def _shards(self, units, tag, compute):
         """``compute(units) -> list of arrays``, over shards of ``score_shard_size`` units kept in the work
@@ -239,7 +299,7 @@ class LLM4DSR(Denoiser):
         from recbole_denoise.distributed import sharded_map
 
         parts, reused, computed = sharded_map(units, os.path.join(self.workdir, tag),
-                                              int(self._key("score_shard_size", 256)), compute, save_ragged,
+                                              self.settings.score_shard_size, compute, save_ragged,
                                               load_ragged, ".npz")
         self.info.setdefault("shards", {})[tag] = {"total": len(parts), "reused": reused, "computed_here": computed}
         return [a for part in parts for a in part]
@@ -252,8 +312,7 @@ class LLM4DSR(Denoiser):
 
         units = self.decision_units(seqs)
         self._require_texts({seqs.items[k][p] for k, pos in units for p in pos})
-        batch = int(self._key("llm_batch_size", 16))
-        mode = self._key("pnoise_mode", "first_token")
+        batch, mode = self.settings.llm_batch_size, self.settings.pnoise_mode
 
         def uncertainty(part):
             histories = [self._window_texts(seqs, k, pos) for k, pos in part]
@@ -279,14 +338,14 @@ class LLM4DSR(Denoiser):
                 out.append(flags)
             return out
 
-        if self._key("use_uncertainty", True):
+        if self.settings.use_uncertainty:
             per_unit = self._shards(units, f"pnoise-{mode}", uncertainty)
         else:
             per_unit = self._shards(units, "generated-noise", generated)
         scores = [np.full(len(items), np.nan) for items in seqs.items]
         for (k, pos), values in zip(units, per_unit):
             scores[k][pos] = values
-        self.info["pnoise_mode"] = mode if self._key("use_uncertainty", True) else "generated"
+        self.info["pnoise_mode"] = mode if self.settings.use_uncertainty else "generated"
         self.info["windows"] = len(units)
         return scores
 
@@ -294,8 +353,8 @@ class LLM4DSR(Denoiser):
     def _suggestion_budget(self, texts):
         """Tokens generated for a title among ``texts``: the longest as prompts show it + the closing quote +
         a margin (``PromptBuilder.suggestion_budget``), at most ``suggest_max_tokens`` when that is set."""
-        budget, cap = self.prompts.suggestion_budget(texts), self._key("suggest_max_tokens")
-        return budget if cap is None else min(budget, int(cap))
+        budget, cap = self.prompts.suggestion_budget(texts), self.settings.suggest_max_tokens
+        return budget if cap is None else min(budget, cap)
 
     def suggest(self, seqs, edits):
         from recbole_denoise.llm.grounding import Grounder, generate_suggestions
@@ -321,7 +380,7 @@ class LLM4DSR(Denoiser):
         # suggest_exclude prompt: never an item the prompt shows (the flagged one included); a held-out
         # target the prompt does not show may be suggested. none: any item (paper Eq. 4, official code)
         exclude = excluded_items(self, seqs, edits, self.config)
-        mode = self._key("suggest_mode", "constrained")
+        mode = self.settings.suggest_mode
         self.info["suggest_mode"] = mode
         if mode == "constrained":
             # decode over the trie of what fine-tuning trains after 'Suggested Items: "' (llm/constrained.py):
@@ -329,13 +388,13 @@ class LLM4DSR(Denoiser):
             from recbole_denoise.llm.constrained import TitleTrie, answer_ids, constrained_suggestions
 
             trie = TitleTrie([answer_ids(self.prompts, t) for t in known.values()], list(known))
-            beam = int(self._key("suggest_beam_width", 1))
+            beam = self.settings.suggest_beam_width
             decode = lambda part: constrained_suggestions(  # noqa: E731
                 self.model, trie, [prefixes[n] for n in part], [exclude[n] for n in part], beam_width=beam,
-                batch_size=int(self._key("llm_batch_size", 16)), pad_id=self.pad_id,
+                batch_size=self.settings.llm_batch_size, pad_id=self.pad_id,
                 shared_prefix=self.prompts.shared_prefix, logger=self.logger, progress=self.progress)
             parts, reused, computed = sharded_map(list(range(len(edits))), os.path.join(self.workdir, "suggest-trie"),
-                                                  int(self._key("score_shard_size", 256)), decode, write, read, ".json")
+                                                  self.settings.score_shard_size, decode, write, read, ".json")
             self.info.setdefault("shards", {})["suggest"] = {"total": len(parts), "reused": reused,
                                                              "computed_here": computed}
             items = [i for part in parts for i in part]
@@ -347,17 +406,17 @@ class LLM4DSR(Denoiser):
         # instruction data), so the longest bounds the generation
         budget = self._suggestion_budget(self.texts[i] for i in self.vocabulary)
         generate = lambda part: generate_suggestions(  # noqa: E731
-            self.model, self.tokenizer, part, max_new_tokens=budget, batch_size=int(self._key("llm_batch_size", 16)),
+            self.model, self.tokenizer, part, max_new_tokens=budget, batch_size=self.settings.llm_batch_size,
             stop=self.prompts.stop_text, logger=self.logger, progress=self.progress)
         parts, reused, computed = sharded_map(prefixes, os.path.join(self.workdir, "suggest"),
-                                              int(self._key("score_shard_size", 256)), generate, write, read, ".json")
+                                              self.settings.score_shard_size, generate, write, read, ".json")
         self.info.setdefault("shards", {})["suggest"] = {"total": len(parts), "reused": reused,
                                                          "computed_here": computed}
         texts = [t for part in parts for t in part]
         # exact grounding compares whole titles: a suggestion that is a cut title shown in prompts becomes whole
         texts = self.prompts.whole_titles(texts, list(known.values()))
-        encoder = self._key("ground_encoder", "sentence_transformers")
-        grounder = Grounder(known, encoder=encoder, encoder_path=self._key("ground_encoder_path"),
+        encoder = self.settings.ground_encoder
+        grounder = Grounder(known, encoder=encoder, encoder_path=self.settings.ground_encoder_path,
                             llm=self.model if encoder == "llm" else None,
                             tokenizer=self.tokenizer if encoder == "llm" else None, logger=self.logger)
         grounded = grounder.ground(texts, exclude=exclude)

@@ -19,7 +19,7 @@ from recbole_denoise.denoisers.base import denoise_seed
 from recbole_denoise.denoisers.decision import (
     DECISION_KEYS, check_decision_keys, decide_units, excluded_items, popularity_replacements,
 )
-from recbole_denoise.errors import DatasetError
+from recbole_denoise.errors import ConfigError, DatasetError
 from recbole_denoise.io import load_ragged, replace_atomically, save_ragged
 
 ACTIONS = ("delete", "replace", "popularity")
@@ -56,13 +56,12 @@ def denoise_stage(parent, out_dir, out_name, denoiser_cls, config, logger=None):
     """
     action = config["denoise_action"]
     if action not in ACTIONS:
-        raise DatasetError(f"denoise_action must be one of {list(ACTIONS)}, got '{action}'")
+        raise ConfigError(f"denoise_action must be one of {list(ACTIONS)}, got '{action}'")
     split = config["denoise_split"]
     if split not in DENOISE_SPLITS:
-        raise DatasetError(f"denoise_split must be one of {list(DENOISE_SPLITS)}, got '{split}'")
+        raise ConfigError(f"denoise_split must be one of {list(DENOISE_SPLITS)}, got '{split}'")
     check_decision_keys(config)
-    edit_targets = config["edit_train_targets"] if "edit_train_targets" in config else True
-    seqs, tables = load_sequences(parent, split, edit_targets, config_split(config))
+    seqs, tables = load_sequences(parent, split, config["edit_train_targets"], config_split(config))
     workdir = work_dir(config, out_name)
     denoiser = denoiser_cls(config)
     denoiser.bind(parent, workdir, logger)
