@@ -6,7 +6,7 @@ held between its steps (:func:`release_memory` after ``fit``, ``score`` and ``su
 to the OS (``malloc_trim``); allocations of 1 MB or more are served by ``mmap`` during the stage
 (:func:`mmap_large_allocations`), so activations of varying sizes do not fragment the heap; after it the
 threshold is glibc's own ceiling (32 MB), where a long-running process's dynamic threshold ends up anyway, so
-the backbone trains as before. ``quick_start`` and ``inference`` release memory before loading a backbone,
+the backbone trains as before. ``pipeline`` and ``inference`` release memory before loading a backbone,
 and LLM4DSR's fine-tuning sets the 1 MB threshold for its forward passes only (``llm/finetune.py``).
 """
 import ctypes

@@ -1,4 +1,4 @@
-"""The contract between our models and the pipeline (``quick_start``, ``config``, ``export``, the benchmark).
+"""The contract between our models and the pipeline (``pipeline``, ``config``, ``export``, the benchmark).
 
 Every model of ours derives from :class:`DenoisingRecommender` (directly, or next to the RecBole model it
 extends: ``class FMLPRec(SASRec, DenoisingRecommender)``) and overrides the class attributes it needs; the
