@@ -13,6 +13,7 @@ from recbole_denoise.data.protocol import check_protocol_keys, check_split_users
     window_stage
 from recbole_denoise.data.source import BENCHMARK_SPLITS, DatasetError, derive, open_dataset
 from recbole_denoise.data.text import check_text_field
+from recbole_denoise.errors import ConfigError
 from recbole.utils import init_seed
 
 from recbole_denoise.denoisers.base import denoise_seed, get_denoiser
@@ -25,10 +26,10 @@ def check_config(config):
     """Validate the data keys up front, so a mistake never surfaces deep inside RecBole."""
     ratio = config["noise_ratio"]
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio <= 1.0:
-        raise DatasetError(f"noise_ratio must be a number in [0, 1], got {ratio!r} (key 'noise_ratio')")
+        raise ConfigError(f"noise_ratio must be a number in [0, 1], got {ratio!r} (key 'noise_ratio')")
     check_protocol_keys(config["protocol"], config["window_size"], config["split_ratio"])
     if config["protocol"] == "window" and config["MAX_ITEM_LIST_LENGTH"] < 1:
-        raise DatasetError("MAX_ITEM_LIST_LENGTH must be >= 1")
+        raise ConfigError("MAX_ITEM_LIST_LENGTH must be >= 1 (key 'MAX_ITEM_LIST_LENGTH')")
     if config["denoiser"]:
         check_decision_keys(config)
 

@@ -21,7 +21,7 @@ def test_unknown_names(tiny):
         run(cfg(), model="SASRecc")
     with pytest.raises(DatasetError, match="Unknown dataset 'tinyy'.*'tiny'"):
         run(cfg(), dataset="tinyy")
-    with pytest.raises(DatasetError, match="Unknown denoiser 'Coocc'"):
+    with pytest.raises(ConfigError, match="Unknown denoiser 'Coocc'"):
         run(cfg(), denoiser="Coocc")
 
 

@@ -26,7 +26,7 @@ import importlib
 import numpy as np
 
 from recbole_denoise.data.protocol import config_split
-from recbole_denoise.errors import DatasetError
+from recbole_denoise.errors import ConfigError
 from recbole_denoise.memory import MMAP_THRESHOLD
 
 DENOISERS = {}
@@ -63,11 +63,11 @@ def get_denoiser(name):
         try:
             cls = getattr(importlib.import_module(module_name), cls_name)
         except (ImportError, AttributeError) as e:
-            raise DatasetError(f"denoiser '{name}': cannot import '{cls_name}' from '{module_name}' ({e})") from None
+            raise ConfigError(f"denoiser '{name}': cannot import '{cls_name}' from '{module_name}' ({e})") from None
         if not (isinstance(cls, type) and issubclass(cls, Denoiser)):
-            raise DatasetError(f"denoiser '{name}' is not a subclass of recbole_denoise.denoisers.Denoiser")
+            raise ConfigError(f"denoiser '{name}' is not a subclass of recbole_denoise.denoisers.Denoiser")
         return cls
-    raise DatasetError(f"Unknown denoiser '{name}' (key 'denoiser'). Registered: {sorted(DENOISERS)}; "
+    raise ConfigError(f"Unknown denoiser '{name}' (key 'denoiser'). Registered: {sorted(DENOISERS)}; "
                        f"or give a 'package.module.Class' path.")
 
 
@@ -116,7 +116,7 @@ class Denoiser(abc.ABC):
     def suggest(self, seqs, edits):
         """Replacement item per edit ``(k, pos)`` (``None``: delete that one instead); denoisers that
         cannot suggest keep this default."""
-        raise DatasetError(f"denoiser '{self.name or type(self).__name__}' cannot suggest replacements; "
+        raise ConfigError(f"denoiser '{self.name or type(self).__name__}' cannot suggest replacements; "
                            f"use denoise_action: delete")
 
     def release(self):
