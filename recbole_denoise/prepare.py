@@ -7,6 +7,8 @@ denoising stage), so it lives above both, in the pipeline layer (``pipeline.py``
 """
 import os
 
+from recbole.utils import init_seed
+
 from recbole_denoise.data.noise import noise_stage
 from recbole_denoise.data.sample import check_sample_users, sample_stage
 from recbole_denoise.data.protocol import check_protocol_keys, check_split_users, config_split, noise_restore, \
@@ -14,8 +16,6 @@ from recbole_denoise.data.protocol import check_protocol_keys, check_split_users
 from recbole_denoise.data.source import BENCHMARK_SPLITS, DatasetError, derive, open_dataset
 from recbole_denoise.data.text import check_text_field
 from recbole_denoise.errors import ConfigError
-from recbole.utils import init_seed
-
 from recbole_denoise.denoisers.base import denoise_seed, get_denoiser
 from recbole_denoise.denoisers.decision import check_decision_keys
 from recbole_denoise.denoisers.stage import denoise_stage
