@@ -9,9 +9,11 @@
     python run_recbole_denoise.py --denoise_only --dataset D --denoiser LLM4DSR --config_files my.yaml [--key=value]
 
 Any other RecBole-style ``--key=value`` is passed through as a config override. A comma-separated
-``--denoiser`` list runs each (``None`` = no denoiser) on the same data and prints a comparison table;
-with ``--result_file=F`` each run goes to ``F`` with ``.<denoiser>`` before the extension and ``F`` gets
-the table's rows. ``--benchmark spec.yaml`` runs a whole benchmark matrix instead (README "Benchmarks").
+``--denoiser`` list runs each (``None`` = no denoiser) on the same data and prints a comparison table; a
+comma-separated ``--model`` list does the same for models (e.g. a backbone against a denoising model), and
+both lists together run every model with every denoiser, model by model. The table's per-user p-values
+compare every run with the first. With ``--result_file=F`` each run goes to ``F`` with ``.<denoiser>``
+(several models: ``.<model>.<denoiser>``) before the extension and ``F`` gets the table's rows. ``--benchmark spec.yaml`` runs a whole benchmark matrix instead (README "Benchmarks").
 """
 import argparse
 import functools
@@ -22,9 +24,9 @@ import sys
 INTERRUPTED = "interrupted; rerun the same command to resume"
 
 
-def _result_path(path, denoiser):
+def _result_path(path, label):
     stem, ext = os.path.splitext(path)
-    return f"{stem}.{denoiser}{ext or '.json'}"
+    return f"{stem}.{label}{ext or '.json'}"
 
 
 def _clean_interrupt(fn):
@@ -43,7 +45,8 @@ def _clean_interrupt(fn):
 @_clean_interrupt
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", "-m", default="SASRec", help="model name (ours first, then RecBole's)")
+    parser.add_argument("--model", "-m", default="SASRec",
+                        help="model name (ours first, then RecBole's); a comma-separated list compares them")
     parser.add_argument("--dataset", "-d", default="ml-100k", help="dataset name")
     parser.add_argument("--denoiser", default=None,
                         help="registered denoiser name or package.module.Class; a comma-separated list compares them")
@@ -78,37 +81,41 @@ def main(argv=None):
     from recbole_denoise.errors import UserInputError
 
     files = args.config_files.split() if args.config_files else None
+    models = [m.strip() for m in args.model.split(",") if m.strip()] or [args.model]
     names = [n.strip() for n in (args.denoiser or "").split(",") if n.strip()] or [None]
-    if len(names) == 1:
+    if len(models) == 1 and len(names) == 1:
         try:
-            result = run_recbole_denoise(args.model, args.dataset, names[0], files, cmd_args=overrides)
+            result = run_recbole_denoise(models[0], args.dataset, names[0], files, cmd_args=overrides)
         except UserInputError as e:
             parser.exit(2, f"error: {e}\n")
         if result is not None:  # None on the other ranks of a distributed run
             print({k: result[k] for k in ("model", "dataset", "denoiser", "best_valid_result", "test_result")})
         return
+    runs = [(m, None if n in (None, "None") else n, n if len(models) == 1 else f"{m}.{n}")
+            for m in models for n in names]
     summary = [o.split("=", 1)[1] for o in overrides if o.startswith("--result_file=")]
     others = [o for o in overrides if not o.startswith("--result_file=")]
-    for name in names:  # every name of the list, the model, the dataset and the keys before the first run
-        extra = [f"--result_file={_result_path(summary[-1], name)}"] if summary else []
+
+    def extra(label):
+        return [f"--result_file={_result_path(summary[-1], label)}"] if summary else []
+
+    for model, denoiser, label in runs:  # every model, denoiser and key is checked before the first run
         try:
-            check_run(args.model, args.dataset, None if name == "None" else name, files, others + extra)
+            check_run(model, args.dataset, denoiser, files, others + extra(label))
         except UserInputError as e:
-            parser.exit(2, f"error ({name}): {e}\n")
+            parser.exit(2, f"error ({label}): {e}\n")
     results = []
-    for name in names:
-        denoiser = None if name == "None" else name
-        extra = [f"--result_file={_result_path(summary[-1], name)}"] if summary else []
+    for model, denoiser, label in runs:
         try:
-            results.append(run_recbole_denoise(args.model, args.dataset, denoiser, files, cmd_args=others + extra))
+            results.append(run_recbole_denoise(model, args.dataset, denoiser, files, cmd_args=others + extra(label)))
         except UserInputError as e:
-            parser.exit(2, f"error ({name}): {e}\n")
+            parser.exit(2, f"error ({label}): {e}\n")
     rows = comparison_rows(results)
-    print(format_table(rows))
+    print(format_table(rows, (("model",) if len(models) > 1 else ()) + TABLE_COLUMNS))
     if summary:
         os.makedirs(os.path.dirname(os.path.abspath(summary[-1])), exist_ok=True)
         with open(summary[-1], "w") as f:
-            json.dump({"rows": rows, "runs": [_result_path(summary[-1], n) for n in names]}, f, indent=2)
+            json.dump({"rows": rows, "runs": [_result_path(summary[-1], label) for *_, label in runs]}, f, indent=2)
 
 
 def check_run(model, dataset, denoiser, files, cmd_args):

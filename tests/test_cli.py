@@ -37,3 +37,31 @@ def test_compare_denoisers_prints_table_and_writes_summary(tmp_path, capsys):
         run = json.loads(open(path).read())
         assert run["config"]["noise_ratio"] == 0.2 and "test_result" in run
     assert summary["rows"][1]["f1"] is not None and summary["rows"][0]["edited"] == 0.0
+
+
+def test_compare_models_runs_each_model_and_labels_the_rows(tmp_path, capsys):
+    result_file = tmp_path / "cmp.json"
+    _cli().main(["--model", "GRU4Rec,FMLPRec", "--dataset", "tiny", f"--data_path={FIXTURES}",
+                 f"--derived_data_path={tmp_path / 'd'}", f"--log_dir={tmp_path / 'log'}",
+                 f"--checkpoint_dir={tmp_path / 's'}", "--noise_ratio=0.2", "--epochs=1", "--MAX_ITEM_LIST_LENGTH=10",
+                 "--hidden_size=16", "--embedding_size=16", "--state=WARNING", "--show_progress=False",
+                 f"--result_file={result_file}"])
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("|")]
+    assert lines[0].startswith("| model | denoiser | ndcg@10 |") and len(lines) == 4
+    assert lines[2].startswith("| GRU4Rec | None |") and lines[3].startswith("| FMLPRec | None |")
+    summary = json.loads(result_file.read_text())
+    assert [r["model"] for r in summary["rows"]] == ["GRU4Rec", "FMLPRec"]
+    assert summary["runs"] == [str(tmp_path / "cmp.GRU4Rec.None.json"), str(tmp_path / "cmp.FMLPRec.None.json")]
+    assert [json.loads(open(p).read())["model"] for p in summary["runs"]] == ["GRU4Rec", "FMLPRec"]
+    assert summary["rows"][0]["p_ndcg@10"] is None and "p_ndcg@10" in summary["rows"][1]
+
+
+def test_a_wrong_model_in_the_list_stops_before_the_first_run(tmp_path, capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as e:
+        _cli().main(["--model", "GRU4Rec,NoSuchModel", "--dataset", "tiny", f"--data_path={FIXTURES}",
+                     f"--derived_data_path={tmp_path / 'd'}", f"--log_dir={tmp_path / 'log'}", "--epochs=1",
+                     f"--result_file={tmp_path / 'cmp.json'}"])
+    assert e.value.code == 2
+    assert "NoSuchModel" in capsys.readouterr().err and not (tmp_path / "cmp.GRU4Rec.None.json").exists()
