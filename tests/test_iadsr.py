@@ -202,8 +202,9 @@ def test_progressive_mask_changes_next_epoch_input(iadsr_cfg):
     assert torch.all(seen[0][hit] == 0) and torch.all(x[hit].abs().sum(-1) > 0)
 
 
-def test_gate_theta_one_turns_denoising_off(iadsr_cfg):
-    _, net, train, test = build(iadsr_cfg(gate_theta=1.0))
+@pytest.mark.parametrize("head", ["linear", "none"])
+def test_gate_theta_one_turns_denoising_off(iadsr_cfg, head):
+    _, net, train, test = build(iadsr_cfg(gate_theta=1.0, iadsr_head=head))
     train_epoch(net, train)
     net.eval()
     net.on_epoch_start(1)
@@ -214,8 +215,13 @@ def test_gate_theta_one_turns_denoising_off(iadsr_cfg):
     assert torch.equal(x, x_in)
     net.eval()
     inter = next(iter(test))[0]
-    with torch.no_grad():
-        assert torch.allclose(net.full_sort_predict(inter), net.backbone.full_sort_predict(inter), atol=1e-6)
+    with torch.no_grad():  # the backbone's own prediction, through the head when there is one
+        if head == "none":
+            expected = net.backbone.full_sort_predict(inter)
+        else:
+            seq = net.backbone.forward(inter[net.ITEM_SEQ], inter[net.ITEM_SEQ_LEN])
+            expected = net.head(seq) @ net.backbone.item_embedding.weight.T
+        assert torch.allclose(net.full_sort_predict(inter), expected, atol=1e-6)
 
 
 def test_loss_terms_switch_off_by_weight(iadsr_cfg):
@@ -230,12 +236,35 @@ def test_loss_terms_switch_off_by_weight(iadsr_cfg):
     net.train()
     sum(net.calculate_loss(next(iter(train)))).backward()
     assert net.decoder.weight.grad is None
-    # only CE, nothing masked: exactly the backbone's own loss
+    # only CE, nothing masked, no head: exactly the backbone's own loss
     _, net, train, _ = build(iadsr_cfg(gate_theta=1.0, info_long_weight=0.0, info_short_weight=0.0,
-                                       recon_weight=0.0))
+                                       recon_weight=0.0, iadsr_head="none"))
     net.train()
     batch = next(iter(train))
     assert torch.allclose(sum(net.calculate_loss(batch)), net.backbone.calculate_loss(batch), atol=1e-6)
+
+
+def test_linear_head_scores_the_items_and_the_alignment_acts_before_it(iadsr_cfg):
+    """iadsr_head: linear (default; the official code's fc head): CE and prediction score the items with
+    head(e2), while the InfoNCE terms and the mask use e2 and the states themselves."""
+    _, net, train, test = build(iadsr_cfg(gate_theta=1.0, info_long_weight=0.0, info_short_weight=0.0,
+                                          recon_weight=0.0))
+    assert isinstance(net.head, torch.nn.Linear)
+    net.train()
+    batch = next(iter(train))
+    seq = net.backbone.forward(batch[net.ITEM_SEQ], batch[net.ITEM_SEQ_LEN])
+    logits = net.head(seq) @ net.backbone.item_embedding.weight.T
+    ce = torch.nn.functional.cross_entropy(logits, batch[net.POS_ITEM_ID])
+    assert torch.allclose(sum(net.calculate_loss(batch)), ce, atol=1e-6)
+    assert not torch.allclose(ce, net.backbone.calculate_loss(batch), atol=1e-4)  # the head is not the identity
+    sum(net.calculate_loss(batch)).backward()
+    assert net.head.weight.grad is not None and net.head.weight.grad.abs().sum() > 0
+    # the alignment's long-term interest is the head's input, not its output
+    rows, valid = net._rows(batch)
+    x = net.adapter.item_embedding(batch[net.ITEM_SEQ])
+    assert torch.allclose(net._encode(x, batch, valid)[1], seq, atol=1e-6)
+    with pytest.raises(ConfigError, match="iadsr_head"):
+        build(iadsr_cfg(iadsr_head="mlp"))
 
 
 def test_gumbel_sigmoid_straight_through():
@@ -331,7 +360,7 @@ def test_empty_texts(tiny, tiny_st_dir):
 
 # -- evaluation: which history, which threshold (issue 15, items 13 and 16) -----------------------------------
 def test_eval_history_original_predicts_from_the_unmasked_history(iadsr_cfg):
-    _, net, train, test = build(iadsr_cfg(gate_theta=-1.0, iadsr_eval_history="original"))
+    _, net, train, test = build(iadsr_cfg(gate_theta=-1.0, iadsr_eval_history="original", iadsr_head="none"))
     train_epoch(net, train)
     net.eval()
     inter = next(iter(test))[0]
@@ -366,7 +395,7 @@ def test_long_term_pool_max_changes_only_the_long_term_interest(iadsr_cfg):
     """Official code: max over the states is the long-term interest (InfoNCE, gate, c2); the prediction
     still comes from the last state."""
     _, net, train, test = build(iadsr_cfg(long_term_pool="max", gate_theta=1.0, info_long_weight=0.0,
-                                          info_short_weight=0.0, recon_weight=0.0))
+                                          info_short_weight=0.0, recon_weight=0.0, iadsr_head="none"))
     net.train()
     batch = next(iter(train))
     assert torch.allclose(sum(net.calculate_loss(batch)), net.backbone.calculate_loss(batch), atol=1e-6)

@@ -43,7 +43,11 @@ original`` (above). Short-term interests: the code reads one 4096-d vector per h
 ``semantic_short.pt``; the script that writes it (``tointerest.py``) is not in the repository, and its README
 says it embeds "each item", so whether they encode the item or the prefix cannot be checked
 (``short_term: item`` | ``prefix``, the paper's Eq. 5). The official code resets its mask memory every
-epoch, so its progressive masks are never applied; here they are.
+epoch, so its progressive masks are never applied; here they are. Prediction head: the official models score
+items with ``tanh(fc(last output))``, a head after the states that the alignment and mask use; RecBole's
+backbones score with their sequence representation itself, and with every loss term on that vector the
+next-item loss did not learn on ml-100k (``results/iadsr_head.md``). ``iadsr_head: linear`` (default) scores
+the items with ``Linear(e2)``; ``none`` scores with ``e2`` (the former behaviour).
 """
 import math
 
@@ -65,6 +69,7 @@ POOLS = ("last", "max")
 RECON_TARGETS = ("original", "input")
 EVAL_HISTORIES = ("masked", "original")
 EVAL_KEEPS = ("probability", "sign")
+HEADS = ("linear", "none")
 # Hard Gumbel-sigmoid keeps an item iff score + g > 0 with g ~ Gumbel(0, 1) (tau > 0 does not move the
 # sign), i.e. with probability P(keep | s) = 1 - exp(-e^s). P(keep) > 1/2 iff s > ln(ln 2) ~ -0.3665.
 KEEP_THRESHOLD = {"probability": math.log(math.log(2.0)), "sign": 0.0}
@@ -154,11 +159,17 @@ class IADSR(DenoisingRecommender):
         self.short_proj = nn.Linear(sem.dim, hidden, bias=False)
         emb_dim = self.adapter.item_embedding.embedding_dim
         self.decoder = nn.Linear(hidden, emb_dim)
-        for layer in (self.long_proj, self.short_proj, self.decoder):
+        layers = [self.long_proj, self.short_proj, self.decoder]
+        if config["iadsr_head"] not in HEADS:
+            raise ConfigError(f"iadsr_head must be one of {list(HEADS)}, got {config['iadsr_head']!r}")
+        self.head = nn.Linear(hidden, emb_dim) if config["iadsr_head"] == "linear" else None
+        if self.head is not None:
+            layers.append(self.head)
+        for layer in layers:
             nn.init.xavier_normal_(layer.weight)
-        if hidden != emb_dim:
-            raise ConfigError(f"backbone {name}: its sequence representation ({hidden}) must have the item "
-                              f"embedding size ({emb_dim}) to score items")
+        if self.head is None and hidden != emb_dim:
+            raise ConfigError(f"backbone {name}: with iadsr_head: none its sequence representation ({hidden}) "
+                              f"must have the item embedding size ({emb_dim}) to score items")
 
     def _hidden_size(self):
         with torch.no_grad():
@@ -266,7 +277,7 @@ class IADSR(DenoisingRecommender):
         zero = h.new_zeros(())
         ce = zero
         if w["ce_weight"]:
-            logits = e2 @ self.adapter.item_embedding.weight.T
+            logits = self._query(e2) @ self.adapter.item_embedding.weight.T
             ce = w["ce_weight"] * (F.cross_entropy(logits, interaction[self.POS_ITEM_ID]) + self.adapter.extra_loss())
         long = zero
         if w["info_long_weight"]:
@@ -300,17 +311,23 @@ class IADSR(DenoisingRecommender):
         _, e2, _, _, _, score, gate = self._pass(x, interaction, rows, valid)
         return score, gate, self._mask(score, gate, valid, stochastic=False), x, valid, e2
 
+    def _query(self, e2):
+        """What scores the items: the backbone's sequence representation through the prediction head
+        (``iadsr_head: linear``), or as it is (``none``)."""
+        return e2 if self.head is None else self.head(e2)
+
     def forward(self, interaction):
         """The sequence representation used for prediction (``iadsr_eval_history``): ``masked``, from the
         history without the items masked deterministically; ``original``, from the whole history (the
         official evaluation scripts)."""
         if self.eval_history == "original":
             rows, valid = self._rows(interaction)
-            return self._encode(self.adapter.item_embedding(interaction[self.ITEM_SEQ]), interaction, valid)[1]
+            e2 = self._encode(self.adapter.item_embedding(interaction[self.ITEM_SEQ]), interaction, valid)[1]
+            return self._query(e2)
         _, _, keep, x, valid, e2 = self.mask_scores(interaction)
         if bool((keep > 0.5).all()):  # nothing masked: the first pass already is the prediction
-            return e2
-        return self._encode(x * keep.unsqueeze(-1), interaction, valid)[1]
+            return self._query(e2)
+        return self._query(self._encode(x * keep.unsqueeze(-1), interaction, valid)[1])
 
     def predict(self, interaction):
         e2 = self.forward(interaction)
