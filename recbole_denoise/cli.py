@@ -11,9 +11,11 @@
 Any other RecBole-style ``--key=value`` is passed through as a config override. A comma-separated
 ``--denoiser`` list runs each (``None`` = no denoiser) on the same data and prints a comparison table; a
 comma-separated ``--model`` list does the same for models (e.g. a backbone against a denoising model), and
-both lists together run every model with every denoiser, model by model. The table's per-user p-values
-compare every run with the first. With ``--result_file=F`` each run goes to ``F`` with ``.<denoiser>``
-(several models: ``.<model>.<denoiser>``) before the extension and ``F`` gets the table's rows. ``--benchmark spec.yaml`` runs a whole benchmark matrix instead (README "Benchmarks").
+``--noise_ratio=0.2,0`` for noise levels (the test items stay the same, so users pair); lists together run
+every combination (noise ratio, then model, then denoiser). The table's per-user p-values compare every run
+with the first. With ``--result_file=F`` each run goes to ``F`` with ``.<denoiser>``
+(several noise ratios or models: ``.a<ratio>.<model>.<denoiser>``, each part only when it varies) before the
+extension and ``F`` gets the table's rows. ``--benchmark spec.yaml`` runs a whole benchmark matrix instead (README "Benchmarks").
 """
 import argparse
 import functools
@@ -83,39 +85,57 @@ def main(argv=None):
     files = args.config_files.split() if args.config_files else None
     models = [m.strip() for m in args.model.split(",") if m.strip()] or [args.model]
     names = [n.strip() for n in (args.denoiser or "").split(",") if n.strip()] or [None]
-    if len(models) == 1 and len(names) == 1:
+    ratios, overrides = _noise_ratios(overrides)
+    if len(models) == 1 and len(names) == 1 and len(ratios) == 1:
         try:
-            result = run_recbole_denoise(models[0], args.dataset, names[0], files, cmd_args=overrides)
+            result = run_recbole_denoise(models[0], args.dataset, names[0], files, cmd_args=overrides + ratios[0])
         except UserInputError as e:
             parser.exit(2, f"error: {e}\n")
         if result is not None:  # None on the other ranks of a distributed run
             print({k: result[k] for k in ("model", "dataset", "denoiser", "best_valid_result", "test_result")})
         return
-    runs = [(m, None if n in (None, "None") else n, n if len(models) == 1 else f"{m}.{n}")
-            for m in models for n in names]
+    runs = []  # (model, denoiser, noise override, label): noise ratio, then model, then denoiser
+    for ratio in ratios:
+        for m in models:
+            for n in names:
+                label = ".".join(([f"a{ratio[0].split('=', 1)[1]}"] if len(ratios) > 1 else [])
+                                 + ([m] if len(models) > 1 else []) + [str(n)])
+                runs.append((m, None if n in (None, "None") else n, ratio, label))
     summary = [o.split("=", 1)[1] for o in overrides if o.startswith("--result_file=")]
     others = [o for o in overrides if not o.startswith("--result_file=")]
 
-    def extra(label):
-        return [f"--result_file={_result_path(summary[-1], label)}"] if summary else []
+    def run_args(ratio, label):
+        return others + ratio + ([f"--result_file={_result_path(summary[-1], label)}"] if summary else [])
 
-    for model, denoiser, label in runs:  # every model, denoiser and key is checked before the first run
+    for model, denoiser, ratio, label in runs:  # every model, denoiser and key is checked before the first run
         try:
-            check_run(model, args.dataset, denoiser, files, others + extra(label))
+            check_run(model, args.dataset, denoiser, files, run_args(ratio, label))
         except UserInputError as e:
             parser.exit(2, f"error ({label}): {e}\n")
     results = []
-    for model, denoiser, label in runs:
+    for model, denoiser, ratio, label in runs:
         try:
-            results.append(run_recbole_denoise(model, args.dataset, denoiser, files, cmd_args=others + extra(label)))
+            results.append(run_recbole_denoise(model, args.dataset, denoiser, files, cmd_args=run_args(ratio, label)))
         except UserInputError as e:
             parser.exit(2, f"error ({label}): {e}\n")
     rows = comparison_rows(results)
-    print(format_table(rows, (("model",) if len(models) > 1 else ()) + TABLE_COLUMNS))
+    columns = (("noise_ratio",) if len(ratios) > 1 else ()) + (("model",) if len(models) > 1 else ()) + TABLE_COLUMNS
+    print(format_table(rows, columns))
     if summary:
         os.makedirs(os.path.dirname(os.path.abspath(summary[-1])), exist_ok=True)
         with open(summary[-1], "w") as f:
             json.dump({"rows": rows, "runs": [_result_path(summary[-1], label) for *_, label in runs]}, f, indent=2)
+
+
+def _noise_ratios(overrides):
+    """``--noise_ratio=0.2,0`` (a comma-separated list) compares noise levels: the list of single
+    ``--noise_ratio`` overrides to run (``[[]]`` without the key), and the other overrides."""
+    given = [o for o in overrides if o.split("=", 1)[0] == "--noise_ratio" and "=" in o]
+    rest = [o for o in overrides if o not in given]
+    if not given or "," not in given[-1]:
+        return [given[-1:]], rest
+    values = [v.strip() for v in given[-1].split("=", 1)[1].split(",") if v.strip()]
+    return [[f"--noise_ratio={v}"] for v in values], rest
 
 
 def check_run(model, dataset, denoiser, files, cmd_args):
@@ -159,7 +179,8 @@ def comparison_rows(results):
     rows = []
     for i, r in enumerate(results):
         d, t = r["denoise"], r["timings"]
-        row = {"denoiser": r["denoiser"] or "None", "model": r["model"], "dataset": r["dataset"]}
+        row = {"denoiser": r["denoiser"] or "None", "model": r["model"], "dataset": r["dataset"],
+               "noise_ratio": r.get("noise_ratio")}
         row.update({k: r["test_result"].get(k) for k in ("ndcg@10", "hit@10", "mrr@10")})
         row["p_ndcg@10"] = per_user_p(r, results[0]) if i else None
         row["edited"] = d.get("edited_fraction", 0.0)
@@ -175,6 +196,8 @@ def format_table(rows, columns=TABLE_COLUMNS):
     def cell(column, v):
         if v is None:
             return "-"
+        if column == "noise_ratio":
+            return f"{v:g}"
         if column.startswith("p_") and isinstance(v, float):
             return "n/a" if v != v else (f"{v:.2g}" if v < 0.001 else f"{v:.3f}")
         if isinstance(v, float):

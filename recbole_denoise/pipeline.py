@@ -270,6 +270,7 @@ def summarise(run):
         "dataset": config["source_dataset"],
         "denoiser": config["denoiser"],
         "protocol": config["protocol"],
+        "noise_ratio": config["noise_ratio"],
         "dataset_path": run.data.path,
         "valid_metric": config["valid_metric"],
         "best_valid_score": float(run.best_valid_score),

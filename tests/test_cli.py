@@ -65,3 +65,20 @@ def test_a_wrong_model_in_the_list_stops_before_the_first_run(tmp_path, capsys):
                      f"--result_file={tmp_path / 'cmp.json'}"])
     assert e.value.code == 2
     assert "NoSuchModel" in capsys.readouterr().err and not (tmp_path / "cmp.GRU4Rec.None.json").exists()
+
+
+def test_a_noise_ratio_list_compares_noise_levels_on_the_same_test_users(tmp_path, capsys):
+    result_file = tmp_path / "cmp.json"
+    _cli().main(["--model", "GRU4Rec", "--dataset", "tiny", "--denoiser", "None", "--noise_ratio=0.3,0",
+                 f"--data_path={FIXTURES}", f"--derived_data_path={tmp_path / 'd'}", f"--log_dir={tmp_path / 'log'}",
+                 f"--checkpoint_dir={tmp_path / 's'}", "--epochs=1", "--MAX_ITEM_LIST_LENGTH=10", "--hidden_size=16",
+                 "--embedding_size=16", "--state=WARNING", "--show_progress=False", f"--result_file={result_file}"])
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("|")]
+    assert lines[0].startswith("| noise_ratio | denoiser | ndcg@10 |") and len(lines) == 4
+    assert lines[2].startswith("| 0.3 | None |") and lines[3].startswith("| 0 | None |")
+    summary = json.loads(result_file.read_text())
+    assert summary["runs"] == [str(tmp_path / "cmp.a0.3.None.json"), str(tmp_path / "cmp.a0.None.json")]
+    runs = [json.loads(open(p).read()) for p in summary["runs"]]
+    assert [r["config"]["noise_ratio"] for r in runs] == [0.3, 0.0] and [r["noise_ratio"] for r in runs] == [0.3, 0.0]
+    assert runs[0]["noise"]["noisy_fraction"] > 0 and runs[1]["noise"]["noisy_fraction"] == 0
+    assert summary["rows"][1]["p_ndcg@10"] is not None  # the test users pair: the test items are not noised
