@@ -296,3 +296,44 @@ def test_a_method_can_set_keys_per_dataset(tmp_path):
     methods["CoocOutlier"]["datasets"] = {"tiny": {"MAX_ITEM_LIST_LENGHT": 5}}
     message = str(pytest.raises(SpecError, load_spec, write_spec(tmp_path, datasets=datasets, methods=methods)).value)
     assert "methods.CoocOutlier.datasets.tiny: unknown key 'MAX_ITEM_LIST_LENGHT' (did you mean MAX_ITEM_LIST_LENGTH" in message
+
+
+def test_two_processes_share_one_benchmark_without_losing_or_repeating_runs(tmp_path):
+    """Two processes on one spec and output: every run executes once, results.csv keeps every row."""
+    import subprocess
+    import sys
+
+    path = write_spec(tmp_path)
+    code = ("import json, sys; from recbole_denoise.benchmark import run_benchmark; "
+            "s = run_benchmark(sys.argv[1], progress=False, log=lambda *a: None); "
+            "print(json.dumps({'executed': s['executed'], 'skipped': s['skipped']}))")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, "-c", code, path], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, cwd=ROOT, env=env) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    counts = [json.loads(o[0].strip().splitlines()[-1]) for o in outs]
+    assert sum(c["executed"] for c in counts) == 8       # no run twice
+    rows = read_csv(tmp_path / "out" / "results.csv")
+    assert len(rows) == 8 and len({r["run_id"] for r in rows}) == 8 and all(r["status"] == "ok" for r in rows)
+    assert not [f for f in os.listdir(tmp_path / "out" / "runs") if f.endswith(".claim")]
+    assert len(json.loads((tmp_path / "out" / "benchmark.json").read_text())["invocations"]) == 2
+
+
+def test_a_claim_is_honoured_while_its_process_lives(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from recbole_denoise.benchmark.executor import claim, claim_path
+
+    os.makedirs(tmp_path / "runs")
+    assert claim(str(tmp_path), "a")                     # free: taken
+    assert not claim(str(tmp_path), "a")                 # held by this (live) process
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    with open(claim_path(str(tmp_path), "b"), "w") as f:
+        f.write(f"{socket.gethostname()} {int(dead.stdout)}\n")
+    assert claim(str(tmp_path), "b")                     # its process is gone: taken over
+    with open(claim_path(str(tmp_path), "c"), "w") as f:
+        f.write("another-host 1\n")
+    assert not claim(str(tmp_path), "c")                 # cannot be checked from here: honoured

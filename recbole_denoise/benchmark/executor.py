@@ -11,6 +11,11 @@
   significance tests, see ``benchmark.stats``).
 - Failures: an exception inside a run becomes a ``failed`` row (error message; traceback in
   ``runs/<run_id>.error.txt``) and the next run starts; failed rows are retried on the next invocation.
+- Several processes (e.g. one per core) can run the same spec into the same output: each takes a run by
+  writing ``runs/<run_id>.claim`` (host and pid) and skips runs another live process has claimed or
+  finished; ``results.csv`` and ``benchmark.json`` are read, merged and rewritten under an exclusive lock
+  (``<output>/.lock``, POSIX ``flock``), so no process drops another's rows. A claim whose process is gone
+  (same host) is taken over; a claim from another host is honoured until it is deleted.
 """
 import csv
 import json
@@ -22,10 +27,17 @@ import sys
 import tempfile
 import time
 import traceback
+import socket
 from collections import defaultdict
+from contextlib import contextmanager
 from datetime import datetime, timezone
 
 from recbole_denoise.io import replace_atomically
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: one process per output folder
+    fcntl = None
 
 ID_COLUMNS = ("run_id", "status", "error", "dataset", "protocol", "noise_ratio", "method", "method_base", "variant",
               "backbone", "model", "denoiser", "seed", "valid_metric", "valid_score", "valid_bigger")
@@ -120,6 +132,47 @@ def git_commit(path, ignore=None):
         return "unknown"
 
 
+@contextmanager
+def locked(out):
+    """Hold the exclusive lock of the output folder ``out`` (``.lock``) while the block runs."""
+    with open(os.path.join(out, ".lock"), "a") as f:
+        if fcntl is not None:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def claim_path(out, run_id):
+    return os.path.join(out, "runs", f"{run_id}.claim")
+
+
+def claim(out, run_id):
+    """Take ``run_id`` for this process (call under :func:`locked`): False when a live process holds it."""
+    path = claim_path(out, run_id)
+    host = socket.gethostname()
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            held = f.read().split()
+        if len(held) == 2 and held[1].isdigit() and (held[0] != host or _alive(int(held[1]))):
+            return False
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(f"{host} {os.getpid()}\n")
+    return True
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 class Progress:
     """A bar over the pending runs with an ETA from the mean time of finished runs of the same method and
     backbone (else of all finished runs), and the current run's label."""
@@ -150,8 +203,10 @@ class Progress:
         self.bar.set_postfix_str("ETA " + (f"{eta / 60:.1f} min" if eta is not None else "?"))
 
     def done(self, run, seconds):
+        """``seconds`` None: the run was skipped (another process has it), no time to learn from."""
         self.pending.remove(run)
-        self.times[self._kind(run)].append(seconds)
+        if seconds is not None:
+            self.times[self._kind(run)].append(seconds)
         self.bar.update(1)
 
     def close(self):
@@ -181,6 +236,13 @@ def run_benchmark(spec, command=None, progress=True, report=True, log=print):
     failed = executed = 0
     try:
         for run in pending:
+            with locked(out):  # another process may have finished or taken this run meanwhile
+                rows.update({r["run_id"]: r for r in read_rows(csv_path)})
+                taken = rows.get(run.run_id, {}).get("status") == "ok" or not claim(out, run.run_id)
+            if taken:
+                skipped += 1
+                bar.done(run, None)
+                continue
             bar.start(run)
             t = time.time()
             ckpt = tempfile.mkdtemp(prefix=f".ckpt-{run.run_id}-", dir=out)
@@ -200,14 +262,19 @@ def run_benchmark(spec, command=None, progress=True, report=True, log=print):
                 shutil.rmtree(ckpt, ignore_errors=True)
             row["wall_s"] = round(time.time() - t, 3)
             row["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            rows[run.run_id] = row
-            write_rows(csv_path, [rows[r.run_id] for r in spec.runs if r.run_id in rows]
-                       + [r for i, r in rows.items() if i not in wanted])
+            with locked(out):  # merge with the rows other processes wrote meanwhile
+                rows.update({r["run_id"]: r for r in read_rows(csv_path)})
+                rows[run.run_id] = row
+                write_rows(csv_path, [rows[r.run_id] for r in spec.runs if r.run_id in rows]
+                           + [r for i, r in rows.items() if i not in wanted])
+                os.remove(claim_path(out, run.run_id))
             executed += 1
             bar.done(run, row["wall_s"])
     finally:
         bar.close()
-        meta = write_meta(spec, out, command, commit, time.time() - started, executed)
+        with locked(out):
+            meta = write_meta(spec, out, command, commit, time.time() - started, executed)
+            rows.update({r["run_id"]: r for r in read_rows(csv_path)})
     final = [rows[r.run_id] for r in spec.runs if r.run_id in rows]
     if report:
         from recbole_denoise.benchmark.report import write_report
