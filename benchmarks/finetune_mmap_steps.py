@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/finetune_mmap_steps.py [--rounds 2] [--steps 5]
 
 SmolLM2-135M (bf16 weights, bf16 autocast, LoRA r 8 on q/v, the labelled-positions loss, AdamW), batches of
-8 random rows of 170-200 tokens with 3 labelled tokens each (the README main job's shapes). Policies:
+8 random rows of 170-200 tokens with 3 labelled tokens each (the README's LLM4DSR demonstration's shapes). Policies:
 
 * ``stage``: 1 MB threshold from before the first step on (the code before this change set it for the whole
   denoising stage);
@@ -14,7 +14,7 @@ SmolLM2-135M (bf16 weights, bf16 autocast, LoRA r 8 on q/v, the labelled-positio
 glibc serves a request above the threshold from free heap chunks when it can (mmap only when the heap must
 grow), so the policies cannot share a process: each run is a fresh process (rounds rotate the order). Per
 run: seconds and minor page faults per step, and the process's peak RSS (``ru_maxrss``) above the loaded
-model. The README main job's own peak is measured by ``benchmarks/memory_main_job.py``.
+model. The LLM4DSR demonstration's own peak is measured by ``benchmarks/memory_main_job.py``.
 """
 import argparse
 import ctypes

@@ -11,7 +11,7 @@ The flagged items: in each of the first ``--flagged`` windows whose 10-item hist
 position drawn with seed 2020; the prompt is ``PromptBuilder.suggestion_prefix(history, flagged title)``
 (paper templates), exactly as ``LLM4DSR.suggest`` builds it, and the excluded items are the window's
 (``suggest_exclude: prompt``). Candidates: every item of the training windows that has a title (as
-``known`` in LLM4DSR: training items). For each title setting in ``--cuts`` (10 = the README main job's cut,
+``known`` in LLM4DSR: training items). For each title setting in ``--cuts`` (10 = the README LLM4DSR demonstration's cut,
 0 = whole titles) the packaged SmolLM2-135M-Instruct is LoRA-tuned on ``--finetune`` §3.1 examples from
 the next windows (1 epoch, batch 8, the default LoRA settings; 0 = zero-shot) so that the free path stops
 at the closing quote as a fine-tuned model does.

@@ -1,5 +1,5 @@
 #!/bin/bash
-# The README main job's LLM4DSR stage, code before issue 16 vs now, back to back (issue 16's ">= 2x" row of
+# The README LLM4DSR demonstration's (the main job until issue 17) LLM4DSR stage, code before issue 16 vs now, back to back (issue 16's ">= 2x" row of
 # results/llm_stages.md). Needs a worktree of the old commit:  git worktree add /tmp/old16 6ed29d7
 # Usage: bash benchmarks/main_job_old_vs_new.sh [/tmp/old16]   (then read denoise seconds from the JSONs)
 OLD=${1:-/tmp/old16}

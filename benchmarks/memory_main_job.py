@@ -1,9 +1,9 @@
-"""Peak resident memory (RSS) of the README main job, per stage (issue 16 item 6).
+"""Peak resident memory (RSS) of the README's LLM4DSR demonstration (the main job until issue 17), per stage (issue 16 item 6).
 
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/memory_main_job.py --derived_data_path=/tmp/mem16 \
         [--llm_dtype=float32] [--json=/tmp/mem16.json] [any other --key=value of the main job]
 
-Runs the README main job in this process (``run_recbole_denoise.py --model SASRec --dataset amazon-beauty
+Runs that job in this process (``run_recbole_denoise.py --model SASRec --dataset amazon-beauty
 --denoiser None,LLM4DSR --sample_users=200 --noise_ratio=0.1 --MAX_ITEM_LIST_LENGTH=10 --epochs=5
 --finetune_samples=48 --finetune_epochs=1 --llm_title_max_tokens=10``; extra ``--key=value`` arguments are
 appended) while a thread reads ``VmRSS`` from ``/proc/self/status`` every 50 ms. The stages are marked by

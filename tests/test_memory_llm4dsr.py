@@ -1,6 +1,6 @@
 """Issue 16 (memory vs speed): LLM4DSR's low mmap threshold holds only in the fine-tuning forward pass.
 
-The peak RSS of the README main job is the LoRA step (``results/memory_main_job.md``); a 1 MB threshold
+The peak RSS of the README LLM4DSR demonstration is the LoRA step (``results/memory_main_job.md``); a 1 MB threshold
 for the whole stage made every fine-tuning step, scoring batch and suggestion fault in fresh pages. Now the
 stage leaves LLM4DSR's threshold alone (``Denoiser.stage_mmap_threshold`` None) and the Trainer sets 1 MB
 for each forward pass (whose saved activations are the peak) and glibc's 32 MB ceiling for the backward.
