@@ -87,6 +87,11 @@ def read_rows(path):
         return list(csv.DictReader(f))
 
 
+def rows_by_id(path):
+    """``results.csv`` as ``{run_id: row}`` (what this and any other process sharing the output wrote)."""
+    return {r["run_id"]: r for r in read_rows(path)}
+
+
 def write_rows(path, rows):
     """Write ``rows`` atomically (a temporary file renamed over ``path``), identity columns first."""
     columns = list(ID_COLUMNS)
@@ -225,7 +230,7 @@ def run_benchmark(spec, command=None, progress=True, report=True, log=print):
     started, commit = time.time(), git_commit(PROJECT_DIR, ignore=out)  # the code the runs start from
     os.makedirs(os.path.join(out, "runs"), exist_ok=True)
     csv_path = os.path.join(out, "results.csv")
-    rows = {r["run_id"]: r for r in read_rows(csv_path)}
+    rows = rows_by_id(csv_path)
     wanted = {r.run_id for r in spec.runs}
     done = {i for i, r in rows.items() if r.get("status") == "ok"}
     pending = [r for r in spec.runs if r.run_id not in done]
@@ -237,7 +242,7 @@ def run_benchmark(spec, command=None, progress=True, report=True, log=print):
     try:
         for run in pending:
             with locked(out):  # another process may have finished or taken this run meanwhile
-                rows.update({r["run_id"]: r for r in read_rows(csv_path)})
+                rows.update(rows_by_id(csv_path))
                 taken = rows.get(run.run_id, {}).get("status") == "ok" or not claim(out, run.run_id)
             if taken:
                 skipped += 1
@@ -263,7 +268,7 @@ def run_benchmark(spec, command=None, progress=True, report=True, log=print):
             row["wall_s"] = round(time.time() - t, 3)
             row["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
             with locked(out):  # merge with the rows other processes wrote meanwhile
-                rows.update({r["run_id"]: r for r in read_rows(csv_path)})
+                rows.update(rows_by_id(csv_path))
                 rows[run.run_id] = row
                 write_rows(csv_path, [rows[r.run_id] for r in spec.runs if r.run_id in rows]
                            + [r for i, r in rows.items() if i not in wanted])
@@ -274,7 +279,7 @@ def run_benchmark(spec, command=None, progress=True, report=True, log=print):
         bar.close()
         with locked(out):
             meta = write_meta(spec, out, command, commit, time.time() - started, executed)
-            rows.update({r["run_id"]: r for r in read_rows(csv_path)})
+            rows.update(rows_by_id(csv_path))
     final = [rows[r.run_id] for r in spec.runs if r.run_id in rows]
     if report:
         from recbole_denoise.benchmark.report import write_report

@@ -125,7 +125,8 @@ class IADSR(DenoisingRecommender):
         self.POSITION_LIST = POSITION_FIELD + config["LIST_SUFFIX"]
 
         for key, allowed in (("long_term_pool", POOLS), ("recon_target", RECON_TARGETS),
-                             ("iadsr_eval_history", EVAL_HISTORIES), ("iadsr_eval_keep", EVAL_KEEPS)):
+                             ("iadsr_eval_history", EVAL_HISTORIES), ("iadsr_eval_keep", EVAL_KEEPS),
+                             ("iadsr_head", HEADS)):
             if config[key] not in allowed:
                 raise ConfigError(f"{key} must be one of {list(allowed)}, got {config[key]!r}")
         self.pool, self.recon_target = config["long_term_pool"], config["recon_target"]
@@ -159,14 +160,10 @@ class IADSR(DenoisingRecommender):
         self.short_proj = nn.Linear(sem.dim, hidden, bias=False)
         emb_dim = self.adapter.item_embedding.embedding_dim
         self.decoder = nn.Linear(hidden, emb_dim)
-        layers = [self.long_proj, self.short_proj, self.decoder]
-        if config["iadsr_head"] not in HEADS:
-            raise ConfigError(f"iadsr_head must be one of {list(HEADS)}, got {config['iadsr_head']!r}")
         self.head = nn.Linear(hidden, emb_dim) if config["iadsr_head"] == "linear" else None
-        if self.head is not None:
-            layers.append(self.head)
-        for layer in layers:
-            nn.init.xavier_normal_(layer.weight)
+        for layer in (self.long_proj, self.short_proj, self.decoder, self.head):
+            if layer is not None:
+                nn.init.xavier_normal_(layer.weight)
         if self.head is None and hidden != emb_dim:
             raise ConfigError(f"backbone {name}: with iadsr_head: none its sequence representation ({hidden}) "
                               f"must have the item embedding size ({emb_dim}) to score items")
@@ -323,11 +320,11 @@ class IADSR(DenoisingRecommender):
         if self.eval_history == "original":
             rows, valid = self._rows(interaction)
             e2 = self._encode(self.adapter.item_embedding(interaction[self.ITEM_SEQ]), interaction, valid)[1]
-            return self._query(e2)
-        _, _, keep, x, valid, e2 = self.mask_scores(interaction)
-        if bool((keep > 0.5).all()):  # nothing masked: the first pass already is the prediction
-            return self._query(e2)
-        return self._query(self._encode(x * keep.unsqueeze(-1), interaction, valid)[1])
+        else:
+            _, _, keep, x, valid, e2 = self.mask_scores(interaction)
+            if not bool((keep > 0.5).all()):  # something masked: encode the kept items (else e2 is the prediction)
+                e2 = self._encode(x * keep.unsqueeze(-1), interaction, valid)[1]
+        return self._query(e2)
 
     def predict(self, interaction):
         e2 = self.forward(interaction)
