@@ -209,7 +209,7 @@ def analyse(run):
         test_data = unsharded_loader(config, test_data)
     with distributed.solo():  # whole-split steps: one process (rank 0 of a distributed run)
         scores_file = run.data.file("denoise_scores")
-        if config["export_denoised"] and declared(type(net), "exports_decisions") and run.data.kind == "inter":
+        if config["export_denoised"] and declared(type(net), "exports_decisions"):
             with timings.stage("export"):
                 exported, run.model_denoise = export_decisions(net, train_set, run.data, config, logger)
                 scores_file = exported.file("denoise_scores")

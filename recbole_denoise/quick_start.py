@@ -20,7 +20,7 @@ def run_recbole_denoise(model=None, dataset=None, denoiser=None, config_file_lis
 
     Returns RecBole's dict (``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``,
     ``test_result``) plus ``denoise``, ``noise``, ``timings`` (seconds per stage) and ``dataset_path``.
-    A model that denoises internally (``denoise_decisions``, e.g. IADSR) also writes its decisions as a
+    A model that denoises internally (``history_decisions``, e.g. IADSR) also writes its decisions as a
     dataset (``export_denoised``; ``model_denoise`` holds its path and noise P/R/F1, and ``denoise`` too
     when no denoiser ran first); ``cold_item_buckets`` > 0 adds ``cold_items`` (IADSR Fig. 1 view);
     ``beyond_accuracy_k`` > 0 adds ``beyond_accuracy`` (ILD, novelty, warm / cold users: LLM4DSR §4).

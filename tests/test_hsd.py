@@ -98,9 +98,32 @@ def test_one_epoch_over_each_sub_model_exports_its_decisions(tiny_cfg, sub_model
     assert len(scores) == d["editable"] and int(scores["flagged"].sum()) == d["edited"]
 
 
-def test_window_protocol_trains_without_export(tiny_cfg):
-    result = run_recbole_denoise("HSD", "tiny", config_dict=tiny_cfg(protocol="window"), saved=False)
-    assert result["timings"]["epochs"] == 1 and "model_denoise" not in result
+def test_window_protocol_exports_each_windows_decisions(tiny_cfg):
+    """Under the window protocol every history of the splits ``denoise_split`` names is decided on as one
+    evaluation row; targets never are; the noise labels give the detection metrics; the edited windows train
+    another backbone."""
+    cfg = tiny_cfg(protocol="window", noise_ratio=0.2, denoise_split="all")
+    result = run_recbole_denoise("HSD", "tiny", config_dict=cfg, saved=False)
+    d = result["model_denoise"]
+    assert result["timings"]["epochs"] == 1 and d["n_noise"] > 0 and 0 <= d["auc"] <= 1
+    scores = read_atomic(os.path.join(d["dataset_path"], d["dataset_name"] + ".denoise_scores"))
+    root, parent = os.path.dirname(d["dataset_path"]), d["dataset_name"].rsplit("-HSD-", 1)[0]
+
+    def windows(name):
+        return [read_atomic(os.path.join(root, name, f"{name}.{split}.inter")) for split in ("train", "valid", "test")]
+
+    histories = sum(len(h) for t in windows(parent) for h in t["item_id_list"])
+    assert len(scores) == d["editable"] == histories  # every history position, no target
+    assert set(scores["split"]) == {"train", "valid", "test"} and int(scores["flagged"].sum()) == d["edited"]
+    kept = sum(len(h) for t in windows(d["dataset_name"]) for h in t["item_id_list"])
+    assert kept == histories - d["edited"]
+    again = run_recbole_denoise("SASRec", d["dataset_name"], saved=False,
+                                config_dict={**cfg, "noise_ratio": 0, "data_path": root})
+    assert "ndcg@10" in again["test_result"]
+    train_only = run_recbole_denoise("HSD", "tiny", config_dict={**cfg, "denoise_split": "train"}, saved=False)
+    kept_splits = read_atomic(os.path.join(train_only["model_denoise"]["dataset_path"],
+                                           train_only["model_denoise"]["dataset_name"] + ".denoise_scores"))["split"]
+    assert set(kept_splits) == {"train"}
 
 
 def test_exported_dataset_trains_another_backbone(tiny_cfg):

@@ -239,4 +239,4 @@ def test_one_epoch_on_both_protocols_with_export(tiny_cfg):
     d = run_recbole_denoise("SSDRec", "tiny", config_dict=cfg)["model_denoise"]
     assert {"precision", "recall", "f1", "auc"} <= set(d) and d["n_noise"] > 0
     window = run_recbole_denoise("SSDRec", "tiny", config_dict={**cfg, "protocol": "window"}, saved=False)
-    assert window["timings"]["epochs"] == 1 and "model_denoise" not in window
+    assert window["timings"]["epochs"] == 1 and window["model_denoise"]["n_noise"] > 0  # windows export too

@@ -81,9 +81,20 @@ def test_one_epoch_exports_deletions_and_insertions(tiny_cfg):
     assert "ndcg@10" in again["test_result"]
 
 
-def test_window_protocol_trains(tiny_cfg):
-    result = run_recbole_denoise("STEAM", "tiny", config_dict=tiny_cfg(protocol="window"), saved=False)
+def test_window_protocol_trains_and_exports_each_windows_edits(tiny_cfg):
+    result = run_recbole_denoise("STEAM", "tiny", config_dict=tiny_cfg(protocol="window", noise_ratio=0.2),
+                                 saved=False)
     assert result["timings"]["epochs"] == 1 and 0 <= result["test_result"]["ndcg@10"] <= 1
+    d = result["model_denoise"]
+    root, parent = os.path.dirname(d["dataset_path"]), d["dataset_name"].rsplit("-STEAM-", 1)[0]
+
+    def history_items(name):
+        return sum(len(h) for split in ("train", "valid", "test")
+                   for h in read_atomic(os.path.join(root, name, f"{name}.{split}.inter"))["item_id_list"])
+
+    scores = read_atomic(os.path.join(d["dataset_path"], d["dataset_name"] + ".denoise_scores"))
+    assert len(scores) == d["editable"] == history_items(parent) and d["n_noise"] > 0 and "auc" in d
+    assert history_items(d["dataset_name"]) == d["editable"] - d["edited"] + d["inserted"]
 
 
 def test_exported_flags_beat_random_flags_on_synthetic_noise(clustered_cfg):

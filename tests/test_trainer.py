@@ -61,7 +61,7 @@ def test_base_class_exports_nothing(tiny_cfg):
     net = build_model("FMLPRec", tiny_cfg())[0]
     assert not declared(type(net), "exports_decisions")
     with pytest.raises(NotImplementedError, match="FMLPRec exports no decisions"):
-        net.denoise_decisions(None)
+        net.history_decisions(None)
 
 
 def test_trainer_selection():

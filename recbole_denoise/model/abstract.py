@@ -23,18 +23,22 @@ class DenoisingRecommender(SequentialRecommender):
     #: positions and user sequences); ``None``: RecBole's own choice (``create_dataset``).
     dataset_class = None
     #: with a ``dataset_class``: whether the model needs its user sequences to train (IADSR) and so cannot
-    #: train on the ``window`` protocol's rows; ``False``: windows train too (there is just nothing to export).
+    #: train on the ``window`` protocol's rows; ``False``: windows train too (and export their decisions).
     needs_user_sequences = True
     #: a config key naming a wrapped RecBole backbone (IADSR's ``iadsr_backbone``), whose default yaml
     #: ``Config`` loads and over which the benchmark harness runs the model once per backbone.
     backbone_key = None
-    #: config keys that change :meth:`denoise_decisions`'s output (they enter the exported dataset's hash).
+    #: config keys that change :meth:`history_decisions`'s output (they enter the exported dataset's hash).
     decision_keys = ()
     #: config keys of the model that no property file declares (they count as known keys).
     config_keys = ()
-    #: whether :meth:`denoise_decisions` is implemented: ``run_recbole_denoise`` then exports the trained
-    #: model's decisions as a denoised dataset (``export_denoised``).
+    #: whether :meth:`history_decisions` is implemented: ``run_recbole_denoise`` then exports the trained
+    #: model's decisions as a denoised dataset (``export_denoised``), of interaction data or of windows.
     exports_decisions = False
+    #: the interaction field :meth:`history_decisions` reads each history item's position in its user's
+    #: sequence from (IADSR's ``seq_position_list``); ``None``: the model needs no positions, and its decisions
+    #: can also be exported for the window protocol's rows.
+    history_position_field = None
     #: the RecBole ``Trainer`` subclass that trains the model; ``None``: :func:`recbole_denoise.trainer.get_trainer`
     #: picks RecBole's choice with our epoch hooks (``DenoisingTrainer`` for a plain model).
     trainer_class = None
@@ -46,9 +50,11 @@ class DenoisingRecommender(SequentialRecommender):
     def on_epoch_end(self, epoch):
         """Called by the trainer after training epoch ``epoch``, before its validation."""
 
-    def denoise_decisions(self, dataset, batch_size=256):
-        """``{uid: (noise_score, dropped[, inserted])}`` over the history positions of each user of ``dataset``
-        (see :mod:`recbole_denoise.model.export`); only models with ``exports_decisions = True`` have them."""
+    def history_decisions(self, batch):
+        """The model's decisions on a batch of histories (the item list, length and user id fields, and
+        :attr:`history_position_field` when set), in evaluation mode: ``(noise_score (B, L), dropped (B, L))``,
+        higher score = noisier, or ``(..., {(row, t): [item ids put in before t]})`` for a model that also
+        inserts. Only models with ``exports_decisions = True`` have them."""
         raise NotImplementedError(f"{type(self).__name__} exports no decisions (exports_decisions = False)")
 
 

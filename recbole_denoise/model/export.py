@@ -1,13 +1,20 @@
 """Turn a trained model's own denoising decisions into a denoised atomic dataset (and a scores file).
 
-A model that denoises inside training (IADSR, HSD, STEAM, SSDRec) implements ``denoise_decisions(dataset) ->
-{uid: (noise_score, dropped[, inserted])}`` over the history positions of each user's sequence (RecBole
-ids, :class:`~recbole_denoise.data.dataset.PositionalSequentialDataset` order) and declares ``exports_decisions =
-True`` (:class:`~recbole_denoise.model.abstract.DenoisingRecommender`). :func:`export_decisions` maps them back
-onto the atomic dataset the run loaded and writes, with the same writer as the denoising
-stage, ``<derived_data_path>/<dataset>-<Model>-<hash>/``: the ``.inter`` file without the dropped
-interactions and with the inserted ones, the ``.item`` file, and ``.denoise_scores`` (one row per
-training interaction: score, flagged, noise label when the data has one). The hash covers the model's
+A model that denoises inside training (IADSR, HSD, STEAM, SSDRec) implements ``history_decisions(batch) ->
+(noise_score, dropped[, inserted])`` over a batch of histories and declares ``exports_decisions = True``
+(:class:`~recbole_denoise.model.abstract.DenoisingRecommender`). :func:`export_decisions` asks it for its
+decisions on every history the run's data holds and writes them, with the same writer as the denoising stage,
+as ``<derived_data_path>/<dataset>-<Model>-<hash>/``:
+
+* interaction data (``loo``, ``ratio``): each user's sequence up to the validation item, in windows of
+  ``MAX_ITEM_LIST_LENGTH`` (:func:`user_decisions`), mapped back onto the atomic file; the ``.inter`` file
+  without the dropped interactions and with the inserted ones, the ``.item`` file, and ``.denoise_scores``
+  (one row per training interaction: score, flagged, noise label when the data has one);
+* the window protocol's rows (:func:`row_decisions`): the history of every window of the splits
+  ``denoise_split`` names, each as one evaluation row (the model's input when it predicts that window's
+  target), written as edited windows; the scores file has one row per decided history position (a target
+  is never decided on), so data with noise labels (amazon-toy) gets the model's detection precision /
+  recall / F1 / AUC, comparable with a denoiser's. The hash covers the model's
 weights and keys, so another backbone can train on exactly these decisions (``--dataset <that folder's
 name> --data_path=<derived_data_path>``) and every run of the same trained model reuses the folder.
 """
@@ -84,6 +91,65 @@ def history_windows(model, dataset, batch_size=256, device=None, position_field=
         if position_field:
             batch[position_field] = pos.to(device)
         yield chunk, batch
+
+
+def user_decisions(model, dataset, batch_size=256):
+    """``{uid: (noise_score, dropped[, inserted])}`` of ``model`` over the history positions of each user of
+    ``dataset`` (interaction data): its :meth:`history_decisions` window by window (:func:`window_decisions`)."""
+    return window_decisions(model, dataset, model.history_decisions, batch_size,
+                            position_field=model.history_position_field)
+
+
+def row_decisions(model, dataset, seqs, batch_size=256):
+    """Per atomic window ``k`` of ``seqs`` (:func:`~recbole_denoise.data.edits.load_sequences` of window data:
+    history + target): ``(score, flag)`` arrays over its items and ``{(k, position): [item tokens]}`` to
+    insert, from ``model.history_decisions`` on its editable history positions (the last
+    ``MAX_ITEM_LIST_LENGTH`` of them, RecBole's own cut), one evaluation row per window. ``seqs.editable``
+    is narrowed to the positions decided on: a target is never one."""
+    if model.history_position_field is not None:
+        raise DatasetError(f"{type(model).__name__} reads each item's position in its user's sequence, which the "
+                           f"window protocol's rows do not have: its decisions are exported for interaction data")
+    L = model.max_seq_length
+    token2item = dataset.field2token_id[dataset.iid_field]
+    token2user = dataset.field2token_id[dataset.uid_field]
+    id2item = dataset.field2id_token[dataset.iid_field]
+    scores = [np.zeros(len(items)) for items in seqs.items]
+    flags = [np.zeros(len(items), dtype=bool) for items in seqs.items]
+    rows, insertions = [], {}
+    for k, items in enumerate(seqs.items):
+        end = len(items) - 1
+        decided = np.zeros(len(items), dtype=bool)
+        decided[max(0, end - L):end] = True
+        seqs.editable[k] = np.asarray(seqs.editable[k], dtype=bool) & decided
+        if seqs.editable[k].any():
+            rows.append((k, max(0, end - L), end))
+    was = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        for b in range(0, len(rows), batch_size):
+            chunk = rows[b:b + batch_size]
+            seq = torch.zeros(len(chunk), L, dtype=torch.long)
+            for j, (k, s, e) in enumerate(chunk):
+                for t, token in enumerate(seqs.items[k][s:e]):
+                    if str(token) not in token2item:
+                        raise DatasetError(f"window {seqs.index[k]}: item '{token}' is not in RecBole's dataset")
+                    seq[j, t] = token2item[str(token)]
+            batch = HistoryBatch({model.ITEM_SEQ: seq.to(device),
+                                  model.ITEM_SEQ_LEN: torch.tensor([e - s for _, s, e in chunk], device=device),
+                                  model.USER_ID: torch.tensor([token2user.get(str(seqs.users[k]), 0)
+                                                               for k, _, _ in chunk], device=device)})
+            score, dropped, *inserts = model.history_decisions(batch)
+            score, dropped = score.float().cpu().numpy(), dropped.cpu().numpy()
+            for j, (k, s, e) in enumerate(chunk):
+                scores[k][s:e] = score[j, :e - s]
+                flags[k][s:e] = dropped[j, :e - s] & seqs.editable[k][s:e]
+            for (j, t), new in (inserts[0].items() if inserts else ()):
+                k, s, e = chunk[j]
+                if seqs.editable[k][s + t] and len(new):
+                    insertions[(k, s + t)] = [str(tok) for tok in id2item[np.asarray(new)]]
+    model.train(was)
+    return scores, flags, insertions
 
 
 def window_decisions(model, dataset, decide, batch_size=256, position_field=None):
@@ -163,29 +229,32 @@ def align_decisions(decisions, dataset, seqs, training_only=False):
 
 
 def export_decisions(model, dataset, data, config, logger=None):
-    """Write ``model``'s decisions on ``dataset`` (RecBole) as a denoised copy of ``data`` (atomic).
+    """Write ``model``'s decisions on ``dataset`` (RecBole) as a denoised copy of ``data`` (atomic: interaction
+    data or the window protocol's rows).
 
     Returns ``(AtomicDataset, info)``; ``info`` has the edited counts and, with noise labels,
     precision / recall / F1 / AUC, like the denoising stage's result.
     """
     from recbole_denoise.data.protocol import config_split
 
-    if data.kind != "inter":
-        raise DatasetError(f"dataset '{data.name}': decisions can only be exported for interaction data "
-                           f"(protocol: loo or ratio)")
-    spec = config_split(config)
-    decisions = model.denoise_decisions(dataset)
-    seqs, table = load_sequences(data, split=spec)
-    scores, flags, insertions = align_decisions(decisions, dataset, seqs, training_only=spec[0] != "loo")
     name = type(model).__name__
     params = {"model": name, "weights": weights_fingerprint(model),
               "keys": {k: config[k] for k in sorted(declared(type(model), "decision_keys"))}}
-    if spec[0] != "loo":  # which interactions are training data (loo keeps its old hash)
-        params["train_split"] = list(spec[1])
+    if data.kind == "inter":
+        spec = config_split(config)
+        seqs, table = load_sequences(data, split=spec)
+        scores, flags, insertions = align_decisions(user_decisions(model, dataset), dataset, seqs,
+                                                    training_only=spec[0] != "loo")
+        if spec[0] != "loo":  # which interactions are training data (loo keeps its old hash)
+            params["train_split"] = list(spec[1])
+    else:
+        seqs, table = load_sequences(data, denoise_split=config["denoise_split"], edit_train_targets=False)
+        scores, flags, insertions = row_decisions(model, dataset, seqs)
+        params["denoise_split"] = config["denoise_split"]
 
     def build(parent, out_dir, out_name):
-        return "inter", write_denoised(parent, table, seqs, scores, flags, out_dir, out_name,
-                                       insertions=insertions)
+        return parent.kind, write_denoised(parent, table, seqs, scores, flags, out_dir, out_name,
+                                           insertions=insertions)
 
     out, info = derive(data, name, params, build, config["derived_data_path"], logger)
     return out, {**info, "dataset_path": out.path, "dataset_name": out.name}

@@ -27,8 +27,8 @@ mask ``m``):
 
 Evaluation is deterministic: an item is dropped when both levels put more weight on "noisy" (the
 official code keeps sampling Gumbel noise at evaluation: ``hsd_stochastic_eval: True``).
-``denoise_decisions`` gives the same decisions for every training interaction (exported as a denoised
-dataset by ``run_recbole_denoise``); the noise score is the probability that both levels say "noisy".
+``history_decisions`` gives the same decisions for every history (exported as a denoised dataset by
+``run_recbole_denoise``, of interaction data or of windows); the noise score is the probability that both levels say "noisy".
 
 Changes to the official code (besides ``predict``, which is broken there): a sequence whose items would
 all be dropped keeps its last item (official: its length is set to 1 and the sub-model reads an empty,
@@ -50,7 +50,6 @@ from recbole_denoise.data.dataset import PositionalSequentialDataset
 from recbole_denoise.errors import ConfigError
 from recbole_denoise.model.abstract import DenoisingRecommender
 from recbole_denoise.model.backbones import states_for
-from recbole_denoise.model.export import window_decisions
 
 __all__ = ["HSD"]
 
@@ -73,7 +72,7 @@ def pack(item_seq, x, keep):
 class HSD(DenoisingRecommender):
     input_type = InputType.POINTWISE
     dataset_class = PositionalSequentialDataset   # leave-one-out: user sequences for export
-    needs_user_sequences = False                  # windows train too (nothing to export)
+    needs_user_sequences = False                  # windows train (and export) too
     backbone_key = "hsd_sub_model"
     decision_keys = ("hsd_sub_model", "hsd_stochastic_eval")
     exports_decisions = True
@@ -236,11 +235,7 @@ class HSD(DenoisingRecommender):
     def full_sort_predict(self, interaction):
         return self.scores(self.forward(interaction))
 
-    @torch.no_grad()
-    def denoise_decisions(self, dataset, batch_size=256):
-        """``{uid: (noise probability, dropped)}`` for every history position (see ``model/export.py``)."""
-        def decide(batch):
-            _, _, keep, noise = self.decide(batch)
-            return noise, keep < 0.5
-
-        return window_decisions(self, dataset, decide, batch_size)
+    def history_decisions(self, batch):
+        """``(noise probability, dropped)`` of every history position (see ``model/export.py``)."""
+        _, _, keep, noise = self.decide(batch)
+        return noise, keep < 0.5

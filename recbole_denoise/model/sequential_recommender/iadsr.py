@@ -60,7 +60,6 @@ from recbole_denoise.data.dataset import POSITION_FIELD, PositionalSequentialDat
 from recbole_denoise.errors import ConfigError
 from recbole_denoise.model.abstract import DenoisingRecommender
 from recbole_denoise.model.backbones import states_for
-from recbole_denoise.model.export import window_decisions
 from recbole_denoise.model.semantic import SemanticInterests
 
 __all__ = ["IADSR"]
@@ -123,6 +122,7 @@ class IADSR(DenoisingRecommender):
         self.backbone = backbone_class(config, dataset)
         self.adapter = states_for(self.backbone)
         self.POSITION_LIST = POSITION_FIELD + config["LIST_SUFFIX"]
+        self.history_position_field = self.POSITION_LIST
 
         for key, allowed in (("long_term_pool", POOLS), ("recon_target", RECON_TARGETS),
                              ("iadsr_eval_history", EVAL_HISTORIES), ("iadsr_eval_keep", EVAL_KEEPS),
@@ -334,17 +334,9 @@ class IADSR(DenoisingRecommender):
         return self.forward(interaction) @ self.adapter.item_embedding.weight.T
 
     # -- decisions for export -------------------------------------------------------------------------------
-    @torch.no_grad()
-    def denoise_decisions(self, dataset, batch_size=256):
-        """Keep/drop decision and noise score for every history position of every user.
-
-        Each user's history up to the validation item (the test row's input) is cut, from its end, into
-        windows of ``MAX_ITEM_LIST_LENGTH`` items that are scored like evaluation rows. Returns
-        ``{uid: (noise_score, dropped)}`` over positions ``0..n-2`` (noise score = ``-score(t)``, higher =
-        noisier; ``dropped`` only for gated users).
-        """
-        def decide(batch):
-            score, gate, keep = self.mask_scores(batch)[:3]
-            return -score, keep < 0.5
-
-        return window_decisions(self, dataset, decide, batch_size, position_field=self.POSITION_LIST)
+    def history_decisions(self, batch):
+        """Noise score (``-score(t)``, higher = noisier) and drop decision (only for gated users) of every
+        history position; the exported positions are those of each user's history up to the validation item,
+        windows of ``MAX_ITEM_LIST_LENGTH`` items scored like evaluation rows (``model/export.py``)."""
+        score, gate, keep = self.mask_scores(batch)[:3]
+        return -score, keep < 0.5

@@ -25,7 +25,7 @@
    embeddings (plus the user's over the sequence length), its auto-encoder and the sub-model the
    sub-model's item embeddings. The loss is HSD's.
 
-At evaluation (and for ``denoise_decisions``) there is no augmentation: HSD denoises the original
+At evaluation (and for ``history_decisions``) there is no augmentation: HSD denoises the original
 history, its item-level signal reading the items' graph embeddings.
 
 Changes to the official code (HSD's own are in ``hsd.py``):

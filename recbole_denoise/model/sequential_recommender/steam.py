@@ -23,8 +23,8 @@ Training (per RecBole row; its raw sequence is the history plus the target, at m
   model itself corrects (no gradient through the correction; ``steam_corrected_loss``). All weights 1.
 
 Prediction: the history is corrected (deleted items removed, generated items inserted), ``[mask]`` is
-appended and the recommender's scores at that position rank all items. ``denoise_decisions`` gives the
-corrector's decisions on every training interaction: noise score = P(delete), dropped = argmax is
+appended and the recommender's scores at that position rank all items. ``history_decisions`` gives the
+corrector's decisions on every history position: noise score = P(delete), dropped = argmax is
 delete, and the items generated before each "insert" position, which the export writes as new
 interactions.
 
@@ -76,7 +76,6 @@ from recbole.utils import InputType
 from recbole_denoise.data.dataset import PositionalSequentialDataset
 from recbole_denoise.errors import ConfigError
 from recbole_denoise.model.abstract import DenoisingRecommender
-from recbole_denoise.model.export import window_decisions
 
 __all__ = ["STEAM"]
 
@@ -543,11 +542,7 @@ class STEAM(DenoisingRecommender):
         out = self.forward(interaction)
         return (out * self.item_embedding(interaction[self.ITEM_ID])).sum(-1)
 
-    @torch.no_grad()
-    def denoise_decisions(self, dataset, batch_size=256):
-        """``{uid: (P(delete), deleted, {position: [inserted items]})}`` for every history position."""
-        def decide(batch):
-            ops, p_delete, inserts = self.corrector_decisions(batch[self.ITEM_SEQ])
-            return p_delete, ops == DELETE, inserts
-
-        return window_decisions(self, dataset, decide, batch_size)
+    def history_decisions(self, batch):
+        """``(P(delete), deleted, {(row, t): [inserted items]})`` of every history position."""
+        ops, p_delete, inserts = self.corrector_decisions(batch[self.ITEM_SEQ])
+        return p_delete, ops == DELETE, inserts
