@@ -12,7 +12,7 @@ import yaml
 from tests.conftest import FIXTURES
 from recbole_denoise.benchmark import SpecError, load_spec, run_benchmark
 from recbole_denoise.denoisers import Denoiser
-from recbole_denoise.benchmark.report import marks, metric_table, paired_p
+from recbole_denoise.benchmark.report import marks, metric_table, paired_p, with_random_f1
 from recbole_denoise.benchmark.results import read_results, select_variants
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -337,3 +337,19 @@ def test_a_claim_is_honoured_while_its_process_lives(tmp_path):
     with open(claim_path(str(tmp_path), "c"), "w") as f:
         f.write("another-host 1\n")
     assert not claim(str(tmp_path), "c")                 # cannot be checked from here: honoured
+
+
+def test_random_f1_is_the_f1_of_random_flags_at_the_same_rate():
+    import pandas as pd
+
+    # q = 0.2 noisy, e = 0.3 flagged: precision q, recall e, F1 = 2 * 0.2 * 0.3 / 0.5 = 0.24; a row written before
+    # noise_label_fraction gets q back from precision * e / recall (0.5 * 0.3 / 0.75 = 0.2); no recall, no q
+    df = pd.DataFrame({"edited_fraction": [0.3, 0.3, 0.1], "precision": [0.9, 0.5, 0.0], "recall": [0.9, 0.75, 0.0],
+                       "noise_label_fraction": [0.2, None, None]})
+    got = with_random_f1(df)["random_f1"].tolist()
+    assert got[:2] == pytest.approx([0.24, 0.24]) and pd.isna(got[2])
+    rng = np.random.default_rng(0)  # and it is what random flags score
+    labels, flags = rng.random(200_000) < 0.2, rng.random(200_000) < 0.3
+    precision = (labels & flags).sum() / flags.sum()
+    recall = (labels & flags).sum() / labels.sum()
+    assert 2 * precision * recall / (precision + recall) == pytest.approx(0.24, abs=0.005)

@@ -55,6 +55,8 @@ def flatten(run, result):
     row["edited_fraction"] = denoise.get("edited_fraction", 0.0)
     for key in ("precision", "recall", "f1", "auc"):
         row[key] = denoise.get(key)
+    if denoise.get("n"):  # the share of noisy positions among those the flags were scored on
+        row["noise_label_fraction"] = denoise["n_noise"] / denoise["n"]
     extra = result.get("beyond_accuracy") or {}
     for key, value in extra.items():
         if key != "user_groups":

@@ -35,7 +35,7 @@ SIGNIFICANCE_LEVEL = 0.05
 DETECTION_METRICS = ("edited_fraction", "precision", "recall", "f1", "auc")
 BEYOND_METRICS = ("ild@10", "novelty@10", "warm_hit@10", "cold_hit@10")
 TIMING_COLUMNS = ("t_denoise", "t_model", "t_train", "t_test", "t_total", "epochs")
-UNMARKED = {"edited_fraction"}  # columns where neither direction is "better"
+UNMARKED = {"edited_fraction", "random_f1"}  # columns where neither direction is "better"
 ROW_KEYS = ("backbone", "method_base")
 
 
@@ -96,6 +96,18 @@ def paired_p(a, b):
     if np.allclose(d, d[0]):
         return 1.0 if d[0] == 0 else float("nan")
     return float(ttest_rel(x, y).pvalue)
+
+
+def with_random_f1(df):
+    """``df`` with ``random_f1``: the expected F1 of random flags at the rows' flag rate ``e``
+    (``edited_fraction``) among positions of which a share ``q`` is noisy, ``2qe / (q + e)`` (precision q,
+    recall e). ``q`` is ``noise_label_fraction``, or for rows written before it precision × e / recall."""
+    df = numeric(df, ["edited_fraction", "precision", "recall", "noise_label_fraction"])
+    e = df["edited_fraction"]
+    derived = (df["precision"] * e / df["recall"]).where(df["recall"] > 0)
+    q = df["noise_label_fraction"].fillna(derived) if "noise_label_fraction" in df else derived
+    df["random_f1"] = (2 * q * e / (q + e)).where(q + e > 0)
+    return df
 
 
 def metric_table(df, datasets, metrics, backbones, methods, baseline=None, mark=True):
@@ -339,10 +351,13 @@ def write_report(spec, out, meta=None):
             if table:
                 lines += [f"### Epochs trained (mean, min–max over seeds): {where}", "", table, ""]
             has_labels = sub["precision"].notna().any() if "precision" in sub else False
-            if alpha > 0 and has_labels:
-                det = sub[pd.to_numeric(sub["precision"], errors="coerce").notna()]
-                table, _ = metric_table(det, datasets, detection, backbones, methods)
-                lines += [f"### Noise detection (flags vs injected labels): {where}", "", table, ""]
+            if has_labels:  # injected noise (alpha > 0) or the data's own labels (amazon-toy)
+                det = with_random_f1(sub[pd.to_numeric(sub["precision"], errors="coerce").notna()])
+                columns = [c for m in detection for c in ([m, "random_f1"] if m == "f1" else [m])]
+                table, _ = metric_table(det, datasets, columns, backbones, methods)
+                lines += [f"### Noise detection (flags vs noise labels): {where}", "",
+                          "random_f1: the expected F1 of flags drawn at random at the same rate (edited_fraction) "
+                          "among positions of which a share q is noisy: 2qe / (q + e).", "", table, ""]
             table, _ = metric_table(sub, datasets, beyond, backbones, methods)
             if table:
                 lines += [f"### Beyond accuracy (top-10 lists): {where}", "", table, ""]
