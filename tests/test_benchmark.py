@@ -59,7 +59,8 @@ def test_smoke_preset_end_to_end_then_resume(tmp_path):
         assert os.path.isfile(out / "runs" / f"{r['run_id']}.json")
         assert os.path.isfile(out / "runs" / f"{r['run_id']}.users.csv.gz")  # per-user ranks for the report
     cooc = [r for r in rows if r["method"] == "CoocOutlier"]
-    assert all(r["f1"] != "" and float(r["edited_fraction"]) > 0 for r in cooc)
+    assert all(r["f1"] != "" and float(r["edited_fraction"]) > 0 and 0 < float(r["noise_label_fraction"]) < 1
+               for r in cooc)
     assert all(r["f1"] == "" and float(r["edited_fraction"]) == 0 for r in rows if r["method"] == "None")
     # denoised once: the first CoocOutlier run builds the dataset, the three others (backbones x seeds) reuse it
     assert sorted("denoise" in r["reused"].split(";") for r in cooc) == [False, True, True, True]
@@ -67,6 +68,7 @@ def test_smoke_preset_end_to_end_then_resume(tmp_path):
     report = (out / "report.md").read_text()
     assert "## Test metrics: protocol `loo`, alpha = 0.2" in report and "| SASRec | CoocOutlier |" in report
     assert "### p-values vs `None`" in report and "### Noise detection" in report and "Commit: `" in report
+    assert "| tiny random_f1 |" in report
     assert "### Per-user significance vs `None`" in report and "| tiny | SASRec | CoocOutlier | ndcg@10 | 2/2 vs 2/2 |" in report
     assert "### Epochs trained" in report
     assert {p.name for p in (out / "plots").iterdir()} >= {"f1_tiny_loo.png", "buckets_tiny_loo_a0.2.png"}
