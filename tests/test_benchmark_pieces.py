@@ -32,10 +32,27 @@ def test_the_unrestricted_dataset_keeps_the_whole_matrix(tmp_path):
 
 
 def test_a_restriction_outside_the_spec_is_named(tmp_path):
-    datasets = {"tiny": {"data_path": FIXTURES, "backbones": ["Caser"], "noise_ratios": [0.5]}}
-    message = str(pytest.raises(SpecError, load_spec, write_spec(tmp_path, datasets=datasets)).value)
+    datasets = {"tiny": {"data_path": FIXTURES, "backbones": ["Caser"], "noise_ratios": [0.5], "seeds": [7]}}
+    message = str(pytest.raises(SpecError, load_spec, write_spec(tmp_path, datasets=datasets, seeds=[1, 2])).value)
     assert "datasets.tiny.backbones: ['Caser'] not among the spec's backbones ['SASRec', 'GRU4Rec']" in message
     assert "datasets.tiny.noise_ratios: [0.5] not among the spec's noise_ratios [0.2]" in message
+    assert "datasets.tiny.seeds: [7] not among the spec's seeds [1, 2]" in message
+
+
+def test_a_dataset_or_a_method_keeps_to_some_seeds_and_the_run_ids_stay(tmp_path):
+    datasets = {"tiny": {"data_path": FIXTURES}}
+    methods = {"None": {}, "CoocOutlier": {"denoiser": "CoocOutlier"}}
+    every = load_spec(write_spec(tmp_path, datasets=datasets, methods=methods, seeds=[1, 2, 3])).runs
+    fewer = load_spec(write_spec(tmp_path, datasets={"tiny": {**datasets["tiny"], "seeds": [1, 3]}},
+                                 methods={"None": {}, "CoocOutlier": {"denoiser": "CoocOutlier",
+                                                                       "datasets": {"tiny": {"seeds": [3]}}}},
+                                 seeds=[1, 2, 3])).runs
+    assert sorted((r.method, r.backbone, r.seed) for r in fewer) == sorted(
+        [("None", b, s) for b in ("SASRec", "GRU4Rec") for s in (1, 3)] + [("CoocOutlier", b, 3)
+                                                                          for b in ("SASRec", "GRU4Rec")])
+    ids = {(r.method, r.backbone, r.seed): r.run_id for r in every}
+    assert all(ids[(r.method, r.backbone, r.seed)] == r.run_id for r in fewer)  # finished runs stay finished
+    assert all("seeds" not in r.config_dict for r in fewer)
 
 
 def test_select_runs_filters_and_names_mistakes(tmp_path):

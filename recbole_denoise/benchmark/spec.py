@@ -60,8 +60,8 @@ from recbole_denoise.model.abstract import declared
 SPEC_KEYS = ("name", "preset", "output", "datasets", "noise_ratios", "protocols", "backbones", "seeds",
              "denoise_seed", "methods", "baseline", "models", "config", "config_files", "extra_keys", "report")
 METHOD_KEYS = ("sweep", "backbones", "datasets", "noise_ratios", "protocols")  # besides config keys
-DATASET_KEYS = ("backbones", "methods", "noise_ratios", "protocols")  # besides config keys
-METHOD_DATASET_KEYS = ("backbones", "noise_ratios", "protocols")  # a method's datasets.<d>: besides config keys
+DATASET_KEYS = ("backbones", "methods", "noise_ratios", "protocols", "seeds")  # besides config keys
+METHOD_DATASET_KEYS = ("backbones", "noise_ratios", "protocols", "seeds")  # a method's datasets.<d>: besides config keys
 REPORT_KEYS = ("metrics", "plot_metric", "detection_metrics", "beyond_metrics")
 PROTOCOLS = ("loo", "ratio", "window")
 STANDALONE = "-"  # the backbone column of a model that does not wrap one
@@ -161,7 +161,7 @@ class Spec:
     config: dict
     config_files: list
     report: dict
-    dataset_limits: dict = field(default_factory=dict)  # dataset -> {backbones|methods|noise_ratios|protocols: [...]}
+    dataset_limits: dict = field(default_factory=dict)  # dataset -> {backbones|methods|noise_ratios|protocols|seeds: [...]}
     runs: list = field(default_factory=list)
 
 
@@ -335,13 +335,15 @@ def _limit_values(key, values):
     values = _as_list(values)
     if key == "noise_ratios":
         return [float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for v in values]
+    if key == "seeds":
+        return [int(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in values]
     return [str(v) for v in values]
 
 
 def check_dataset_limits(spec, problems):
     """Each value of a dataset's restriction must be one of the spec's."""
     full = {"backbones": spec.backbones, "methods": list(spec.methods), "noise_ratios": spec.noise_ratios,
-            "protocols": spec.protocols}
+            "protocols": spec.protocols, "seeds": spec.seeds}
     for dataset, limits in spec.dataset_limits.items():
         for key, values in limits.items():
             bad = [v for v in _limit_values(key, values) if v not in full[key]]
@@ -407,7 +409,8 @@ def expand(spec, problems):
                      for p in allowed(d, "protocols", protocols)
                      for r in allowed(d, "noise_ratios", ratios)
                      for b in (backbones if backbones == [STANDALONE] else allowed(d, "backbones", backbones))]
-            for (dataset, protocol, ratio, backbone), seed in itertools.product(cells, spec.seeds):
+            seeded = [(cell, seed) for cell in cells for seed in allowed(cell[0], "seeds", spec.seeds)]
+            for (dataset, protocol, ratio, backbone), seed in seeded:
                 model = model_cls.__name__ if model_cls is not None else backbone
                 cfg = {}
                 for layer in preset_layers(preset, model, backbone, wrap_key):
