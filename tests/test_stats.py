@@ -226,6 +226,24 @@ def test_significance_table_from_per_user_files(tmp_path):
     assert c_row[7] == "+0.0 [+0.0, +0.0]" and c_row[8] == "1.000" and c_row[10] == "1.000"  # no mark
 
 
+def test_a_model_without_a_backbone_is_compared_with_the_baseline_on_each_backbone(tmp_path):
+    """FMLPRec-like rows (backbone ``-``) against None on SASRec and on GRU4Rec: one comparison each, in the
+    same Holm family; a backbone without baseline rows gives none."""
+    from recbole_denoise.benchmark.spec import STANDALONE
+
+    out, df = fake_results(tmp_path)
+    gru = df[df["method"] == "None"].assign(backbone="GRU4Rec", run_id=lambda x: "g" + x["run_id"])
+    for run_id in gru["run_id"]:  # GRU4Rec's None: C's ranks (the same as SASRec's None)
+        (out / "runs" / f"{run_id}.users.csv.gz").write_bytes((out / "runs" / f"C{run_id[5:]}.users.csv.gz").read_bytes())
+    alone = df[df["method"] == "A"].assign(backbone=STANDALONE)
+    table = significance_table(pd.concat([df[df["method"] == "None"], gru, alone]), str(out), ["d"],
+                               ["SASRec", "GRU4Rec", "Caser"], ["None", "A"], "None")
+    lines = table.splitlines()[2:]
+    assert [line.split(" | ")[1:4] for line in lines] == [[f"{STANDALONE} vs {b}", "A", m] for b in ("SASRec", "GRU4Rec")
+                                                          for m in ("ndcg@10", "hit@10")]
+    assert lines[0].split(" | ")[5:8] == lines[2].split(" | ")[5:8]  # the same baseline ranks: the same result
+
+
 def test_epochs_table_mean_and_range(tmp_path):
     _, df = fake_results(tmp_path)
     lines = epochs_table(df, ["d"], ["SASRec"], ["None", "A", "B", "C"]).splitlines()

@@ -191,33 +191,46 @@ def _p(value, marked=False):
     return text + ("*" if marked and value < SIGNIFICANCE_LEVEL else "")
 
 
+def user_comparisons(out, d, label, m, sel, base, baseline, metrics, n_boot, seed, cache):
+    """The per-user comparison rows of method ``m``'s runs ``sel`` with the baseline's runs ``base``, one per
+    metric (``result`` None without per-user ranks)."""
+    mine, theirs = user_tables(out, list(sel["run_id"]), cache), user_tables(out, list(base["run_id"]), cache)
+    name = m + (" †" if (sel["method"] != m).any() else "")
+    rows = []
+    for metric in metrics:
+        row = {"dataset": d, "backbone": label, "method": name, "metric": metric,
+               "seeds": f"{len(mine)}/{len(sel)} vs {len(theirs)}/{len(base)}", "result": None}
+        if mine and theirs:
+            try:
+                row["result"] = stats.compare_users(mine, theirs, metric, names=(
+                    f"{d} {label}+{m} ({', '.join(sel['run_id'])})", f"{baseline} ({', '.join(base['run_id'])})"),
+                    n_boot=n_boot, seed=seed)
+            except ValueError as e:  # no common user: shown, not fatal
+                row["error"] = str(e)
+        rows.append(row)
+    return rows
+
+
 def significance_table(df, out, datasets, backbones, methods, baseline, metrics=("ndcg@10", "hit@10"),
                        n_boot=2000, seed=0, cache=None):
-    """Markdown of the per-user comparisons of every method with ``baseline`` (same dataset and backbone)
-    in ``df`` (one protocol and alpha); Holm–Bonferroni over the table's comparisons, each test its own
-    family. Empty when nothing has a baseline."""
+    """Markdown of the per-user comparisons of every method with ``baseline`` (same dataset and backbone; a
+    model that wraps no backbone, ``-``, against the baseline on each backbone that has it) in ``df`` (one
+    protocol and alpha); Holm–Bonferroni over the table's comparisons, each test its own family. Empty when
+    nothing has a baseline."""
     cache = {} if cache is None else cache
     rows = []
     for d in datasets:
         sub = df[df["dataset"] == d]
         for (b, m) in block_order(sub, backbones, methods):
-            base = sub[(sub["backbone"] == b) & (sub["method_base"] == baseline)]
-            if m == baseline or base.empty:
+            if m == baseline:
                 continue
             sel = sub[(sub["backbone"] == b) & (sub["method_base"] == m)]
-            mine, theirs = user_tables(out, list(sel["run_id"]), cache), user_tables(out, list(base["run_id"]), cache)
-            name = m + (" †" if (sel["method"] != m).any() else "")
-            for metric in metrics:
-                row = {"dataset": d, "backbone": b, "method": name, "metric": metric,
-                       "seeds": f"{len(mine)}/{len(sel)} vs {len(theirs)}/{len(base)}", "result": None}
-                if mine and theirs:
-                    try:
-                        row["result"] = stats.compare_users(mine, theirs, metric, names=(
-                            f"{d} {b}+{m} ({', '.join(sel['run_id'])})", f"{baseline} ({', '.join(base['run_id'])})"),
-                            n_boot=n_boot, seed=seed)
-                    except ValueError as e:  # no common user: shown, not fatal
-                        row["error"] = str(e)
-                rows.append(row)
+            against = [bb for bb in backbones if bb != STANDALONE] if b == STANDALONE else [b]
+            for bb in against:
+                base = sub[(sub["backbone"] == bb) & (sub["method_base"] == baseline)]
+                if not base.empty:
+                    rows += user_comparisons(out, d, b if bb == b else f"{b} vs {bb}", m, sel, base, baseline,
+                                             metrics, n_boot, seed, cache)
     if not rows:
         return ""
     for test in ("t_p", "wilcoxon_p"):
