@@ -108,7 +108,7 @@ def bucket_plots(spec, df, folder, written):
                 ax.bar(np.arange(len(cols)) + j * width, sel[cols].mean().to_numpy(), width, label=m)
             ax.set_xticks(np.arange(len(cols)) + 0.4 - width / 2, [c[6:c.index("_")] for c in cols])
             ax.set(title=f"{dataset} a={alpha:g}: {b if b != STANDALONE else 'standalone'}",
-                   xlabel="popularity bucket (1 = coldest)", ylabel=cols[0].split("_", 1)[1])
+                   xlabel="popularity bucket (1 = hottest, 5 = coldest)", ylabel=cols[0].split("_", 1)[1])
             ax.legend(fontsize=7)
         _save(fig, folder, _slug("buckets", dataset, protocol, f"a{alpha:g}"), written)
 

@@ -376,7 +376,8 @@ def write_report(spec, out, meta=None):
                 lines += [f"### Beyond accuracy (top-10 lists): {where}", "", table, ""]
             table = bucket_table(sub, backbones, methods)
             if table:
-                lines += [f"### NDCG per item-popularity bucket (1 = least popular): {where}", "", table, ""]
+                lines += [f"### NDCG per item-popularity bucket (1 = the most popular items, 5 = the coldest; "
+                          f"equal training mass): {where}", "", table, ""]
     if choices:
         lines += ["## Variants picked on validation", "", "| dataset | protocol | alpha | backbone | method | "
                   "picked | mean valid score | candidates |", "|---|---|---|---|---|---|---|---|"]
