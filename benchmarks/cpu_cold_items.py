@@ -62,13 +62,15 @@ def main(argv=None):
     method = rows[rows["method"] == args.method]
     plain = rows[rows["method"].isna() | (rows["method"] == "None")]
     if method.empty or plain.empty:
-        sys.exit(f"{args.results}/results.csv: no finished {args.method} and None rows of {args.dataset} (loo, alpha 0)")
+        sys.exit(f"{args.results}/results.csv: no finished {args.method} and None rows of {args.dataset} "
+                 f"(loo, alpha 0)")
     counts, id_of = training_target_counts(os.path.join(args.data_path, args.dataset, f"{args.dataset}.inter"))
     bucket_of_id = popularity_buckets(counts, N_BUCKETS)
     bucket_of = {token: bucket_of_id.get(i, N_BUCKETS) for token, i in id_of.items()}
     recorded = json.load(open(os.path.join(args.results, "runs", f"{plain['run_id'].iloc[0]}.json")))["cold_items"]
     ours = [sum(b == k for b in bucket_of_id.values()) for k in range(1, N_BUCKETS + 1)]
-    test_items = stats.read_per_user(os.path.join(args.results, "runs", f"{plain['run_id'].iloc[0]}.users.csv.gz"))["item"]
+    first = os.path.join(args.results, "runs", f"{plain['run_id'].iloc[0]}.users.csv.gz")
+    test_items = stats.read_per_user(first)["item"]
     rows_in = [int((test_items.map(lambda t: bucket_of.get(t, N_BUCKETS)) == k).sum()) for k in range(1, N_BUCKETS + 1)]
     if (ours, rows_in) != ([r["items"] for r in recorded], [r["test_rows"] for r in recorded]):
         sys.exit(f"buckets of {ours} items / {rows_in} test rows differ from the run's "
@@ -90,7 +92,8 @@ def main(argv=None):
                               stats.compare_users(in_bucket(mine), in_bucket(base), metric,
                                                   names=(args.method, "None"))))
     adjusted = stats.holm([r["t_p"] for *_, r in found])
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
     lines = [f"# Does {args.method} help cold items most? `cpu` benchmark, {args.dataset}", "",
              f"Command: `python benchmarks/cpu_cold_items.py --dataset {args.dataset} --method {args.method}`; commit "
              f"`{commit}`; {time.strftime('%Y-%m-%d %H:%M')}; {platform.processor() or platform.machine()}, "

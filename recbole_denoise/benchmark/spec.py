@@ -61,7 +61,8 @@ SPEC_KEYS = ("name", "preset", "output", "datasets", "noise_ratios", "protocols"
              "denoise_seed", "methods", "baseline", "models", "config", "config_files", "extra_keys", "report")
 METHOD_KEYS = ("sweep", "backbones", "datasets", "noise_ratios", "protocols")  # besides config keys
 DATASET_KEYS = ("backbones", "methods", "noise_ratios", "protocols", "seeds")  # besides config keys
-METHOD_DATASET_KEYS = ("backbones", "noise_ratios", "protocols", "seeds")  # a method's datasets.<d>: besides config keys
+# a method's datasets.<d>: besides config keys
+METHOD_DATASET_KEYS = ("backbones", "noise_ratios", "protocols", "seeds")
 REPORT_KEYS = ("metrics", "plot_metric", "detection_metrics", "beyond_metrics")
 PROTOCOLS = ("loo", "ratio", "window")
 STANDALONE = "-"  # the backbone column of a model that does not wrap one
@@ -161,7 +162,8 @@ class Spec:
     config: dict
     config_files: list
     report: dict
-    dataset_limits: dict = field(default_factory=dict)  # dataset -> {backbones|methods|noise_ratios|protocols|seeds: [...]}
+    # dataset -> {backbones|methods|noise_ratios|protocols|seeds: [...]}
+    dataset_limits: dict = field(default_factory=dict)
     runs: list = field(default_factory=list)
 
 

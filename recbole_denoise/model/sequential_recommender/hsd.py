@@ -28,7 +28,8 @@ mask ``m``):
 Evaluation is deterministic: an item is dropped when both levels put more weight on "noisy" (the
 official code keeps sampling Gumbel noise at evaluation: ``hsd_stochastic_eval: True``).
 ``history_decisions`` gives the same decisions for every history (exported as a denoised dataset by
-``run_recbole_denoise``, of interaction data or of windows); the noise score is the probability that both levels say "noisy".
+``run_recbole_denoise``, of interaction data or of windows); the noise score is the probability that both
+levels say "noisy".
 
 Changes to the official code (besides ``predict``, which is broken there): a sequence whose items would
 all be dropped keeps its last item (official: its length is set to 1 and the sub-model reads an empty,
