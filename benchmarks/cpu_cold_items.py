@@ -27,7 +27,7 @@ sys.path.insert(0, ROOT)
 from recbole_denoise.benchmark import stats  # noqa: E402
 from recbole_denoise.data.atomic import read_atomic  # noqa: E402
 from recbole_denoise.evaluator.cold_items import popularity_buckets  # noqa: E402
-from recbole_denoise.io import replace_atomically  # noqa: E402
+from recbole_denoise.io import write_text  # noqa: E402
 
 METRICS = ("ndcg@5", "ndcg@10")
 N_BUCKETS = 5
@@ -107,18 +107,9 @@ def main(argv=None):
              + " | change [95% CI] | t-test p | Wilcoxon p | Holm p |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (backbone, k, n, metric, r), p_holm in zip(found, adjusted):
-        mark = "*" if p_holm is not None and p_holm < 0.05 else ""
-        lines.append(f"| {backbone} | {k} | {ours[k - 1]} | {n} | {metric} | {r['mean_base']:.4f} | {r['mean']:.4f} | "
-                     f"{100 * r['delta']:+.1f}% [{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}] | "
-                     f"{r['t_p']:.3g} | {r['wilcoxon_p']:.3g} | {p_holm:.3g}{mark} |")
+        lines.append(f"| {backbone} | {k} | {ours[k - 1]} | {n} | {metric} | {stats.comparison_cells(r, p_holm)} |")
     text = "\n".join(lines) + "\n"
-    out = args.out or os.path.join(args.results, "cold_items.md")
-
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-
-    replace_atomically(out, write)
+    write_text(args.out or os.path.join(args.results, "cold_items.md"), text)
     print(text)
 
 

@@ -21,7 +21,7 @@ import pandas as pd
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from recbole_denoise.benchmark import stats  # noqa: E402
-from recbole_denoise.io import replace_atomically  # noqa: E402
+from recbole_denoise.io import write_text  # noqa: E402
 
 METRICS = ("ndcg@10", "hit@10", "ndcg@20")
 
@@ -60,18 +60,9 @@ def main(argv=None):
              "| backbone | alpha | seeds | metric | alpha 0 | noisy | change [95% CI] | t-test p | Wilcoxon p | Holm p |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for (backbone, alpha, n0, n1, metric, r), p_holm in zip(found, adjusted):
-        mark = "*" if p_holm is not None and p_holm < 0.05 else ""
-        lines.append(f"| {backbone} | {alpha:g} | {n0}/{n1} | {metric} | {r['mean_base']:.4f} | {r['mean']:.4f} | "
-                     f"{100 * r['delta']:+.1f}% [{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}] | "
-                     f"{r['t_p']:.3g} | {r['wilcoxon_p']:.3g} | {p_holm:.3g}{mark} |")
+        lines.append(f"| {backbone} | {alpha:g} | {n0}/{n1} | {metric} | {stats.comparison_cells(r, p_holm)} |")
     text = "\n".join(lines) + "\n"
-    out = args.out or os.path.join(args.results, "noise_hurts.md")
-
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-
-    replace_atomically(out, write)
+    write_text(args.out or os.path.join(args.results, "noise_hurts.md"), text)
     print(text)
 
 

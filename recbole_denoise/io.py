@@ -29,6 +29,15 @@ def replace_atomically(path, write):
         raise
 
 
+def write_text(path, text):
+    """Write ``text`` (UTF-8) to ``path`` through :func:`replace_atomically`."""
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    replace_atomically(path, write)
+
+
 def save_ragged(path, arrays):
     """One ``.npz`` holding a list of 1-d arrays of different lengths (flat values + lengths)."""
     lengths = np.array([len(a) for a in arrays], dtype=np.int64)

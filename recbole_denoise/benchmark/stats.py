@@ -177,6 +177,15 @@ def relative_improvement(x, y, n_boot=2000, level=0.95, seed=0, chunk=250):
     return delta, float(low), float(high)
 
 
+def comparison_cells(result, p_holm, level=0.05):
+    """Markdown cells of a :func:`compare_users` result: baseline mean, method mean, change with its interval,
+    t-test, Wilcoxon and Holm-adjusted p (``*`` below ``level``)."""
+    mark = "*" if p_holm is not None and p_holm < level else ""
+    r = result
+    return (f"{r['mean_base']:.4f} | {r['mean']:.4f} | {100 * r['delta']:+.1f}% [{100 * r['ci_low']:+.1f}, "
+            f"{100 * r['ci_high']:+.1f}] | {r['t_p']:.3g} | {r['wilcoxon_p']:.3g} | {p_holm:.3g}{mark}")
+
+
 def compare_users(method_frames, baseline_frames, metric, names=("method", "baseline"), n_boot=2000, seed=0):
     """The per-user comparison of a method with a baseline (lists of per-user tables, one per seed):
     ``{"n", "mean", "mean_base", "delta", "ci_low", "ci_high", "t_p", "wilcoxon_p"}``."""
