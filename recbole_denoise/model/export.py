@@ -19,6 +19,7 @@ weights and keys, so another backbone can train on exactly these decisions (``--
 name> --data_path=<derived_data_path>``) and every run of the same trained model reuses the folder.
 """
 import hashlib
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -61,6 +62,37 @@ def decision_end(dataset, n):
     return train_count(n, spec)
 
 
+def history_batch(model, histories, users, device=None, positions=None, position_field=None):
+    """A :class:`HistoryBatch` of item-id ``histories`` (each at most ``MAX_ITEM_LIST_LENGTH`` long, padded on
+    the right as RecBole's rows), with the users' ids and, under ``position_field``, each item's position."""
+    L = model.max_seq_length
+    seq = torch.zeros(len(histories), L, dtype=torch.long)
+    pos = torch.zeros(len(histories), L)
+    for k, items in enumerate(histories):
+        seq[k, :len(items)] = torch.as_tensor(items, dtype=torch.long)
+        if positions is not None:
+            pos[k, :len(items)] = torch.as_tensor(positions[k], dtype=torch.float)
+    batch = HistoryBatch({model.ITEM_SEQ: seq.to(device),
+                          model.ITEM_SEQ_LEN: torch.tensor([len(items) for items in histories], device=device),
+                          model.USER_ID: torch.tensor(list(users), device=device)})
+    if position_field:
+        batch[position_field] = pos.to(device)
+    return batch
+
+
+@contextmanager
+def evaluating(model):
+    """The model in evaluation mode without gradients for the block (its mode restored after); yields its
+    device."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield next(model.parameters()).device
+    finally:
+        model.train(was)
+
+
 def history_windows(model, dataset, batch_size=256, device=None, position_field=None):
     """Every user's history up to the validation item (the test row's input; under the ratio protocol: the
     user's training interactions, :func:`decision_end`), cut from its end into windows of
@@ -80,17 +112,9 @@ def history_windows(model, dataset, batch_size=256, device=None, position_field=
             end = start
     for b in range(0, len(windows), batch_size):
         chunk = windows[b:b + batch_size]
-        seq = torch.zeros(len(chunk), L, dtype=torch.long)
-        pos = torch.zeros(len(chunk), L)
-        for k, (uid, s, e) in enumerate(chunk):
-            seq[k, :e - s] = torch.as_tensor(dataset.user_sequences[uid][s:e])
-            pos[k, :e - s] = torch.arange(s, e)
-        batch = HistoryBatch({model.ITEM_SEQ: seq.to(device),
-                              model.ITEM_SEQ_LEN: torch.tensor([e - s for _, s, e in chunk], device=device),
-                              model.USER_ID: torch.tensor([u for u, _, _ in chunk], device=device)})
-        if position_field:
-            batch[position_field] = pos.to(device)
-        yield chunk, batch
+        yield chunk, history_batch(model, [dataset.user_sequences[uid][s:e] for uid, s, e in chunk],
+                                   [uid for uid, _, _ in chunk], device,
+                                   positions=[range(s, e) for _, s, e in chunk], position_field=position_field)
 
 
 def user_decisions(model, dataset, batch_size=256):
@@ -123,22 +147,16 @@ def row_decisions(model, dataset, seqs, batch_size=256):
         seqs.editable[k] = np.asarray(seqs.editable[k], dtype=bool) & decided
         if seqs.editable[k].any():
             rows.append((k, max(0, end - L), end))
-    was = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    with torch.no_grad():
+    def item_id(k, token):
+        if str(token) not in token2item:
+            raise DatasetError(f"window {seqs.index[k]}: item '{token}' is not in RecBole's dataset")
+        return token2item[str(token)]
+
+    with evaluating(model) as device:
         for b in range(0, len(rows), batch_size):
             chunk = rows[b:b + batch_size]
-            seq = torch.zeros(len(chunk), L, dtype=torch.long)
-            for j, (k, s, e) in enumerate(chunk):
-                for t, token in enumerate(seqs.items[k][s:e]):
-                    if str(token) not in token2item:
-                        raise DatasetError(f"window {seqs.index[k]}: item '{token}' is not in RecBole's dataset")
-                    seq[j, t] = token2item[str(token)]
-            batch = HistoryBatch({model.ITEM_SEQ: seq.to(device),
-                                  model.ITEM_SEQ_LEN: torch.tensor([e - s for _, s, e in chunk], device=device),
-                                  model.USER_ID: torch.tensor([token2user.get(str(seqs.users[k]), 0)
-                                                               for k, _, _ in chunk], device=device)})
+            batch = history_batch(model, [[item_id(k, t) for t in seqs.items[k][s:e]] for k, s, e in chunk],
+                                  [token2user.get(str(seqs.users[k]), 0) for k, _, _ in chunk], device)
             score, dropped, *inserts = model.history_decisions(batch)
             score, dropped = score.float().cpu().numpy(), dropped.cpu().numpy()
             for j, (k, s, e) in enumerate(chunk):
@@ -148,7 +166,6 @@ def row_decisions(model, dataset, seqs, batch_size=256):
                 k, s, e = chunk[j]
                 if seqs.editable[k][s + t] and len(new):
                     insertions[(k, s + t)] = [str(tok) for tok in id2item[np.asarray(new)]]
-    model.train(was)
     return scores, flags, insertions
 
 
@@ -158,12 +175,9 @@ def window_decisions(model, dataset, decide, batch_size=256, position_field=None
     window by window (:func:`history_windows`) from ``decide(batch) -> (noise_score (B, L), dropped (B, L))``
     or ``(..., {(row, t): [item ids put in before t]})`` for a model that also inserts (``inserted`` maps a
     position of the user's sequence to its items). The model is in evaluation mode meanwhile."""
-    was = model.training
-    model.eval()
-    device = next(model.parameters()).device
     ends = {uid: decision_end(dataset, len(seq)) for uid, seq in dataset.user_sequences.items()}
     out = {uid: (np.zeros(end), np.zeros(end, dtype=bool), {}) for uid, end in ends.items()}
-    with torch.no_grad():
+    with evaluating(model) as device:
         for chunk, batch in history_windows(model, dataset, batch_size, device, position_field):
             score, dropped, *inserts = decide(batch)
             for k, (uid, s, e) in enumerate(chunk):
@@ -172,7 +186,6 @@ def window_decisions(model, dataset, decide, batch_size=256, position_field=None
             for (k, t), items in (inserts[0].items() if inserts else ()):
                 uid, s, e = chunk[k]
                 out[uid][2][s + t] = list(items)
-    model.train(was)
     return out
 
 
