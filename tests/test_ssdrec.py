@@ -17,7 +17,7 @@ from recbole_denoise.errors import ConfigError
 from recbole_denoise.model.item_graphs import training_rows
 from recbole_denoise.model.relation_graphs import (graphs_from_sequences, incompatible, relation_graphs, top_k_rows,
                                                    transitions, user_sequences_from_rows)
-from recbole_denoise.model.sequential_recommender.ssdrec import SSDRec
+from recbole_denoise.model.sequential_recommender.ssdrec import GraphOperator, SSDRec
 from recbole_denoise.quick_start import run_recbole_denoise
 from tests.conftest import CYCLIC_LEARN, build_model
 
@@ -110,16 +110,39 @@ def ssdrec(tiny_cfg):
     return build_model("SSDRec", tiny_cfg(MAX_ITEM_LIST_LENGTH=40, ssdrec_min_cooccurrence=1))
 
 
+def test_graph_operator_dense_block_and_sparse_give_the_same_product_and_gradient():
+    rng = np.random.default_rng(0)
+    full = np.zeros((30, 20))
+    hot_rows, hot_cols = [2, 5, 6, 11, 29], [0, 3, 4, 19]
+    full[np.ix_(hot_rows, hot_cols)] = rng.random((5, 4)) * (rng.random((5, 4)) < 0.8)  # a nearly full block
+    full[7, 3] = 0.0
+    nearly_full = sp.csr_matrix(full)
+    nearly_full[7, 3] = 0.0  # an explicit zero: neither a row nor an entry of the block
+    scattered = sp.random(300, 20, density=0.01, random_state=0, format="csr")  # 60 entries in ~60 x 20
+    x = torch.randn(20, 3, dtype=torch.float32)
+    for matrix, dense in ((nearly_full, True), (scattered, False)):
+        op = GraphOperator(matrix)
+        assert op.dense is dense and op.nnz == sp.csr_matrix(matrix).count_nonzero()
+        if dense:
+            assert op.rows.tolist() == [r for r in hot_rows if full[r].any()]
+        torch.testing.assert_close(op.to_dense(), torch.tensor(matrix.toarray(), dtype=torch.float32))
+        xg = x.clone().requires_grad_()
+        out = op(xg)
+        torch.testing.assert_close(out, torch.tensor(matrix @ x.numpy(), dtype=torch.float32))
+        out.pow(2).sum().backward()
+        expected = torch.tensor(matrix.T @ (2 * (matrix @ x.numpy())), dtype=torch.float32)
+        torch.testing.assert_close(xg.grad, expected)
+
+
 def test_graphs_read_training_rows_only(ssdrec):
     net, train, _, dataset = ssdrec
-    ui = torch.sparse_coo_tensor(net.user_item_indices, net.user_item_values, net.graph_sizes["user_item"],
-                                 check_invariants=False).to_dense()
+    ui = net.graphs["user_item"].to_dense()
     for uid, seq in list(dataset.user_sequences.items())[:10]:
         row = ui[uid]
         assert row.sum().item() == pytest.approx(1.0)
         assert set(row.nonzero().view(-1).tolist()) == set(seq[:-2].tolist())  # no validation / test item
     for name in ("trans_out", "trans_in", "item_neg", "user_pos", "user_neg"):
-        assert len(getattr(net, f"{name}_values")) > 0, name
+        assert net.graphs[name].nnz > 0, name
 
 
 def test_augmentation_inserts_two_items_around_one_position(ssdrec):
