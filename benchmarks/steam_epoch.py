@@ -32,7 +32,7 @@ VARIANTS = (("SASRec", "SASRec", {}), ("STEAM packed (default)", "STEAM", {"stea
             ("STEAM old (False)", "STEAM", {"steam_fast_path": False}))
 
 
-def build(model, cfg):
+def build(model, cfg, dataset="ml-100k"):
     from recbole.data import data_preparation
     from recbole.utils import init_seed
 
@@ -40,7 +40,7 @@ def build(model, cfg):
     from recbole_denoise.prepare import prepare_dataset
     from recbole_denoise.pipeline import build_dataset
 
-    config = Config(model, "ml-100k", config_dict={**QUIET, **cfg})
+    config = Config(model, dataset, config_dict={**QUIET, **cfg})
     data, _ = prepare_dataset(config)
     train, _, _ = data_preparation(config, build_dataset(config, data))
     init_seed(config["seed"], True)

@@ -120,18 +120,20 @@ def test_graph_operator_dense_block_and_sparse_give_the_same_product_and_gradien
     nearly_full[7, 3] = 0.0  # an explicit zero: neither a row nor an entry of the block
     scattered = sp.random(300, 20, density=0.01, random_state=0, format="csr")  # 60 entries in ~60 x 20
     x = torch.randn(20, 3, dtype=torch.float32)
-    for matrix, dense in ((nearly_full, True), (scattered, False)):
-        op = GraphOperator(matrix)
-        assert op.dense is dense and op.nnz == sp.csr_matrix(matrix).count_nonzero()
-        if dense:
-            assert op.rows.tolist() == [r for r in hot_rows if full[r].any()]
-        torch.testing.assert_close(op.to_dense(), torch.tensor(matrix.toarray(), dtype=torch.float32))
-        xg = x.clone().requires_grad_()
-        out = op(xg)
-        torch.testing.assert_close(out, torch.tensor(matrix @ x.numpy(), dtype=torch.float32))
-        out.pow(2).sum().backward()
-        expected = torch.tensor(matrix.T @ (2 * (matrix @ x.numpy())), dtype=torch.float32)
-        torch.testing.assert_close(xg.grad, expected)
+    for matrix, by_rule in ((nearly_full, True), (scattered, False)):
+        assert GraphOperator(matrix).dense is by_rule
+        for dense in (True, False):
+            op = GraphOperator(matrix, dense=dense)
+            assert op.dense is dense and op.nnz == sp.csr_matrix(matrix).count_nonzero()
+            if dense and by_rule:
+                assert op.rows.tolist() == [r for r in hot_rows if full[r].any()]
+            torch.testing.assert_close(op.to_dense(), torch.tensor(matrix.toarray(), dtype=torch.float32))
+            xg = x.clone().requires_grad_()
+            out = op(xg)
+            torch.testing.assert_close(out, torch.tensor(matrix @ x.numpy(), dtype=torch.float32))
+            out.pow(2).sum().backward()
+            expected = torch.tensor(matrix.T @ (2 * (matrix @ x.numpy())), dtype=torch.float32)
+            torch.testing.assert_close(xg.grad, expected)
 
 
 def test_graphs_read_training_rows_only(ssdrec):

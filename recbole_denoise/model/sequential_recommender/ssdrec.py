@@ -77,19 +77,22 @@ class GraphOperator(nn.Module):
     rows and columns is at least ``DENSE_MIN_DENSITY`` full (and at most ``DENSE_MAX_ENTRIES`` large), a dense
     product on that block scattered back to ``A``'s rows. Both give the same values up to float rounding; the
     dense one is many times faster for a nearly full block (the sparse kernels run at a few hundred MFLOP/s
-    on a CPU). Its tensors are buffers that move with the model and are not saved in its state dict."""
+    on a CPU). ``dense`` forces one form (``None``: by that rule). Its tensors are buffers that move with the
+    model and are not saved in its state dict."""
 
     DENSE_MIN_DENSITY = 0.1
     DENSE_MAX_ENTRIES = 2 ** 26  # 256 MB of float32
 
-    def __init__(self, matrix):
+    def __init__(self, matrix, dense=None):
         super().__init__()
         matrix = sp.csr_matrix(matrix, dtype=np.float64, copy=True)
         matrix.eliminate_zeros()
         self.shape = matrix.shape
         rows, cols = np.flatnonzero(np.diff(matrix.indptr)), np.unique(matrix.indices)
         size = len(rows) * len(cols)
-        self.dense = 0 < size <= self.DENSE_MAX_ENTRIES and matrix.nnz >= self.DENSE_MIN_DENSITY * size
+        if dense is None:
+            dense = 0 < size <= self.DENSE_MAX_ENTRIES and matrix.nnz >= self.DENSE_MIN_DENSITY * size
+        self.dense = bool(dense)
         if self.dense:
             self.register_buffer("rows", torch.from_numpy(rows.astype(np.int64)), persistent=False)
             self.register_buffer("cols", torch.from_numpy(cols.astype(np.int64)), persistent=False)
