@@ -58,6 +58,7 @@ class Run:
     trainer: object = None
     best_valid_score: float = None
     best_valid_result: dict = None
+    valid_curve: list = None  # [epoch, validation score] of each validation
     test_result: dict = None
     model_file: str = None
     model_denoise: dict = None  # the analyses (None when not asked for)
@@ -179,7 +180,7 @@ def train_and_test(run, saved=True, callback_fn=None):
     with timings.stage("train"):
         run.best_valid_score, run.best_valid_result = trainer.fit(
             run.train_data, run.valid_data, saved=saved, show_progress=config["show_progress"], callback_fn=callback_fn)
-    epoch_times = trainer.epoch_times
+    epoch_times, run.valid_curve = trainer.epoch_times, trainer.valid_curve
     if not epoch_times:
         run.warn(f"epochs={config['epochs']}: the model was never trained; its validation and test "
                  f"metrics are those of its initial (random) weights")
@@ -276,6 +277,7 @@ def summarise(run):
         "best_valid_score": float(run.best_valid_score),
         "valid_score_bigger": config["valid_metric_bigger"],
         "best_valid_result": _to_plain(run.best_valid_result),
+        "valid_curve": run.valid_curve or [],
         "test_result": _to_plain(run.test_result),
         "noise": info.get("noise", {"noisy_fraction": 0.0}),
         "denoise": denoise,

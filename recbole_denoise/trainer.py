@@ -4,7 +4,8 @@ RecBole's ``Trainer.fit`` calls ``_train_epoch(train_data, epoch_idx, ...)`` onc
 distributed run too, on every rank, with the rank's own model; and from ``start_epoch`` after
 ``resume_checkpoint``). :class:`EpochHooks` overrides that method: it calls the model's
 :meth:`~recbole_denoise.model.abstract.DenoisingRecommender.on_epoch_start` (models of ours only), RecBole's
-epoch, then ``on_epoch_end``, and appends the epoch's wall time (hooks included) to ``epoch_times``.
+epoch, then ``on_epoch_end``, and appends the epoch's wall time (hooks included) to ``epoch_times``; each
+validation appends ``[epoch, score]`` to ``valid_curve`` (the run JSON's learning curve).
 Models that count epochs (HSD's curriculum, IADSR's progressive masks, SSDRec's augmentation shares) read
 them from the hooks, never from ``model.train()``. In a distributed run only global rank 0 saves the
 checkpoint (``_save_checkpoint``): RecBole saves on every local rank 0 (one per machine), and every rank
@@ -31,9 +32,12 @@ class EpochHooks:
     def __init__(self, config, model):
         super().__init__(config, model)
         self.epoch_times = []  # wall seconds of each training epoch this trainer ran, in order
+        self.valid_curve = []  # [epoch_idx of the last training epoch, validation score] of each validation
+        self._last_epoch = -1
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         start = time.time()
+        self._last_epoch = epoch_idx
         hooks = is_ours(type(self.model))
         if hooks:
             self.model.on_epoch_start(epoch_idx)
@@ -42,6 +46,11 @@ class EpochHooks:
             self.model.on_epoch_end(epoch_idx)
         self.epoch_times.append(time.time() - start)
         return loss
+
+    def _valid_epoch(self, valid_data, *args, **kwargs):
+        valid_score, valid_result = super()._valid_epoch(valid_data, *args, **kwargs)
+        self.valid_curve.append([self._last_epoch, float(valid_score)])
+        return valid_score, valid_result
 
     def _save_checkpoint(self, *args, **kwargs):
         """RecBole's, on global rank 0 only: the other ranks read the file it writes (the run broadcasts its

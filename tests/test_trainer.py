@@ -149,11 +149,15 @@ def test_two_epochs_call_the_hooks_with_recboles_epoch_index(tiny_cfg, monkeypat
     assert result["timings"]["epochs"] == 2
     assert result["timings"]["train_epoch_mean"] == pytest.approx(sum(trainer.epoch_times) / 2)
     assert trainer.model.epoch == 1
+    # the learning curve: one validation per epoch (eval_step 1), the best of them is the best valid score
+    assert result["valid_curve"] == trainer.valid_curve and [e for e, _ in trainer.valid_curve] == [0, 1]
+    assert max(s for _, s in trainer.valid_curve) == pytest.approx(result["best_valid_score"])
 
 
 def test_recboles_own_model_is_timed_without_hooks(tiny_cfg):
     result = run_recbole_denoise("SASRec", "tiny", config_dict=tiny_cfg(epochs=2, stopping_step=10), saved=False)
     assert result["timings"]["epochs"] == 2 and result["timings"]["train_epoch_mean"] > 0
+    assert [e for e, _ in result["valid_curve"]] == [0, 1]
 
 
 def test_resumed_training_continues_the_hooks_epoch_index(tmp_path):
@@ -183,6 +187,7 @@ def test_resumed_training_continues_the_hooks_epoch_index(tmp_path):
     resumed.model.on_epoch_start = lambda epoch: (starts.append(epoch), HSD.on_epoch_start(resumed.model, epoch))
     resumed.fit(train, valid, saved=False)
     assert starts == [1, 2] and resumed.model.epoch == 2 and len(resumed.epoch_times) == 2
+    assert [e for e, _ in resumed.valid_curve] == [1, 2]  # RecBole's epoch index, continued
 
 
 def test_distributed_ranks_run_the_hooks(tiny_cfg, tmp_path):
