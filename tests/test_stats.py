@@ -253,11 +253,15 @@ def test_epochs_table_mean_and_range(tmp_path):
 
 def test_report_has_the_significance_and_epochs_tables(tmp_path):
     out, df = fake_results(tmp_path)
+    spec_file = tmp_path / "fake.yaml"
+    spec_file.write_text("# The fake spec.\n#   Cut to fit: everything.\n#\nname: fake  # not part of it\n# nor this\n")
     spec = SimpleNamespace(name="fake", preset="smoke", runs=[SimpleNamespace(run_id=r) for r in df["run_id"]],
                            report={}, datasets={"d": {}}, backbones=["SASRec"], methods={m: {} for m in "None A B C".split()},
-                           baseline="None", protocols=["loo"], noise_ratios=[0.2], seeds=[1, 2, 3])
+                           baseline="None", protocols=["loo"], noise_ratios=[0.2], seeds=[1, 2, 3], path=str(spec_file))
     (out / "runs" / "A-2.users.csv.gz").unlink()  # a missing seed: the other two are used
     report = open(write_report(spec, str(out))).read()
+    assert "## About this spec (the comment at the top of its file)\n\n```text\nThe fake spec.\n  Cut to fit: " \
+           "everything.\n```\n" in report and "nor this" not in report
     assert "### Per-user significance vs `None`: protocol `loo`, alpha = 0.2" in report
     assert "| d | SASRec | A | ndcg@10 | 2/3 vs 3/3 | 40 |" in report
     assert "### Epochs trained (mean, min–max over seeds): protocol `loo`, alpha = 0.2" in report

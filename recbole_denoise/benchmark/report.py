@@ -27,7 +27,7 @@ import pandas as pd
 from recbole_denoise.benchmark import stats
 from recbole_denoise.benchmark.plots import write_plots
 from recbole_denoise.benchmark.results import numeric, read_results, select_variants
-from recbole_denoise.benchmark.spec import STANDALONE
+from recbole_denoise.benchmark.spec import STANDALONE, header_comment
 from recbole_denoise.io import replace_atomically
 
 DEFAULT_METRICS = ("hit@10", "ndcg@10")
@@ -337,6 +337,9 @@ def write_report(spec, out, meta=None):
               f"`{spec.baseline}` with the same backbone (n/a: the same difference on every seed, so the test is undefined). "
               "† a swept method, represented per dataset by the variant with the best mean validation score "
               "(see \"Variants picked on validation\").", ""]
+    about = header_comment(getattr(spec, "path", None))
+    if about:  # what the spec is and what it cut to fit, in its own words
+        lines += ["## About this spec (the comment at the top of its file)", "", "```text", about, "```", ""]
     chosen, choices = select_variants(ok) if len(ok) else (ok, [])
     user_cache = {}
     for protocol in spec.protocols:

@@ -201,6 +201,20 @@ def read_spec_file(path, error, what):
     return raw
 
 
+def header_comment(path):
+    """The comment block at the top of the spec file at ``path`` (its leading ``#`` lines, the ``#`` and one
+    space removed): where a spec says what it is and what it cut to fit. ``""`` without one or without a file."""
+    lines = []
+    if path and os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if not line.startswith("#"):
+                    break
+                text = line.rstrip("\n")[1:]
+                lines.append(text[1:] if text.startswith(" ") else text)
+    return "\n".join(lines).strip("\n")
+
+
 def load_spec(path, overrides=None):
     """Read and validate the spec at ``path`` (``overrides``: top-level keys that replace the file's);
     returns a :class:`Spec` with every run resolved and hashed, or raises :class:`SpecError`."""
