@@ -99,12 +99,12 @@ def read_clean_titles(csv_dir):
     return out
 
 
-def window_table(data_dir):
+def window_table(data_dir, name=NAME):
     """Per global seq_id (train, valid, test rows in file order, as ``load_sequences``): (split, key, target)."""
     from recbole_denoise.data.protocol import read_windows
     from recbole_denoise.data.source import open_dataset
 
-    tables = read_windows(open_dataset(NAME, data_dir))
+    tables = read_windows(open_dataset(name, data_dir))
     rows = []
     for split in ("train", "valid", "test"):
         t = tables[split]
