@@ -80,9 +80,7 @@ def main(argv=None):
     for backbone in sorted(method["backbone"].unique()):
         base_ids = plain[plain["backbone"] == backbone]["run_id"]
         mine_ids = method[method["backbone"] == backbone]["run_id"]
-        read = lambda ids: [stats.read_per_user(os.path.join(args.results, "runs", f"{i}.users.csv.gz"))  # noqa: E731
-                            for i in ids]
-        base, mine = read(base_ids), read(mine_ids)
+        base, mine = stats.read_runs(args.results, base_ids), stats.read_runs(args.results, mine_ids)
         for k in range(1, N_BUCKETS + 1):
             def in_bucket(frames):
                 return [f[f["item"].map(lambda t: bucket_of.get(t, N_BUCKETS)) == k] for f in frames]

@@ -37,7 +37,7 @@ def main(argv=None):
 
     def frames(backbone, alpha):
         ids = plain[(plain["backbone"] == backbone) & (plain["noise_ratio"] == alpha)]["run_id"]
-        return [stats.read_per_user(os.path.join(args.results, "runs", f"{i}.users.csv.gz")) for i in ids]
+        return stats.read_runs(args.results, ids)
 
     found = []
     for backbone in sorted(plain["backbone"].unique()):

@@ -32,10 +32,6 @@ def ok_rows(results):
     return rows[rows["status"] == "ok"]
 
 
-def frames(results, run_ids):
-    return [stats.read_per_user(os.path.join(results, "runs", f"{i}.users.csv.gz")) for i in run_ids]
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", default=os.path.join(ROOT, "results", "cpu"))
@@ -45,14 +41,14 @@ def main(argv=None):
     args = ap.parse_args(argv)
     cpu, transfer = ok_rows(args.results), ok_rows(args.transfer)
     toy = cpu[cpu["dataset"] == args.dataset]
-    base = frames(args.results, toy[toy["method"].isna() & (toy["backbone"] == "SASRec")]["run_id"])
+    base = stats.read_runs(args.results, toy[toy["method"].isna() & (toy["backbone"] == "SASRec")]["run_id"])
     found = []
     for model in MODELS:
         made = transfer[transfer["dataset"].str.startswith(f"{args.dataset}-{model}-")]
         own = toy[toy["method"] == model]
         for label, results, ids in ((f"SASRec on {model}'s windows", args.transfer, made["run_id"]),
                                     (f"{model} itself", args.results, own["run_id"])):
-            runs = frames(results, ids)
+            runs = stats.read_runs(results, ids)
             if not runs or not base:
                 continue
             for metric in METRICS:

@@ -114,6 +114,14 @@ def window_table(data_dir, name=NAME):
     return rows
 
 
+def item_titles(data_dir, name=NAME):
+    """``{item id (str): title}`` of the dataset at ``data_dir``."""
+    from recbole_denoise.data.source import open_dataset
+    from recbole_denoise.data.text import item_texts
+
+    return {str(k): v for k, v in item_texts(open_dataset(name, data_dir), "title").items()}
+
+
 def auc_bootstrap(df, n_boot, seed=0):
     """Percentile 95% CI and std of the AUC over ``n_boot`` resamples of eval windows (with replacement)."""
     from recbole_denoise.evaluator.noise_detection import roc_auc
@@ -352,10 +360,7 @@ def main():
     windows = window_table(os.path.join(data_root, NAME))
     clean = read_clean_titles(args.source_csv or os.path.join(args.workdir, "source"))
     logger.info(f"clean titles: {'absent' if clean is None else len(clean)} windows")
-    from recbole_denoise.data.source import open_dataset
-    from recbole_denoise.data.text import item_texts
-
-    titles = {str(k): v for k, v in item_texts(open_dataset(NAME, os.path.join(data_root, NAME)), "title").items()}
+    titles = item_titles(os.path.join(data_root, NAME))
     plan = [(int(n), "base") for n in args.points.split(",") if n.strip()]
     plan += [(args.variant_budget, v) for v in args.variants.split(",") if v.strip()]
     modes = args.modes.split(",")

@@ -37,14 +37,11 @@ def read_scores(path):
 
 def replacement_table(scores, data_dir, source_csv, name="amazon-toy"):
     """Markdown rows per split (and all) of :func:`llm4dsr_learning_curve.replacement_stats`, and #items."""
-    from recbole_denoise.data.source import open_dataset
-    from recbole_denoise.data.text import item_texts
-
     windows = lc.window_table(data_dir, name)
     clean = lc.read_clean_titles(source_csv)
     if clean is None:
         raise SystemExit(f"--source-csv {source_csv}: needs valid.csv and test.csv")
-    titles = {str(k): v for k, v in item_texts(open_dataset(name, data_dir), "title").items()}
+    titles = lc.item_titles(data_dir, name)
     rows = ["| split | flagged | replaced | noisy replaced | clean title known | restores clean | equals target |",
             "|---|---|---|---|---|---|---|"]
     for split in ("train", "valid", "test", None):

@@ -72,6 +72,11 @@ def read_per_user(path):
     return frame
 
 
+def read_runs(results, run_ids):
+    """The per-user tables of ``run_ids`` in a benchmark's output folder ``results`` (``runs/<id>.users.csv.gz``)."""
+    return [read_per_user(os.path.join(results, "runs", f"{i}.users.csv.gz")) for i in run_ids]
+
+
 def metric_of_ranks(ranks, metric):
     """``metric`` (``ndcg@k``, ``hit@k`` / ``hr@k``, ``mrr@k``) of each 0-based rank (a numpy array)."""
     name, _, k = str(metric).lower().partition("@")
