@@ -59,6 +59,7 @@ class Run:
     best_valid_score: float = None
     best_valid_result: dict = None
     valid_curve: list = None  # [epoch, validation score] of each validation
+    resumed_at: list = None  # the epoch each resume (``resume_file``) started at
     test_result: dict = None
     model_file: str = None
     model_denoise: dict = None  # the analyses (None when not asked for)
@@ -180,7 +181,7 @@ def train_and_test(run, saved=True, callback_fn=None):
     with timings.stage("train"):
         run.best_valid_score, run.best_valid_result = trainer.fit(
             run.train_data, run.valid_data, saved=saved, show_progress=config["show_progress"], callback_fn=callback_fn)
-    epoch_times, run.valid_curve = trainer.epoch_times, trainer.valid_curve
+    epoch_times, run.valid_curve, run.resumed_at = trainer.epoch_times, trainer.valid_curve, trainer.resumed_at
     if not epoch_times:
         run.warn(f"epochs={config['epochs']}: the model was never trained; its validation and test "
                  f"metrics are those of its initial (random) weights")
@@ -287,6 +288,8 @@ def summarise(run):
         "model_file": run.model_file,
         "warnings": run.warnings,
     }
+    if run.resumed_at:
+        result["resumed_at_epochs"] = run.resumed_at
     if run.model_denoise is not None:
         result["model_denoise"] = run.model_denoise
     if run.cold_items is not None:

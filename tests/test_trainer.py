@@ -15,7 +15,8 @@ from recbole.utils import ModelType
 
 import recbole_denoise.model as model_pkg
 from recbole_denoise.data.dataset import PositionalSequentialDataset
-from recbole_denoise.model.abstract import CAPABILITIES, DenoisingRecommender, declared
+from recbole_denoise.model.abstract import (CAPABILITIES, DenoisingRecommender, declared, load_training_state,
+                                            training_state)
 from recbole_denoise.model.sequential_recommender.hsd import HSD
 from recbole_denoise.quick_start import run_recbole_denoise
 from recbole_denoise.trainer import DenoisingTrainer, EpochHooks, get_trainer
@@ -130,6 +131,16 @@ def test_train_and_eval_do_not_roll_iadsrs_masks(tmp_path, tiny_st_dir):
     assert net.masked_epochs == 1 and torch.equal(net.mask_prev, net.mask_next)
     net.on_epoch_start(2)  # no training rows since the last boundary: nothing to roll over
     assert net.masked_epochs == 1
+    # the masks are IADSR's training state (resume_file): saved as copies, loaded into its own buffers
+    state = training_state(net)
+    assert set(state) == {"mask_prev", "mask_next", "mask_next_end", "masked_epochs", "_pending"}
+    buffer = net.mask_prev
+    net.mask_prev.fill_(7.0)
+    net.masked_epochs = 99
+    load_training_state(net, state)
+    assert net.mask_prev is buffer and torch.equal(net.mask_prev, state["mask_prev"]) and net.masked_epochs == 1
+    with pytest.raises(ValueError, match=r"IADSR: the saved training state has \['epoch'\]"):
+        load_training_state(net, {"epoch": 1})
 
 
 # -- (b) the hooks and epoch times through run_recbole_denoise ---------------------------------------------

@@ -24,7 +24,6 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 import socket
@@ -72,6 +71,7 @@ def flatten(run, result):
     for stage, seconds in (result.get("timings") or {}).items():
         row[stage if stage in ("epochs", "train_epoch_mean") else f"t_{stage}"] = seconds
     row["reused"] = ";".join(result.get("reused") or [])
+    row["resumed_at"] = ";".join(str(e) for e in result.get("resumed_at_epochs") or [])
     return row
 
 
@@ -150,6 +150,15 @@ def locked(out):
         finally:
             if fcntl is not None:
                 fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def checkpoint_dir(out, run_id):
+    """The run's checkpoint folder: its best checkpoint and ``resume.pth`` (the training state after its last
+    validation). It outlives an interrupted or failed run, so running the spec again resumes the run at its
+    next epoch; a finished run's folder is removed."""
+    path = os.path.join(out, f".ckpt-{run_id}")
+    os.makedirs(path, exist_ok=True)
+    return path
 
 
 def claim_path(out, run_id):
@@ -252,12 +261,14 @@ def run_benchmark(spec, command=None, progress=True, report=True, log=print):
                 continue
             bar.start(run)
             t = time.time()
-            ckpt = tempfile.mkdtemp(prefix=f".ckpt-{run.run_id}-", dir=out)
+            ckpt = checkpoint_dir(out, run.run_id)  # kept until the run finishes: a rerun resumes from it
             cfg = dict(run.config_dict, checkpoint_dir=ckpt, log_dir=os.path.join(out, "log"),
-                       result_file=os.path.join(out, "runs", f"{run.run_id}.json"))
+                       result_file=os.path.join(out, "runs", f"{run.run_id}.json"),
+                       resume_file=os.path.join(ckpt, "resume.pth"))
             try:
                 result = run_recbole_denoise(run.model, run.dataset, run.denoiser, run.config_files or None, cfg)
                 row = flatten(run, result)
+                shutil.rmtree(ckpt, ignore_errors=True)
             except Exception as e:  # a failed run is recorded; the others go on
                 failed += 1
                 message = f"{type(e).__name__}: {e}".splitlines()[0][:300]
@@ -265,8 +276,6 @@ def run_benchmark(spec, command=None, progress=True, report=True, log=print):
                     f.write(f"{run.label()}\n\n{traceback.format_exc()}")
                 row = dict(identity(run), status="failed", error=message)
                 log(f"FAILED {run.label()}: {message}")
-            finally:
-                shutil.rmtree(ckpt, ignore_errors=True)
             row["wall_s"] = round(time.time() - t, 3)
             row["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
             with locked(out):  # merge with the rows other processes wrote meanwhile

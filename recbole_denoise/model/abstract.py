@@ -12,7 +12,7 @@ and :meth:`~DenoisingRecommender.on_epoch_end` around every training epoch, so `
 from recbole.model.abstract_recommender import SequentialRecommender
 
 CAPABILITIES = ("dataset_class", "needs_user_sequences", "backbone_key", "decision_keys", "config_keys",
-                "exports_decisions", "trainer_class")
+                "exports_decisions", "trainer_class", "training_state")
 
 
 class DenoisingRecommender(SequentialRecommender):
@@ -42,6 +42,10 @@ class DenoisingRecommender(SequentialRecommender):
     #: the RecBole ``Trainer`` subclass that trains the model; ``None``: :func:`recbole_denoise.trainer.get_trainer`
     #: picks RecBole's choice with our epoch hooks (``DenoisingTrainer`` for a plain model).
     trainer_class = None
+    #: attributes that training changes outside the ``state_dict`` (counters, annealed temperatures,
+    #: non-persistent buffers such as IADSR's masks): a resumed run (``resume_file``) saves them with the
+    #: trainer's state after every validation and restores them (:func:`training_state`).
+    training_state = ()
 
     def on_epoch_start(self, epoch):
         """Called by the trainer before training epoch ``epoch`` (RecBole's ``epoch_idx``: 0, 1, ...; a resumed
@@ -77,3 +81,30 @@ def declared(model_class, name):
     if name == "config_keys" and isinstance(model_class, type):
         return tuple(getattr(model_class, name, ()) or ())
     return getattr(DenoisingRecommender, name)
+
+
+def training_state(model):
+    """``{name: value}`` of the :attr:`~DenoisingRecommender.training_state` attributes of ``model`` (copies:
+    tensors cloned, lists and dicts deep-copied); ``{}`` for RecBole's own models."""
+    import copy
+
+    import torch
+
+    return {name: (getattr(model, name).detach().clone() if torch.is_tensor(getattr(model, name))
+                   else copy.deepcopy(getattr(model, name))) for name in declared(type(model), "training_state")}
+
+
+def load_training_state(model, state):
+    """Set ``model``'s :attr:`~DenoisingRecommender.training_state` attributes from :func:`training_state`'s
+    ``state`` (a tensor is copied into the model's own, keeping its device); a missing or unexpected name is
+    refused: the state is from another model or another version of it."""
+    names = set(declared(type(model), "training_state"))
+    if set(state) != names:
+        raise ValueError(f"{type(model).__name__}: the saved training state has {sorted(state)}, the model "
+                         f"keeps {sorted(names)}")
+    for name, value in state.items():
+        current = getattr(model, name)
+        if hasattr(current, "copy_") and hasattr(value, "shape"):
+            current.copy_(value)
+        else:
+            setattr(model, name, value)

@@ -77,6 +77,7 @@ class HSD(DenoisingRecommender):
     backbone_key = "hsd_sub_model"
     decision_keys = ("hsd_sub_model", "hsd_stochastic_eval")
     exports_decisions = True
+    training_state = ("epoch", "batches", "tau")  # the curriculum's epoch, the annealed Gumbel temperature
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)

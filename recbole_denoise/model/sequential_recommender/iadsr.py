@@ -105,6 +105,7 @@ class IADSR(DenoisingRecommender):
     dataset_class = PositionalSequentialDataset
     backbone_key = "iadsr_backbone"    # its RecBole yaml of defaults is loaded by our Config
     exports_decisions = True
+    training_state = ("mask_prev", "mask_next", "mask_next_end", "masked_epochs", "_pending")  # the masks
 
     def __init__(self, config, dataset):
         from recbole_denoise.model import get_model

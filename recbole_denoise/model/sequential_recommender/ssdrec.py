@@ -129,6 +129,7 @@ def masked_softmax(scores, mask):
 
 class SSDRec(HSD):
     decision_keys = HSD.decision_keys + ("ssdrec_min_cooccurrence", "ssdrec_user_neighbors", "ssdrec_position_pick")
+    training_state = HSD.training_state + ("augmented", "epoch_augmented", "augmented_shares")
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)

@@ -1,0 +1,86 @@
+"""``resume_file``: a run interrupted after a validation goes on from the next epoch exactly as an
+uninterrupted run would (trainer.EpochHooks), and the benchmark harness resumes its interrupted runs."""
+import json
+
+import pytest
+import torch
+
+from recbole_denoise.benchmark import run_benchmark
+from recbole_denoise.errors import ConfigError
+from recbole_denoise.quick_start import run_recbole_denoise
+from recbole_denoise.trainer import EpochHooks
+from tests.test_benchmark import read_csv, write_spec
+
+
+class Killed(Exception):
+    """Stands for the process being killed: raised right after the state of epoch ``at`` was saved."""
+
+
+def kill_after(monkeypatch, at):
+    save = EpochHooks.save_state
+
+    def save_then_die(self, path, epoch_idx, *args, **kwargs):
+        save(self, path, epoch_idx, *args, **kwargs)
+        if epoch_idx == at:
+            raise Killed(f"killed after epoch {epoch_idx}")
+    monkeypatch.setattr(EpochHooks, "save_state", save_then_die)
+
+
+def test_a_resumed_run_trains_exactly_as_an_uninterrupted_one(tiny_cfg, tmp_path, monkeypatch):
+    # HSD: dropout, Gumbel noise, shuffled batches, and state outside its state_dict (the temperature is
+    # annealed every 2 batches, the curriculum's epoch)
+    cfg = dict(epochs=4, stopping_step=10, gumbel_anneal_every=2, gumbel_anneal_rate=0.05, export_denoised=False)
+    whole = run_recbole_denoise("HSD", "tiny", config_dict=tiny_cfg(**cfg, checkpoint_dir=str(tmp_path / "a"),
+                                                                   resume_file=str(tmp_path / "a.pth")))
+    assert not (tmp_path / "a.pth").exists()  # a trained run leaves no state behind
+    state = tmp_path / "b.pth"
+    run_cfg = tiny_cfg(**cfg, checkpoint_dir=str(tmp_path / "b"), resume_file=str(state))
+    kill_after(monkeypatch, 1)
+    with pytest.raises(Killed):
+        run_recbole_denoise("HSD", "tiny", config_dict=run_cfg)
+    saved = torch.load(state, weights_only=False)
+    assert saved["epoch"] == 1 and [e for e, _ in saved["valid_curve"]] == [0, 1]
+    assert saved["training_state"]["batches"] > 0 and saved["training_state"]["epoch"] == 1
+    monkeypatch.undo()
+    resumed = run_recbole_denoise("HSD", "tiny", config_dict=run_cfg)
+    assert resumed["resumed_at_epochs"] == [2] and "resumed_at_epochs" not in whole
+    assert resumed["valid_curve"] == whole["valid_curve"] and len(whole["valid_curve"]) == 4
+    assert resumed["test_result"] == whole["test_result"]
+    assert resumed["best_valid_score"] == whole["best_valid_score"]
+    assert resumed["timings"]["epochs"] == 4  # the epochs before the kill count
+    a, b = (torch.load(r["model_file"], weights_only=False)["state_dict"] for r in (whole, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not state.exists()
+
+
+def test_a_state_of_another_model_or_without_its_best_checkpoint_is_refused(tiny_cfg, tmp_path, monkeypatch):
+    state = tmp_path / "s.pth"
+    kill_after(monkeypatch, 0)
+    with pytest.raises(Killed):
+        run_recbole_denoise("GRU4Rec", "tiny", config_dict=tiny_cfg(epochs=2, resume_file=str(state)))
+    monkeypatch.undo()
+    with pytest.raises(ConfigError, match=r"s\.pth: a state of GRU4Rec, not of SASRec"):
+        run_recbole_denoise("SASRec", "tiny", config_dict=tiny_cfg(epochs=2, resume_file=str(state)))
+    best = torch.load(state, weights_only=False)["best_file"]
+    (tmp_path / "saved" / best.split("/")[-1]).unlink()
+    with pytest.raises(ConfigError, match=r"its best checkpoint .* is gone; remove .*s\.pth"):
+        run_recbole_denoise("GRU4Rec", "tiny", config_dict=tiny_cfg(epochs=2, resume_file=str(state)))
+
+
+def test_the_harness_resumes_an_interrupted_run_at_its_next_epoch(tmp_path, monkeypatch):
+    path = write_spec(tmp_path, backbones=["GRU4Rec"], seeds=[1], methods={"None": {}},
+                      config={"derived_data_path": str(tmp_path / "derived"), "epochs": 3, "stopping_step": 10})
+    out = tmp_path / "out"
+    kill_after(monkeypatch, 0)
+    first = run_benchmark(path, progress=False, log=lambda *a: None)
+    assert first["failed"] == 1
+    (row,) = read_csv(out / "results.csv")
+    assert (out / f".ckpt-{row['run_id']}" / "resume.pth").is_file()  # kept for the rerun
+    monkeypatch.undo()
+    again = run_benchmark(path, progress=False, log=lambda *a: None)
+    assert (again["executed"], again["failed"]) == (1, 0)
+    (row,) = read_csv(out / "results.csv")
+    assert row["status"] == "ok" and row["resumed_at"] == "1" and row["epochs"] == "3"
+    result = json.load(open(out / "runs" / f"{row['run_id']}.json"))
+    assert [e for e, _ in result["valid_curve"]] == [0, 1, 2] and result["resumed_at_epochs"] == [1]
+    assert not [p for p in out.iterdir() if p.name.startswith(".ckpt")]  # removed once the run finished
