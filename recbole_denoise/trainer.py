@@ -17,7 +17,8 @@ the optimiser, early stopping's counters, the best validation result and checkpo
 epoch times, and the random states: Python's, NumPy's, PyTorch's and the training loader's shuffling
 generator). When the file exists as ``fit`` starts, training resumes from it at the next epoch, and the run
 goes on exactly as an uninterrupted one would (same batches, same dropout, same weights); when ``fit``
-returns, the file is removed (the run is trained). An epoch interrupted mid-way is trained again. Epochs
+returns, the file is removed (the run is trained), and a file left by a run killed after its last
+validation (the last epoch, or early stopping's) trains nothing more. An epoch interrupted mid-way is trained again. Epochs
 without a validation (``eval_step`` > 1) save nothing. One process only (``nproc`` 1): the ranks of a
 distributed run each hold their own random state.
 
@@ -64,6 +65,12 @@ class EpochHooks:
                                callback_fn=callback_fn)
         if os.path.isfile(self.resume_file):
             self.resume(self.resume_file, train_data, saved)
+            if self.start_epoch >= self.epochs or self.cur_step > self.stopping_step:
+                # killed after its last validation, before the file was removed: nothing is left to train
+                # (RecBole's fit would save the last weights over the best checkpoint)
+                self.eval_collector.data_collect(train_data)
+                os.remove(self.resume_file)
+                return self.best_valid_score, self.best_valid_result
 
         def keep(epoch_idx, valid_score):
             self.save_state(self.resume_file, epoch_idx, train_data, saved)
@@ -94,7 +101,9 @@ class EpochHooks:
 
     def resume(self, path, train_data, saved=True):
         """Load :meth:`save_state`'s file: training goes on at its epoch + 1."""
-        state = torch.load(path, map_location=self.device, weights_only=False)
+        # on the CPU: the random states must stay CPU tensors; weights and optimiser state are copied to the
+        # model's device by load_state_dict
+        state = torch.load(path, map_location="cpu", weights_only=False)
         if state["model"] != self.config["model"]:
             raise ConfigError(f"resume_file={path}: a state of {state['model']}, not of {self.config['model']}")
         if saved and state["best_file"] and not os.path.isfile(state["best_file"]):

@@ -53,6 +53,25 @@ def test_a_resumed_run_trains_exactly_as_an_uninterrupted_one(tiny_cfg, tmp_path
     assert not state.exists()
 
 
+def test_a_run_killed_after_its_last_validation_is_not_trained_again(tiny_cfg, tmp_path, monkeypatch):
+    cfg = tiny_cfg(epochs=2, stopping_step=10, resume_file=str(tmp_path / "s.pth"))
+    kill_after(monkeypatch, 1)
+    with pytest.raises(Killed):
+        run_recbole_denoise("GRU4Rec", "tiny", config_dict=cfg)
+    monkeypatch.undo()
+    state = torch.load(tmp_path / "s.pth", weights_only=False)
+    best = state["best_file"]
+    weights = torch.load(best, weights_only=False)["state_dict"]
+    # the last weights differ from the best ones (as when an earlier epoch was the best)
+    state["state_dict"] = {k: v + 1 if v.is_floating_point() else v for k, v in state["state_dict"].items()}
+    torch.save(state, tmp_path / "s.pth")
+    result = run_recbole_denoise("GRU4Rec", "tiny", config_dict=cfg)
+    assert result["resumed_at_epochs"] == [2] and [e for e, _ in result["valid_curve"]] == [0, 1]
+    assert result["model_file"] == best and not (tmp_path / "s.pth").exists()
+    kept = torch.load(best, weights_only=False)["state_dict"]  # the best checkpoint, not overwritten
+    assert all(torch.equal(weights[k], kept[k]) for k in weights)
+
+
 def test_a_state_of_another_model_or_without_its_best_checkpoint_is_refused(tiny_cfg, tmp_path, monkeypatch):
     state = tmp_path / "s.pth"
     kill_after(monkeypatch, 0)
