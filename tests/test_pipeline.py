@@ -33,7 +33,7 @@ def test_only_global_rank_0_writes_the_checkpoint(monkeypatch):
         def _save_checkpoint(self, epoch, verbose=True, **kwargs):
             self.saved.append((epoch, verbose, kwargs))
 
-    trainer = type("Trainer", (EpochHooks, RecBoleLike), {})(None, None)
+    trainer = type("Trainer", (EpochHooks, RecBoleLike), {})({"resume_file": None, "single_spec": True}, None)
     trainer._save_checkpoint(0, verbose=False, saved_model_file="x.pth")
     assert trainer.saved == [(0, False, {"saved_model_file": "x.pth"})]
     monkeypatch.setattr(distributed, "is_main", lambda: False)
