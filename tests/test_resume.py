@@ -29,25 +29,25 @@ def kill_after(monkeypatch, at):
 def test_a_resumed_run_trains_exactly_as_an_uninterrupted_one(tiny_cfg, tmp_path, monkeypatch):
     # HSD: dropout, Gumbel noise, shuffled batches, and state outside its state_dict (the temperature is
     # annealed every 2 batches, the curriculum's epoch)
-    cfg = dict(epochs=4, stopping_step=10, gumbel_anneal_every=2, gumbel_anneal_rate=0.05, export_denoised=False)
+    cfg = dict(epochs=3, stopping_step=10, gumbel_anneal_every=2, gumbel_anneal_rate=0.05, export_denoised=False)
     whole = run_recbole_denoise("HSD", "tiny", config_dict=tiny_cfg(**cfg, checkpoint_dir=str(tmp_path / "a"),
                                                                    resume_file=str(tmp_path / "a.pth")))
     assert not (tmp_path / "a.pth").exists()  # a trained run leaves no state behind
     state = tmp_path / "b.pth"
     run_cfg = tiny_cfg(**cfg, checkpoint_dir=str(tmp_path / "b"), resume_file=str(state))
-    kill_after(monkeypatch, 1)
+    kill_after(monkeypatch, 0)
     with pytest.raises(Killed):
         run_recbole_denoise("HSD", "tiny", config_dict=run_cfg)
     saved = torch.load(state, weights_only=False)
-    assert saved["epoch"] == 1 and [e for e, _ in saved["valid_curve"]] == [0, 1]
-    assert saved["training_state"]["batches"] > 0 and saved["training_state"]["epoch"] == 1
+    assert saved["epoch"] == 0 and [e for e, _ in saved["valid_curve"]] == [0]
+    assert saved["training_state"]["batches"] > 2 and saved["training_state"]["epoch"] == 0
     monkeypatch.undo()
     resumed = run_recbole_denoise("HSD", "tiny", config_dict=run_cfg)
-    assert resumed["resumed_at_epochs"] == [2] and "resumed_at_epochs" not in whole
-    assert resumed["valid_curve"] == whole["valid_curve"] and len(whole["valid_curve"]) == 4
+    assert resumed["resumed_at_epochs"] == [1] and "resumed_at_epochs" not in whole
+    assert resumed["valid_curve"] == whole["valid_curve"] and len(whole["valid_curve"]) == 3
     assert resumed["test_result"] == whole["test_result"]
     assert resumed["best_valid_score"] == whole["best_valid_score"]
-    assert resumed["timings"]["epochs"] == 4  # the epochs before the kill count
+    assert resumed["timings"]["epochs"] == 3  # the epochs before the kill count
     a, b = (torch.load(r["model_file"], weights_only=False)["state_dict"] for r in (whole, resumed))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not state.exists()
@@ -88,7 +88,7 @@ def test_a_state_of_another_model_or_without_its_best_checkpoint_is_refused(tiny
 
 def test_the_harness_resumes_an_interrupted_run_at_its_next_epoch(tmp_path, monkeypatch):
     path = write_spec(tmp_path, backbones=["GRU4Rec"], seeds=[1], methods={"None": {}},
-                      config={"derived_data_path": str(tmp_path / "derived"), "epochs": 3, "stopping_step": 10})
+                      config={"derived_data_path": str(tmp_path / "derived"), "epochs": 2, "stopping_step": 10})
     out = tmp_path / "out"
     kill_after(monkeypatch, 0)
     first = run_benchmark(path, progress=False, log=lambda *a: None)
@@ -99,7 +99,7 @@ def test_the_harness_resumes_an_interrupted_run_at_its_next_epoch(tmp_path, monk
     again = run_benchmark(path, progress=False, log=lambda *a: None)
     assert (again["executed"], again["failed"]) == (1, 0)
     (row,) = read_csv(out / "results.csv")
-    assert row["status"] == "ok" and row["resumed_at"] == "1" and row["epochs"] == "3"
+    assert row["status"] == "ok" and row["resumed_at"] == "1" and row["epochs"] == "2"
     result = json.load(open(out / "runs" / f"{row['run_id']}.json"))
-    assert [e for e, _ in result["valid_curve"]] == [0, 1, 2] and result["resumed_at_epochs"] == [1]
+    assert [e for e, _ in result["valid_curve"]] == [0, 1] and result["resumed_at_epochs"] == [1]
     assert not [p for p in out.iterdir() if p.name.startswith(".ckpt")]  # removed once the run finished
