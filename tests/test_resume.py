@@ -102,4 +102,5 @@ def test_the_harness_resumes_an_interrupted_run_at_its_next_epoch(tmp_path, monk
     assert row["status"] == "ok" and row["resumed_at"] == "1" and row["epochs"] == "2"
     result = json.load(open(out / "runs" / f"{row['run_id']}.json"))
     assert [e for e, _ in result["valid_curve"]] == [0, 1] and result["resumed_at_epochs"] == [1]
+    assert f"| {row['run_id']} | tiny alpha=0.2 GRU4Rec+None seed 1 | 1 |" in (out / "report.md").read_text()
     assert not [p for p in out.iterdir() if p.name.startswith(".ckpt")]  # removed once the run finished

@@ -310,6 +310,11 @@ def bucket_table(df, backbones, methods):
     return "\n".join(lines)
 
 
+def _run_label(r):
+    who = r["method"] if r["backbone"] == STANDALONE else f"{r['backbone']}+{r['method']}"
+    return f"{r['dataset']} alpha={float(r['noise_ratio']):g} {who} seed {r['seed']}"
+
+
 def write_report(spec, out, meta=None):
     """``report.md`` (and ``plots/``) under ``out`` from its ``results.csv`` (the rows of ``spec``)."""
     df = read_results(os.path.join(out, "results.csv"), [r.run_id for r in spec.runs])
@@ -393,13 +398,17 @@ def write_report(spec, out, meta=None):
     if plots:
         lines += ["## Plots", ""] + [f"![{os.path.splitext(os.path.basename(p))[0]}](plots/{os.path.basename(p)})"
                                       for p in plots] + [""]
+    resumed = ok[ok["resumed_at"].fillna("").astype(str) != ""] if "resumed_at" in ok else ok.iloc[:0]
+    if len(resumed):
+        lines += ["## Resumed runs", "", "Trained in several processes (interrupted, then resumed at the next epoch "
+                  "after their last validation, in the same state: README \"Interruptions and resuming\").", "",
+                  "| run_id | run | resumed at epoch |", "|---|---|---|"]
+        lines += [f"| {r['run_id']} | {_run_label(r)} | {str(r['resumed_at']).replace(';', ', ')} |"
+                  for _, r in resumed.iterrows()] + [""]
     if len(failed):
         lines += ["## Failed runs", "", "| run_id | run | error |", "|---|---|---|"]
-        for _, r in failed.iterrows():
-            who = r["method"] if r["backbone"] == STANDALONE else f"{r['backbone']}+{r['method']}"
-            lines.append(f"| {r['run_id']} | {r['dataset']} alpha={float(r['noise_ratio']):g} {who} seed {r['seed']} "
-                         f"| {str(r['error']).replace('|', '/')} |")
-        lines.append("")
+        lines += [f"| {r['run_id']} | {_run_label(r)} | {str(r['error']).replace('|', '/')} |"
+                  for _, r in failed.iterrows()] + [""]
     path = os.path.join(out, "report.md")
     text = "\n".join(lines)
     replace_atomically(path, lambda tmp: _write_text(tmp, text))  # interrupted: the old report stays whole

@@ -9,7 +9,8 @@ import pandas as pd
 def read_results(path, run_ids=None):
     """The rows of a ``results.csv`` (those of ``run_ids`` when given), typed by pandas; empty cells are
     missing values, while a method or denoiser called "None" stays a name."""
-    df = pd.read_csv(path, dtype={"run_id": str, "variant": str, "method": str, "method_base": str, "denoiser": str},
+    df = pd.read_csv(path, dtype={"run_id": str, "variant": str, "method": str, "method_base": str, "denoiser": str,
+                                  "resumed_at": str},
                      keep_default_na=False, na_values=[""])
     if run_ids is not None:
         df = df[df["run_id"].isin(set(run_ids))]
