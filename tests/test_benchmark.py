@@ -355,3 +355,25 @@ def test_random_f1_is_the_f1_of_random_flags_at_the_same_rate():
     precision = (labels & flags).sum() / flags.sum()
     recall = (labels & flags).sum() / labels.sum()
     assert 2 * precision * recall / (precision + recall) == pytest.approx(0.24, abs=0.005)
+
+
+def test_report_only_counts_stale_rows_and_refuses_a_report_of_none(tmp_path):
+    """``--report-only`` reports the spec's runs; rows of runs the spec no longer resolves to (changed configs)
+    are counted, and a results.csv of only such rows leaves the old report as it was."""
+    path = write_spec(tmp_path, backbones=["SASRec"], seeds=[1], methods={"None": {}})
+    run = load_spec(path).runs[0]
+    out = tmp_path / "out"
+    out.mkdir()
+    row = {"run_id": run.run_id, "status": "failed", "error": "boom", "dataset": "tiny", "protocol": "loo",
+           "noise_ratio": 0.2, "method": "None", "method_base": "None", "backbone": "SASRec", "seed": 1}
+    stale = dict(row, run_id="0123456789ab", error="stale-error")
+    (out / "report.md").write_text("the old report\n")
+    pd.DataFrame([stale]).to_csv(out / "results.csv", index=False)
+    with pytest.raises(SpecError, match=r"results\.csv: its 1 row\(s\) are of no run of spec 'smoke-test'"):
+        run_benchmark(path, report_only=True, log=lambda *a: None)
+    assert (out / "report.md").read_text() == "the old report\n"
+    pd.DataFrame([row, stale]).to_csv(out / "results.csv", index=False)
+    run_benchmark(path, report_only=True, log=lambda *a: None)
+    report = (out / "report.md").read_text()
+    assert "It also holds 1 row(s) of runs that the spec no longer resolves to" in report
+    assert f"| {run.run_id} | tiny alpha=0.2 SASRec+None seed 1 | boom |" in report and "stale-error" not in report

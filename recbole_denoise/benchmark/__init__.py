@@ -15,8 +15,10 @@ def run_benchmark(path, command=None, progress=True, report_only=False, log=prin
     spec = load_spec(path)
     out = os.path.abspath(spec.output)
     if report_only:
-        if not os.path.isfile(os.path.join(out, "results.csv")):
+        csv = os.path.join(out, "results.csv")
+        if not os.path.isfile(csv):
             raise SpecError(f"no results.csv under '{out}' (key 'output'): run the benchmark first")
+        _refuse_a_report_of_no_run(spec, csv)
         return {"report": write_report(spec, out, _meta(out)), "output": out}
     if not only:
         return execute(spec, command=command, progress=progress, log=log)
@@ -26,6 +28,18 @@ def run_benchmark(path, command=None, progress=True, report_only=False, log=prin
     spec.runs = everything  # the report covers every finished run of the spec, not just this piece
     summary["report"] = write_report(spec, out, _meta(out))
     return summary
+
+
+def _refuse_a_report_of_no_run(spec, csv):
+    """``--report-only`` would write an empty report over the old one when ``results.csv`` has rows but none
+    of the spec's runs (the spec or the code changed the runs' configs, so their ids, since they ran)."""
+    from recbole_denoise.benchmark.results import read_results
+
+    rows = read_results(csv)
+    if len(rows) and not rows["run_id"].isin({r.run_id for r in spec.runs}).any():
+        raise SpecError(f"{csv}: its {len(rows)} row(s) are of no run of spec '{spec.name}' as it resolves now "
+                        "(the spec or the code changed their configs since they ran); the report is left as it "
+                        "is: run the spec to refresh it")
 
 
 def _meta(out):

@@ -317,7 +317,9 @@ def _run_label(r):
 
 def write_report(spec, out, meta=None):
     """``report.md`` (and ``plots/``) under ``out`` from its ``results.csv`` (the rows of ``spec``)."""
-    df = read_results(os.path.join(out, "results.csv"), [r.run_id for r in spec.runs])
+    everything = read_results(os.path.join(out, "results.csv"))
+    df = everything[everything["run_id"].isin({r.run_id for r in spec.runs})].reset_index(drop=True)
+    stale = len(everything) - len(df)
     ok = df[df["status"] == "ok"] if len(df) else df
     failed = df[df["status"] != "ok"] if len(df) else df
     metrics = list(spec.report.get("metrics") or DEFAULT_METRICS)
@@ -336,7 +338,9 @@ def write_report(spec, out, meta=None):
                   f"- Finished: {last['finished_at']}"]
     lines += [f"- Runs: {len(ok)} ok, {len(failed)} failed, of {len(spec.runs)} in the spec "
               f"(datasets {', '.join(datasets)}; alpha {', '.join(f'{a:g}' for a in spec.noise_ratios)}; "
-              f"seeds {', '.join(map(str, spec.seeds))})", "- Raw rows: `results.csv`; one JSON per run in `runs/`.",
+              f"seeds {', '.join(map(str, spec.seeds))})", "- Raw rows: `results.csv`; one JSON per run in `runs/`."
+              + (f" It also holds {stale} row(s) of runs that the spec no longer resolves to (their configs changed "
+                 "since: another spec or an older version of the code); they are not in this report." if stale else ""),
               "", "Cells are mean±std over seeds; in each backbone block the best mean is **bold** and the "
               "runner-up <u>underlined</u>. p-values: paired t-test over seeds against "
               f"`{spec.baseline}` with the same backbone (n/a: the same difference on every seed, so the test is undefined). "
