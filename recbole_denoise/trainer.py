@@ -12,15 +12,16 @@ checkpoint (``_save_checkpoint``): RecBole saves on every local rank 0 (one per 
 loads the one shared file.
 
 With ``resume_file`` set, :class:`EpochHooks` keeps the whole training state in that file after every
-validation (the model's ``state_dict`` and its :attr:`~recbole_denoise.model.abstract.DenoisingRecommender.training_state`,
-the optimiser, early stopping's counters, the best validation result and checkpoint, the learning curve, the
-epoch times, and the random states: Python's, NumPy's, PyTorch's and the training loader's shuffling
-generator). When the file exists as ``fit`` starts, training resumes from it at the next epoch, and the run
-goes on exactly as an uninterrupted one would (same batches, same dropout, same weights); when ``fit``
-returns, the file is removed (the run is trained), and a file left by a run killed after its last
-validation (the last epoch, or early stopping's) trains nothing more. An epoch interrupted mid-way is trained again. Epochs
-without a validation (``eval_step`` > 1) save nothing. One process only (``nproc`` 1): the ranks of a
-distributed run each hold their own random state.
+validation: the model's ``state_dict`` and its ``training_state`` attributes
+(:class:`~recbole_denoise.model.abstract.DenoisingRecommender`), the optimiser, early stopping's counters,
+the best validation result and checkpoint, the learning curve, the epoch times, and the random states
+(Python's, NumPy's, PyTorch's and the training loader's shuffling generator). When the file exists as
+``fit`` starts, training resumes from it at the next epoch and goes on exactly as an uninterrupted run
+would (same batches, same dropout, same weights); when ``fit`` returns, the file is removed (the run is
+trained), and a file left by a run killed after its last validation (the last epoch, or early stopping's)
+trains nothing more. An epoch interrupted mid-way is trained again. Epochs without a validation
+(``eval_step`` > 1) save nothing. One process only (``nproc`` 1): the ranks of a distributed run each hold
+their own random state.
 
 :func:`get_trainer` is ``recbole.utils.get_trainer`` for this package, after RecBole-GNN's: the model's
 own ``trainer_class`` if it declares one, else RecBole's choice (``Trainer`` for sequential models) with

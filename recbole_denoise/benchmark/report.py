@@ -320,6 +320,8 @@ def write_report(spec, out, meta=None):
     everything = read_results(os.path.join(out, "results.csv"))
     df = everything[everything["run_id"].isin({r.run_id for r in spec.runs})].reset_index(drop=True)
     stale = len(everything) - len(df)
+    stale_note = (f" It also holds {stale} row(s) of runs that the spec no longer resolves to (their configs changed "
+                  "since: another spec or an older version of the code); they are not in this report." if stale else "")
     ok = df[df["status"] == "ok"] if len(df) else df
     failed = df[df["status"] != "ok"] if len(df) else df
     metrics = list(spec.report.get("metrics") or DEFAULT_METRICS)
@@ -339,8 +341,7 @@ def write_report(spec, out, meta=None):
     lines += [f"- Runs: {len(ok)} ok, {len(failed)} failed, of {len(spec.runs)} in the spec "
               f"(datasets {', '.join(datasets)}; alpha {', '.join(f'{a:g}' for a in spec.noise_ratios)}; "
               f"seeds {', '.join(map(str, spec.seeds))})", "- Raw rows: `results.csv`; one JSON per run in `runs/`."
-              + (f" It also holds {stale} row(s) of runs that the spec no longer resolves to (their configs changed "
-                 "since: another spec or an older version of the code); they are not in this report." if stale else ""),
+              + stale_note,
               "", "Cells are mean±std over seeds; in each backbone block the best mean is **bold** and the "
               "runner-up <u>underlined</u>. p-values: paired t-test over seeds against "
               f"`{spec.baseline}` with the same backbone (n/a: the same difference on every seed, so the test is undefined). "
