@@ -266,3 +266,35 @@ def test_bf16_weights_score_close_to_float32(llamas, data, brute, caplog, mode):
         np.testing.assert_allclose(g, w, rtol=0, atol=0.1 * (1 if mode != "full_title" else 4))
     flat_g, flat_w = np.concatenate(got), np.concatenate(want)
     assert np.corrcoef(np.argsort(np.argsort(flat_g)), np.argsort(np.argsort(flat_w)))[0, 1] > 0.95
+
+
+def test_a_bf16_model_is_probed_in_float32_and_given_back_bit_for_bit(llamas, data, monkeypatch, caplog):
+    """The packing probe asks a structural question: in bf16, packed and unpacked rows round differently
+    (SmolLM2-135M: up to 0.4 per title), so a 16-bit model is probed cast to float32, then cast back, each
+    tensor to its own dtype; a model that ignores the 4D mask is still caught."""
+    import copy
+
+    from recbole_denoise.llm import scoring
+
+    prefixes, candidates, shared = data
+    model = copy.deepcopy(llamas["sdpa"]).to(torch.bfloat16)
+    norm = model.model.norm  # unused extras on a late module (the scorer reads the dtype of the first parameter)
+    norm.register_parameter("extra", torch.nn.Parameter(torch.rand(3)))  # float32 among bf16 (as LoRA weights)
+    norm.register_buffer("half_buffer", torch.rand(3).to(torch.bfloat16))  # a 16-bit buffer is cast too
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    seen = []
+    forward = scoring._Scorer.forward
+    monkeypatch.setattr(scoring._Scorer, "forward", lambda self, rows, packed: (
+        seen.append((packed, self.dtype, model.model.embed_tokens.weight.dtype)), forward(self, rows, packed))[1])
+    score_candidates(model, prefixes, candidates, mode="full_title", batch_size=2, shared_prefix=shared, logger=LOG)
+    probe = [s for s in seen if s[1] == torch.float32]  # the probe: unpacked rows, then the packed one
+    assert probe == seen[:len(probe)] and {s[0] for s in probe} == {False, True}
+    assert all(s[2] == torch.float32 for s in probe)
+    assert set(seen[len(probe):]) == {(True, torch.bfloat16, torch.bfloat16)}  # the scoring: packed, in bf16
+    after = model.state_dict()
+    assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
+    assert norm.extra.dtype == torch.float32 and norm.half_buffer.dtype == torch.bfloat16
+    leaky = Wrapped(copy.deepcopy(llamas["sdpa"]).to(torch.bfloat16), _ignore_4d)
+    with caplog.at_level(logging.WARNING, logger=LOG.name):
+        score_candidates(leaky, prefixes, candidates, mode="full_title", batch_size=2, logger=LOG)
+    assert "does not honour a 4D attention mask for packed titles: it changes the scores" in caplog.text
