@@ -28,8 +28,8 @@ import pandas as pd
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from recbole_denoise.benchmark import stats  # noqa: E402
-from recbole_denoise.io import replace_atomically, write_text  # noqa: E402
+from recbole_denoise.benchmark import plots, stats  # noqa: E402
+from recbole_denoise.io import write_text  # noqa: E402
 
 METRICS = ("ndcg@10", "hit@10")
 
@@ -64,24 +64,16 @@ def load_curves(results, rows):
     return curves
 
 
-def plot_curves(named_curves, metric, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, curve in named_curves:
-        ax.plot([e + 1 for e, _ in curve], [s for _, s in curve], marker=".", label=name)
+def plot_curves(named_curves, metric, folder, name):
+    """The validation curves as ``folder/name.png`` (the benchmark's own figure writer: atomic, Agg)."""
+    fig, ax = plots._plt().subplots(figsize=(6, 4))
+    for label, curve in named_curves:
+        ax.plot([e + 1 for e, _ in curve], [s for _, s in curve], marker=".", label=label)
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"validation {metric}")
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    try:
-        replace_atomically(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    finally:
-        plt.close(fig)
+    plots._save(fig, folder, name, [])
 
 
 def main(argv=None):
@@ -139,9 +131,8 @@ def main(argv=None):
         comparisons.append(f"| {other} ({epochs} epochs) | {m} | "
                            f"{stats.comparison_cells(r, p_holm)} |")
 
-    plot = os.path.join(args.results, "plots", f"valid_curves_{args.dataset}.png")
-    os.makedirs(os.path.dirname(plot), exist_ok=True)
-    plot_curves([(f"{r.method} ({r.seed})", curves[r.run_id]) for r in rows.itertuples()], metric, plot)
+    plot_curves([(f"{r.method} ({r.seed})", curves[r.run_id]) for r in rows.itertuples()], metric,
+                os.path.join(args.results, "plots"), f"valid_curves_{args.dataset}")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
     text = "\n".join(
