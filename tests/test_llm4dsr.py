@@ -212,6 +212,7 @@ def test_a_crash_while_scoring_keeps_finished_shards(tiny_cfg, tiny_llm_dir, mon
 @pytest.mark.parametrize("options", [
     {"pnoise_mode": "full_title", "denoise_action": "popularity"},
     {"pnoise_mode": "ppl", "denoise_action": "delete"},
+    {"pnoise_mode": "unique_prefix", "denoise_action": "delete"},
     {"use_uncertainty": False, "denoise_action": "delete"},
     {"ground_encoder": "llm", "denoise_action": "replace"},
 ])

@@ -12,7 +12,7 @@ from recbole_denoise.errors import UserInputError
 from recbole_denoise.llm import grounding
 from recbole_denoise.llm.finetune import LoraSettings, PadCollator, encode_example
 from recbole_denoise.llm.prompts import PromptBuilder, default_bos_id
-from recbole_denoise.llm.scoring import MODES, score_candidates
+from recbole_denoise.llm.scoring import MODES, score_candidates, unique_prefixes
 from tests.conftest import build_tiny_llama
 
 HISTORY = ["Toy Story (1995)", "Heat (1995)", "Babe (1995)"]
@@ -69,7 +69,9 @@ def test_bos_prompts_score_what_fine_tuning_trained(bos_tokenizer):
     start = len(b.scoring_prefix(HISTORY))
     title = b.title_ids(noise)
     trained = [logp[start - 1 + j, title[j]].item() for j in range(len(title))]
-    want = {"first_token": trained[0], "full_title": sum(trained), "ppl": np.mean(trained)}
+    cut = len(unique_prefixes([b.title_ids(t) for t in HISTORY])[1])  # its by-hand test: test_llm_scoring
+    want = {"first_token": trained[0], "full_title": sum(trained), "ppl": np.mean(trained),
+            "unique_prefix": sum(trained[:cut])}
     for mode in MODES:
         got = score_candidates(model, [b.scoring_prefix(HISTORY)], [[b.title_ids(t) for t in HISTORY]], mode=mode,
                                pad_id=bos_tokenizer.pad_token_id, shared_prefix=b.shared_prefix)

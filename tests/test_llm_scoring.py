@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from recbole_denoise.llm.scoring import MODES, official_style_first_token, score_candidates
+from recbole_denoise.llm.scoring import MODES, official_style_first_token, score_candidates, unique_prefixes
 from tests.conftest import build_tiny_llama
 
 INSTRUCTION = ("Below is the interaction history of a user. Some items may not reflect the user's "
@@ -59,6 +59,11 @@ def brute_force(model, prefixes, candidates):
             scores["first_token"].append(np.array([lp[0] for lp in token_lps]))
             scores["full_title"].append(np.array([sum(lp) for lp in token_lps]))
             scores["ppl"].append(np.array([np.mean(lp) for lp in token_lps]))
+            # unique_prefix: one token past the longest common prefix with any other distinct title
+            lcp = [[next((j for j, (a, b) in enumerate(zip(t, o)) if a != b), min(len(t), len(o)))
+                    for o in titles if o != t] for t in titles]
+            cut = [min(len(t), max(c, default=0) + 1) for t, c in zip(titles, lcp)]
+            scores["unique_prefix"].append(np.array([sum(lp[:n]) for lp, n in zip(token_lps, cut)]))
     return scores
 
 
@@ -92,6 +97,30 @@ def test_modes_match_brute_force(llamas, data, brute, mode, attn):
     np.testing.assert_allclose(got[0][1], got[0][3], atol=1e-5)  # the repeated title scores the same
     distinct = got[0][:3] if mode == "first_token" else got[3]  # "Alien", "Aliens"... share a first token
     assert len(set(np.round(distinct, 3))) == len(distinct)  # the scores differ: the test has power
+
+
+def test_unique_prefixes_by_hand():
+    titles = [[1, 2, 3], [1, 2, 4], [5, 6], [1, 2, 3], [1, 2], [7]]
+    # [1, 2, 3] is told from [1, 2, 4] and [1, 2] only at its third token; its repeat is not "another"
+    # title; [1, 2] is a prefix of another title and stays whole
+    assert unique_prefixes(titles) == [[1, 2, 3], [1, 2, 4], [5], [1, 2, 3], [1, 2], [7]]
+    assert unique_prefixes([[4, 5, 6]]) == [[4]] and unique_prefixes([]) == []
+
+
+def test_unique_prefix_sits_between_first_token_and_full_title(llamas, data, brute):
+    """Equal to first_token where first tokens differ, to full_title where titles share all but the end."""
+    prefixes, candidates, _ = data
+    got = score_candidates(llamas["sdpa"], prefixes, candidates, mode="unique_prefix", batch_size=4)
+    want = brute["sdpa"]
+    for i, titles in enumerate(candidates):
+        firsts = [t[0] for t in titles]
+        for k, t in enumerate(titles):
+            if firsts.count(t[0]) == 1:
+                assert got[i][k] == pytest.approx(want["first_token"][i][k], abs=1e-4)
+    alien = [t for t in candidates[3] if len(t) > 1]
+    assert len({t[0] for t in candidates[3]}) < len(candidates[3])  # the fixture shares first tokens here
+    assert not np.allclose(got[3], want["first_token"][3], atol=1e-3)
+    assert alien and not np.allclose(got[3], want["full_title"][3], atol=1e-3)
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
@@ -263,7 +292,7 @@ def test_bf16_weights_score_close_to_float32(llamas, data, brute, caplog, mode):
     assert not caplog.records
     want = brute["sdpa"][mode]
     for g, w in zip(got, want):
-        np.testing.assert_allclose(g, w, rtol=0, atol=0.1 * (1 if mode != "full_title" else 4))
+        np.testing.assert_allclose(g, w, rtol=0, atol=0.1 * (4 if mode in ("full_title", "unique_prefix") else 1))  # sums
     flat_g, flat_w = np.concatenate(got), np.concatenate(want)
     assert np.corrcoef(np.argsort(np.argsort(flat_g)), np.argsort(np.argsort(flat_w)))[0, 1] > 0.95
 

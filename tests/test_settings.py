@@ -78,7 +78,7 @@ def test_user_values_and_none(tmp_path):
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("pnoise_mode", "entropy", "pnoise_mode must be one of ['first_token', 'full_title', 'ppl'], got 'entropy'"),
+    ("pnoise_mode", "entropy", "pnoise_mode must be one of ['first_token', 'full_title', 'ppl', 'unique_prefix'], got 'entropy'"),
     ("tuning", "none", "tuning must be one of ['denoise', 'zero_shot'], got 'none'"),
     ("suggest_mode", "greedy", "suggest_mode must be one of"),
     ("suggest_beam_width", 0, "suggest_beam_width must be an integer >= 1, got 0"),

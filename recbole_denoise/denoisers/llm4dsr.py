@@ -21,7 +21,9 @@ The stages, each following the paper (``../shared/papers/LLM4DSR-TOIS2025.txt``)
 3. **Uncertainty (§3.2 Eq. 2).** For every window the model reads (the editable positions of a
    sequence, cut into consecutive windows of at most ``llm_window`` items), P_noise of each item's
    title after ``Noise Items: "``: ``pnoise_mode: first_token`` (the paper's practical choice),
-   ``full_title`` (Eq. 2 exactly, all titles packed after one prompt) or ``ppl`` (§4.3.3 baseline).
+   ``full_title`` (Eq. 2 exactly, all titles packed after one prompt), ``ppl`` (§4.3.3 baseline) or
+   ``unique_prefix`` (not in the paper: the shortest title prefix that no other title of the window
+   starts with, between the first two in cost; ``llm/scoring.py``).
    Scores are log-probabilities, computed in shards of ``score_shard_size`` windows that are kept on
    disk until the stage finishes, so a crash loses at most the shard being computed.
 4. **Decision (§3.2 Eq. 3, §4.1.4).** eta = ``threshold_quantile`` of all training scores
@@ -64,7 +66,7 @@ from recbole_denoise.llm.finetune import LoraSettings
 from recbole_denoise.llm.grounding import GROUND_KINDS, normalize_title
 from recbole_denoise.llm.loader import DTYPES, model_fingerprint
 
-PNOISE_MODES = ("first_token", "full_title", "ppl")
+PNOISE_MODES = ("first_token", "full_title", "ppl", "unique_prefix")
 TUNINGS = ("denoise", "zero_shot")
 SUGGEST_MODES = ("constrained", "free")
 
@@ -119,7 +121,7 @@ class LLM4DSRSettings(DenoiserSettings):
     finetune_autocast: str       # auto | bfloat16 | none
     finetune_group_by_length: bool
     # uncertainty and replacement (§3.2, §3.3, §4.3)
-    pnoise_mode: str             # first_token | full_title | ppl
+    pnoise_mode: str             # first_token | full_title | ppl | unique_prefix
     use_uncertainty: bool
     suggest_mode: str            # constrained | free
     suggest_beam_width: int

@@ -20,10 +20,15 @@ candidate, higher meaning more likely noise, in one of three :data:`MODES`:
 ``ppl``
     ``mean_j log P(T_kj | x, T_k<j)``, i.e. ``-log(PPL)`` of the title: the length-normalised
     perplexity baseline of §4.3.3.
+``unique_prefix``
+    ``sum_{j<=L_k} log P(T_kj | x, T_k<j)`` over the shortest prefix of ``T_k`` (``L_k`` tokens) that no
+    other title of the sequence starts with (:func:`unique_prefixes`): ``first_token`` where first tokens
+    differ, ``full_title`` where titles share a start. Not in the paper: an addition between the two in
+    cost, for titles that share their first tokens (``first_token`` cannot tell them apart).
 
 How the passes are organised:
 
-* **Title packing** (``full_title``/``ppl``): instead of one pass per candidate, a sequence's row is
+* **Title packing** (every mode but ``first_token``): instead of one pass per candidate, a sequence's row is
   ``x`` followed by all its titles ``T_1 .. T_n`` with a 4D attention mask in which the tokens of a title
   attend to all of ``x`` and causally to the earlier tokens of their own title only, and whose position
   ids restart at ``len(x)`` for every title. Each title thus sees exactly the keys and positions it would
@@ -57,7 +62,22 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-MODES = ("first_token", "full_title", "ppl")
+MODES = ("first_token", "full_title", "ppl", "unique_prefix")
+
+
+def unique_prefixes(titles):
+    """Each title cut to its shortest prefix that no *other* title of the list starts with.
+
+    Titles equal to ``T_k`` do not count as other (the same item repeated gets one score); a title that is a
+    prefix of another title, or whose every prefix is shared, stays whole. Returns new lists of token ids.
+    """
+    titles = [list(t) for t in titles]
+    cut = []
+    for t in titles:
+        others = [o for o in titles if o != t]
+        n = next((n for n in range(1, len(t) + 1) if all(o[:n] != t[:n] for o in others)), len(t))
+        cut.append(t[:n])
+    return cut
 
 
 def _check_inputs(prefixes, candidates, mode, batch_size, shared_prefix):
@@ -321,13 +341,13 @@ def score_candidates(model, prefixes, candidates, mode="first_token", batch_size
         candidates: per sequence, per item, the title's token ids (non-empty).
         mode: one of :data:`MODES` (see the module docstring).
         batch_size: rows per forward pass (a row is one sequence; with ``pack_titles=False`` or after a
-            failed packing probe, one candidate in ``full_title``/``ppl``).
+            failed packing probe, one candidate in ``full_title``/``ppl``/``unique_prefix``).
         pad_id: token id used for right padding (never attended to by real tokens).
         shared_prefix: token ids every prefix starts with (the instruction): its keys/values are computed
             once and reused by every batch (up to all but the last token of the shortest prompt).
         logger: where warnings about fallbacks go (default: this module's logger).
         progress: show a tqdm bar over batches.
-        pack_titles: pack all titles of a sequence into one row in ``full_title``/``ppl``; ``False``
+        pack_titles: pack all titles of a sequence into one row in every mode but ``first_token``; ``False``
             scores one row ``x + T_k`` per candidate.
 
     Returns:
@@ -340,6 +360,8 @@ def score_candidates(model, prefixes, candidates, mode="first_token", batch_size
     """
     shared = _check_inputs(prefixes, candidates, mode, batch_size, shared_prefix)
     logger = logger or logging.getLogger(__name__)
+    if mode == "unique_prefix":
+        candidates = [unique_prefixes(c) for c in candidates]
     starts = np.concatenate([[0], np.cumsum([len(c) for c in candidates])]).astype(int)
     total = np.zeros(int(starts[-1]))
     seqs = [i for i in range(len(prefixes)) if len(candidates[i])]
