@@ -10,7 +10,7 @@ generating its title ``T_k`` right after ``x`` (Eq. 2)::
 a non-empty list of token ids. Positions count from the first token of ``x`` (0), which is the BOS when
 the prompt builder adds one (``llm/prompts.py``): nothing here assumes a BOS or its absence, so a
 prefix scores exactly as the same tokens did in fine-tuning. :func:`score_candidates` returns, per sequence, one log-score per
-candidate, higher meaning more likely noise, in one of three :data:`MODES`:
+candidate, higher meaning more likely noise, in one of four :data:`MODES`:
 
 ``first_token``
     ``log P(T_k1 | x)``: a single forward pass over ``x`` per sequence; every candidate's first token
