@@ -11,7 +11,9 @@ scored and edited with each ``pnoise_mode`` (``--modes``; the adapter is trained
 the second mode through the package's adapter cache). Per point and mode it records: examples, LoRA steps,
 fine-tune wall time, train loss, noise-detection precision / recall / F1 / AUC on the eval windows, a
 percentile bootstrap CI of the AUC over eval windows, the random-flag baseline at the same flag count
-(``llm4dsr_detection.random_baseline``), and what the replacements are (below).
+(``llm4dsr_detection.random_baseline``), and what the replacements are (below). Where one fine-tune was
+scored with two modes, the report compares them on the same eval positions (``MODE_PAIRS``: the AUC
+difference with a paired bootstrap CI over eval windows, read from the stages' ``.denoise_scores``).
 
 Data (``llm4dsr_detection.build_subsample``, seed ``--seed``): all eligible training windows (the source of
 the instruction data: each example is a random training window, a random position in it and a random
@@ -122,20 +124,46 @@ def item_titles(data_dir, name=NAME):
     return {str(k): v for k, v in item_texts(open_dataset(name, data_dir), "title").items()}
 
 
+def window_resamples(seq_ids, n_boot, seed=0):
+    """``n_boot`` row-index arrays, each the rows of as many eval windows drawn with replacement."""
+    import pandas as pd
+
+    seq_ids = np.asarray(seq_ids)
+    groups = list(pd.Series(seq_ids).groupby(seq_ids, sort=False).indices.values())
+    rng = np.random.default_rng(seed)
+    for _ in range(n_boot):
+        yield np.concatenate([groups[g] for g in rng.integers(len(groups), size=len(groups))])
+
+
+def _interval(vals):
+    vals = np.asarray(vals)
+    vals = vals[~np.isnan(vals)]
+    return {"lo": float(np.quantile(vals, 0.025)), "hi": float(np.quantile(vals, 0.975)), "std": float(vals.std())}
+
+
 def auc_bootstrap(df, n_boot, seed=0):
     """Percentile 95% CI and std of the AUC over ``n_boot`` resamples of eval windows (with replacement)."""
     from recbole_denoise.evaluator.noise_detection import roc_auc
 
-    groups = [np.asarray(ix) for ix in df.groupby("seq_id", sort=False).indices.values()]
     s, y = df["score"].to_numpy(), df["noise_label"].to_numpy()
-    rng = np.random.default_rng(seed)
-    vals = []
-    for _ in range(n_boot):
-        ix = np.concatenate([groups[g] for g in rng.integers(len(groups), size=len(groups))])
-        vals.append(roc_auc(s[ix], y[ix]))
-    vals = np.asarray(vals)
-    vals = vals[~np.isnan(vals)]
-    return {"lo": float(np.quantile(vals, 0.025)), "hi": float(np.quantile(vals, 0.975)), "std": float(vals.std())}
+    return _interval([roc_auc(s[ix], y[ix]) for ix in window_resamples(df["seq_id"], n_boot, seed)])
+
+
+def paired_auc_diff(a, b, n_boot, seed=0):
+    """AUC(a) - AUC(b) of two scorings of the same eval positions, with a paired percentile 95% CI: each
+    resample draws eval windows once and scores both on them. Also the share of resamples with a <= b (a
+    one-sided bootstrap p-value for "a is better")."""
+    from recbole_denoise.evaluator.noise_detection import roc_auc
+
+    keys = ["seq_id", "position"]
+    m = a[keys + ["score", "noise_label"]].merge(b[keys + ["score", "noise_label"]], on=keys, suffixes=("_a", "_b"))
+    if len(m) != len(a) or len(m) != len(b) or (m["noise_label_a"] != m["noise_label_b"]).any():
+        raise ValueError(f"the two scorings cover different eval positions or labels ({len(a)} and {len(b)} rows, "
+                         f"{len(m)} shared)")
+    sa, sb, y = m["score_a"].to_numpy(), m["score_b"].to_numpy(), m["noise_label_a"].to_numpy()
+    diffs = np.array([roc_auc(sa[ix], y[ix]) - roc_auc(sb[ix], y[ix]) for ix in window_resamples(m["seq_id"], n_boot, seed)])
+    diffs = diffs[~np.isnan(diffs)]
+    return {"diff": float(roc_auc(sa, y) - roc_auc(sb, y)), **_interval(diffs), "p_not_better": float((diffs <= 0).mean())}
 
 
 def replacement_stats(ev, windows, clean, titles):
@@ -252,6 +280,38 @@ def reading(results, args):
     return out
 
 
+MODE_PAIRS = (("unique_prefix", "full_title"), ("full_title", "first_token"))
+
+
+def eval_scores(stage):
+    """The eval rows (valid + test histories) of a finished stage's ``.denoise_scores``; None if it is gone."""
+    from recbole_denoise.data.atomic import read_atomic
+
+    path = os.path.join(stage, os.path.basename(stage.rstrip(os.sep)) + ".denoise_scores")
+    if not os.path.isfile(path):
+        return None
+    df = read_atomic(path)
+    return df[df["split"] != "train"]
+
+
+def mode_comparisons(results, n_boot):
+    """Table rows: per (examples, variant), the AUC difference of two modes on the same eval positions."""
+    by = {(r["examples"], r["variant"], r["mode"]): r for r in results}
+    rows, missing = [], 0
+    for n, variant in sorted({k[:2] for k in by}, key=lambda k: (k[1] != "base", k[0], k[1])):
+        for a, b in MODE_PAIRS:
+            if (n, variant, a) not in by or (n, variant, b) not in by:
+                continue
+            sa, sb = eval_scores(by[(n, variant, a)]["stage"]), eval_scores(by[(n, variant, b)]["stage"])
+            if sa is None or sb is None:
+                missing += 1
+                continue
+            d = paired_auc_diff(sa, sb, n_boot)
+            p = f"{d['p_not_better']:.3f}" if d["p_not_better"] else f"< {1 / n_boot:.3f}"
+            rows.append(f"| {n} | {variant} | {a} − {b} | {d['diff']:+.3f} | {d['lo']:+.3f} – {d['hi']:+.3f} | {p} |")
+    return rows, missing
+
+
 def write_report(args, desc, results, start, load_before, path):
     import torch
 
@@ -302,8 +362,18 @@ def write_report(args, desc, results, start, load_before, path):
               f"of flags in the same windows, at most one per window, {args.random_seeds} seeds. replaced = target: "
               "share of the replacements that equal the window's target (next) item (number of replacements). "
               "restores clean: among replaced positions that are truly noisy, the share whose suggested item has "
-              "the clean item's title (official CSV `replaced_item_titles`; number of such positions).", "",
-              "## Reading (regenerated from the numbers)", ""]
+              "the clean item's title (official CSV `replaced_item_titles`; number of such positions).", ""]
+    pairs, missing = mode_comparisons(results, args.bootstrap)
+    if pairs:
+        lines += ["## Modes compared on the same eval positions", "",
+                  "Per fine-tune, the AUC of one mode minus another's on the same eval positions, with a paired "
+                  f"percentile bootstrap over eval windows ({args.bootstrap} resamples: both scored on each "
+                  "resample); p: the share of resamples in which the first mode is not above the second "
+                  "(one-sided)." + (f" {missing} pair(s) left out: a stage's scores are no longer on disk."
+                                    if missing else ""), "",
+                  "| examples | variant | modes | AUC difference | 95% CI | p |", "|---|---|---|---|---|---|",
+                  *pairs, ""]
+    lines += ["## Reading (regenerated from the numbers)", ""]
     lines += reading(results, args) or ["- no point finished yet."]
     text = "\n".join(lines) + "\n"
     if os.path.isfile(path):  # keep a hand-written notes section below the generated part
