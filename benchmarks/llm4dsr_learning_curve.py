@@ -41,6 +41,7 @@ cached adapters/stages. ``--out`` is rewritten (atomically) after every point.
 import argparse
 import ast
 import datetime
+import functools
 import html
 import json
 import logging
@@ -294,6 +295,14 @@ def eval_scores(stage):
     return df[df["split"] != "train"]
 
 
+@functools.lru_cache(maxsize=None)
+def stages_compared(stage_a, stage_b, n_boot):
+    """:func:`paired_auc_diff` of two finished stages, once per process (the report is rewritten after every
+    point); None when a stage's scores are gone."""
+    sa, sb = eval_scores(stage_a), eval_scores(stage_b)
+    return None if sa is None or sb is None else paired_auc_diff(sa, sb, n_boot)
+
+
 def mode_comparisons(results, n_boot):
     """Table rows: per (examples, variant), the AUC difference of two modes on the same eval positions."""
     by = {(r["examples"], r["variant"], r["mode"]): r for r in results}
@@ -302,11 +311,10 @@ def mode_comparisons(results, n_boot):
         for a, b in MODE_PAIRS:
             if (n, variant, a) not in by or (n, variant, b) not in by:
                 continue
-            sa, sb = eval_scores(by[(n, variant, a)]["stage"]), eval_scores(by[(n, variant, b)]["stage"])
-            if sa is None or sb is None:
+            d = stages_compared(by[(n, variant, a)]["stage"], by[(n, variant, b)]["stage"], n_boot)
+            if d is None:
                 missing += 1
                 continue
-            d = paired_auc_diff(sa, sb, n_boot)
             p = f"{d['p_not_better']:.3f}" if d["p_not_better"] else f"< {1 / n_boot:.3f}"
             rows.append(f"| {n} | {variant} | {a} − {b} | {d['diff']:+.3f} | {d['lo']:+.3f} – {d['hi']:+.3f} | {p} |")
     return rows, missing
