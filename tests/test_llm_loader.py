@@ -1,4 +1,5 @@
 """The GGUF converter: a tiny Llama written as GGUF (llama.cpp's Q/K layout) must come back identical."""
+import functools
 import json
 import os
 
@@ -15,12 +16,21 @@ def _permute(w, n_head):  # what llama.cpp's convert_hf_to_gguf.py does to q_pro
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+@functools.lru_cache(maxsize=1)
+def _packaged_tokenizer_fields():
+    """The real tokenizer's fields, read once per session (parsing the GGUF's 49k tokens takes ~2.5 s)."""
+    from gguf import GGUFReader
+
+    src = GGUFReader(loader.packaged_gguf())
+    return tuple(list(src.fields[f"tokenizer.ggml.{k}"].contents()) for k in ("tokens", "token_type", "merges"))
+
+
 def _write_gguf(model, path, qtype=None):
     import gguf
-    from gguf import GGUFReader, GGUFWriter
+    from gguf import GGUFWriter
 
     cfg = model.config
-    src = GGUFReader(loader.packaged_gguf())  # take the real tokenizer fields
+    tokens, token_types, merges = _packaged_tokenizer_fields()  # take the real tokenizer fields
     w = GGUFWriter(str(path), "llama")
     w.add_block_count(cfg.num_hidden_layers)
     w.add_context_length(cfg.max_position_embeddings)
@@ -32,9 +42,9 @@ def _write_gguf(model, path, qtype=None):
     w.add_rope_freq_base(cfg.rope_theta)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("smollm")
-    w.add_token_list(list(src.fields["tokenizer.ggml.tokens"].contents()))
-    w.add_token_types(list(src.fields["tokenizer.ggml.token_type"].contents()))
-    w.add_token_merges(list(src.fields["tokenizer.ggml.merges"].contents()))
+    w.add_token_list(tokens)
+    w.add_token_types(token_types)
+    w.add_token_merges(merges)
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
     w.add_pad_token_id(2)
@@ -91,8 +101,8 @@ def test_converted_model_matches_the_original(converted, llm_tokenizer):
         assert len(json.load(f)["sha256_12"]) == 12
 
 
-def test_the_packaged_tokenizer_is_smollm2s():
-    tok = loader.packaged_tokenizer()
+def test_the_packaged_tokenizer_is_smollm2s(llm_tokenizer):
+    tok = llm_tokenizer  # loader.packaged_tokenizer(), built once per session
     assert len(tok) == 49152 and tok.eos_token_id == 2 and tok.bos_token == "<|im_start|>"
     assert tok.convert_ids_to_tokens(tok("1999").input_ids) == ["1", "9", "9", "9"]  # digits split (smollm pre)
     assert tok("Hello world").input_ids == [19556, 905]

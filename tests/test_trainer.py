@@ -20,7 +20,7 @@ from recbole_denoise.model.abstract import (CAPABILITIES, DenoisingRecommender, 
 from recbole_denoise.model.sequential_recommender.hsd import HSD
 from recbole_denoise.quick_start import run_recbole_denoise
 from recbole_denoise.trainer import DenoisingTrainer, EpochHooks, get_trainer
-from tests.conftest import build_model, tiny_config
+from tests.conftest import build_model, ddp_forked, tiny_config
 
 
 # -- (c) every model of ours declares the contract ---------------------------------------------------------
@@ -209,7 +209,7 @@ def test_distributed_ranks_run_the_hooks(tiny_cfg, tmp_path):
     log_dir = tmp_path / "ddp-log"
     cfg = tiny_cfg(nproc=2, port=str(free_port()), epochs=2, stopping_step=10, log_dir=str(log_dir), state="INFO",
                    ssdrec_min_cooccurrence=1)
-    result = run_recbole_denoise("SSDRec", "tiny", config_dict=cfg, saved=False)
+    result, = ddp_forked([("SSDRec", cfg)])  # what nproc 2 runs in each worker, on forked ranks
     assert result["processes"] == 2 and result["timings"]["epochs"] == 2
     text = "".join(open(log_dir / f).read() for f in os.listdir(log_dir) if f.endswith(".log"))
     for epoch in (0, 1):
