@@ -52,11 +52,13 @@ def _forked(rank, fn, *args):
     fn(rank, *args)
 
 
-def fork_ranks(fn, world, *args, deadline=300):
+def fork_ranks(fn, world, *args, deadline=300, start_method="fork"):
     """``fn(rank, world, port, *args)`` on ``world`` ranks forked from this process: they skip the ~3.5 s
     import of torch and RecBole that a spawned interpreter pays (``run_recbole_denoise``'s own ``nproc`` workers
-    are spawned: ``test_distributed`` runs that path too). Each rank runs on one thread; ranks still running
-    after ``deadline`` seconds are killed and the test fails."""
+    are spawned: ``test_distributed`` runs that path too). A forked rank inherits this process's singletons,
+    e.g. accelerate's ``PartialState`` once a test ran a Hugging Face ``Trainer`` here (its ranks then hang in
+    their first collective): such ranks take ``start_method="spawn"``. Each rank runs on one thread; ranks still
+    running after ``deadline`` seconds are killed and the test fails."""
     import time
 
     import torch.multiprocessing as mp
@@ -64,7 +66,7 @@ def fork_ranks(fn, world, *args, deadline=300):
     from recbole_denoise.distributed import free_port
 
     ctx = mp.start_processes(_forked, args=(fn, world, free_port(), *args), nprocs=world, join=False,
-                             start_method="fork")
+                             start_method=start_method)
     end = time.monotonic() + deadline
     while not ctx.join(timeout=max(1.0, end - time.monotonic())):  # raises if a rank failed
         if time.monotonic() > end:

@@ -126,7 +126,7 @@ def test_a_lost_ranks_shards_are_recomputed_alone(tmp_path, tiny_llm_dir):
 def test_lora_finetuning_runs_ddp_over_the_ranks(tmp_path, tiny_llm_dir):
     cfg = llm_cfg(lambda **kw: tiny_config(tmp_path, **kw), tiny_llm_dir, finetune_samples=16, finetune_epochs=1,
                   finetune_batch_size=4, noise_ratio=0.2, denoise_action="delete")
-    fork_ranks(_prepare_worker, 2, cfg, str(tmp_path))
+    fork_ranks(_prepare_worker, 2, cfg, str(tmp_path), start_method="spawn")  # fresh ranks: the Trainer's state
     adapter = json.load(open(tmp_path / "rank0.json"))["denoise"]["adapter"]
     done = json.load(open(os.path.join(adapter, "adapter", "DONE.json")))
     assert done["global_steps"] == 2  # 16 examples / (4 per rank x 2 ranks); one process takes 4 steps
