@@ -1,13 +1,15 @@
 """Methods compared at a matched number of training epochs, and one method against every other per user.
 
     python benchmarks/cpu_epoch_matched.py [--results results/cpu] [--dataset amazon-beauty] [--method IADSR]
-                                           [--backbone GRU4Rec] [--out results/cpu/epoch_matched.md]
+                                           [--backbone GRU4Rec] [--no-standalone]
+                                           [--out results/cpu/epoch_matched.md]
 
-The `cpu` benchmark caps some runs below the others (SSDRec trains at most 12 epochs on amazon-beauty, the
-other methods 30), so their test rows compare methods at unequal training budgets. Every run records its
-validation curve (``valid_curve`` in ``runs/<run id>.json``: ``[epoch, validation score]`` of each
+The `cpu` benchmark's runs can train different numbers of epochs (patience, or a run that is still being
+resumed across sessions), so their test rows may compare methods at unequal training budgets. Every run records
+its validation curve (``valid_curve`` in ``runs/<run id>.json``: ``[epoch, validation score]`` of each
 validation, epochs counted from 0). This script reads the curves of ``--dataset``'s finished rows with
-``--backbone`` and tabulates, per run, the best validation score within the first E epochs for E up to the
+``--backbone`` and of its standalone models (backbone ``-``: DCRec, FMLPRec, STEAM, ...; ``--no-standalone``
+leaves them out), and tabulates, per run, the best validation score within the first E epochs for E up to the
 smallest cap among the runs, the epochs trained, the best epoch, the test NDCG@10 as trained, and how many
 epochs each run needed to reach the capped run's best validation score. A run that stopped early (patience)
 keeps its best score for every later E. Validation rows are not stored per user, so the matched-epoch table
@@ -29,6 +31,7 @@ import pandas as pd
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from recbole_denoise.benchmark import plots, stats  # noqa: E402
+from recbole_denoise.benchmark.spec import STANDALONE  # noqa: E402
 from recbole_denoise.io import write_text  # noqa: E402
 
 METRICS = ("ndcg@10", "hit@10")
@@ -82,10 +85,13 @@ def main(argv=None):
     ap.add_argument("--dataset", default="amazon-beauty")
     ap.add_argument("--backbone", default="GRU4Rec")
     ap.add_argument("--method", default="IADSR")
+    ap.add_argument("--no-standalone", dest="standalone", action="store_false",
+                    help="leave out the standalone models (backbone '-')")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     rows = pd.read_csv(os.path.join(args.results, "results.csv"))
-    rows = rows[(rows["status"] == "ok") & (rows["dataset"] == args.dataset) & (rows["backbone"] == args.backbone)
+    backbones = {args.backbone, STANDALONE} if args.standalone else {args.backbone}
+    rows = rows[(rows["status"] == "ok") & (rows["dataset"] == args.dataset) & rows["backbone"].isin(backbones)
                 & (rows["variant"].isna())]
     rows = rows.assign(method=rows["method"].fillna("None"))
     if rows["noise_ratio"].nunique() > 1 or rows["protocol"].nunique() > 1:
@@ -136,9 +142,10 @@ def main(argv=None):
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
     text = "\n".join(
-        [f"# Methods at matched training epochs: `cpu` benchmark, {args.dataset}, {args.backbone}", "",
+        [f"# Methods at matched training epochs: `cpu` benchmark, {args.dataset}, {args.backbone}"
+         + (" and the standalone models" if args.standalone else ""), "",
          f"Command: `python benchmarks/cpu_epoch_matched.py --dataset {args.dataset} --backbone {args.backbone} "
-         f"--method {args.method}`; commit `{commit}`; {time.strftime('%Y-%m-%d %H:%M')}; "
+         f"--method {args.method}{'' if args.standalone else ' --no-standalone'}`; commit `{commit}`; {time.strftime('%Y-%m-%d %H:%M')}; "
          f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, CPU only.", "",
          f"## Validation {metric} at matched epochs", "",
          f"The smallest number of epochs any run trained is {cap}. Each cell is the run's best validation score "
