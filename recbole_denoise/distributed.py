@@ -93,6 +93,36 @@ def free_port(host="127.0.0.1"):
         return s.getsockname()[1]
 
 
+def start_and_collect(fn, args, nprocs, start_method="spawn", timeout=None):
+    """Run ``fn(i, *args, queue)`` in ``nprocs`` new processes (``i`` = 0..nprocs-1) and return, in order,
+    the objects they put on ``queue``. The queue is read *while* the processes run: a process's ``put`` writes
+    into a pipe, which holds 64 KiB on Linux, so a bigger object (a result's per-user ranks) left unread until
+    after the join would block its writer, and the join, forever. A failing process raises here (torch's
+    ``ProcessRaisedException``, the others terminated); with ``timeout`` seconds, processes still running then
+    are killed and ``TimeoutError`` is raised."""
+    import time
+
+    import torch.multiprocessing as mp
+
+    queue = mp.get_context(start_method).SimpleQueue()
+    ctx = mp.start_processes(fn, args=(*args, queue), nprocs=nprocs, join=False, start_method=start_method)
+    end = None if timeout is None else time.monotonic() + timeout
+    got = []
+    while True:
+        while not queue.empty():
+            got.append(queue.get())
+        if ctx.join(timeout=0.2):
+            break
+        if end is not None and time.monotonic() > end:
+            for p in ctx.processes:
+                p.kill()
+                p.join()
+            raise TimeoutError(f"{getattr(fn, '__name__', fn)}: processes still running after {timeout} s")
+    while not queue.empty():  # what was put after the last read, before the exit
+        got.append(queue.get())
+    return got
+
+
 def launched_by_torchrun():
     return all(k in os.environ for k in TORCHRUN_KEYS) and int(os.environ["WORLD_SIZE"]) > 1
 

@@ -66,16 +66,13 @@ def spawn_workers(config, args):
     """RecBole-style multi-process run: ``nproc`` workers on this machine with global ranks
     ``offset``..``offset + nproc - 1`` of ``world_size`` (default ``nproc``), joined at ``tcp://ip:port``;
     returns the result of this machine's first worker."""
-    import torch.multiprocessing as mp
-
     nproc = int(config["nproc"])
     world = int(config["world_size"]) if config["world_size"] and int(config["world_size"]) > 0 else nproc
     if world < nproc + int(config["offset"] or 0):
         raise ConfigError(f"world_size {world} < offset {config['offset']} + nproc {nproc} (keys 'world_size', "
                           f"'offset', 'nproc')")
-    queue = mp.get_context("spawn").SimpleQueue()
-    mp.spawn(_worker, args=(args, world, queue), nprocs=nproc, join=True)
-    return queue.get() if not queue.empty() else None
+    results = distributed.start_and_collect(_worker, (args, world), nproc)  # only local rank 0 puts its result
+    return results[0] if results else None
 
 
 def _worker(local_rank, args, world, queue):

@@ -45,34 +45,28 @@ def tiny_cfg(tmp_path):
 
 
 # -- several ranks on this host, forked -------------------------------------------------------------------
-def _forked(rank, fn, *args):
+def _forked(rank, fn, collect, *args):
     import torch
 
     torch.set_num_threads(1)  # a forked child must not enter the parent's OpenMP pool: libgomp deadlocks there
-    fn(rank, *args)
+    *args, queue = args
+    fn(rank, *args, queue) if collect else fn(rank, *args)
 
 
-def fork_ranks(fn, world, *args, deadline=300, start_method="fork"):
+def fork_ranks(fn, world, *args, deadline=300, start_method="fork", collect=False):
     """``fn(rank, world, port, *args)`` on ``world`` ranks forked from this process: they skip the ~3.5 s
     import of torch and RecBole that a spawned interpreter pays (``run_recbole_denoise``'s own ``nproc`` workers
     are spawned: ``test_distributed`` runs that path too). A forked rank inherits this process's singletons,
     e.g. accelerate's ``PartialState`` once a test ran a Hugging Face ``Trainer`` here (its ranks then hang in
     their first collective): such ranks take ``start_method="spawn"``. Each rank runs on one thread; ranks still
-    running after ``deadline`` seconds are killed and the test fails."""
-    import time
+    running after ``deadline`` seconds are killed and the test fails. With ``collect``, ``fn`` gets a queue as
+    its last argument, and what the ranks put on it is returned (``distributed.start_and_collect``)."""
+    from recbole_denoise.distributed import free_port, start_and_collect
 
-    import torch.multiprocessing as mp
-
-    from recbole_denoise.distributed import free_port
-
-    ctx = mp.start_processes(_forked, args=(fn, world, free_port(), *args), nprocs=world, join=False,
-                             start_method=start_method)
-    end = time.monotonic() + deadline
-    while not ctx.join(timeout=max(1.0, end - time.monotonic())):  # raises if a rank failed
-        if time.monotonic() > end:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail(f"{fn.__name__}: ranks still running after {deadline} s")
+    try:
+        return start_and_collect(_forked, (fn, collect, world, free_port(), *args), world, start_method, deadline)
+    except TimeoutError as e:
+        pytest.fail(str(e))
 
 
 def _ddp_worker(rank, world, port, runs, queue):
@@ -86,12 +80,8 @@ def ddp_forked(runs, world=2):
     """``run_recbole_denoise(model, "tiny", config_dict=cfg)`` with ``nproc`` ``world`` for each ``(model, cfg)``
     in turn, through the per-rank worker that ``nproc`` spawns, on one group of forked ranks; returns rank 0's
     results in order. Each ``cfg`` needs its own ``port``."""
-    import torch.multiprocessing as mp
-
-    queue = mp.get_context("fork").SimpleQueue()
-    fork_ranks(_ddp_worker, world, runs, queue)
-    results = [queue.get() for _ in runs]
-    assert queue.empty()
+    results = fork_ranks(_ddp_worker, world, runs, collect=True)
+    assert len(results) == len(runs)
     return results
 
 
