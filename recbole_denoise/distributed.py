@@ -7,6 +7,8 @@ A run is distributed when it is launched by ``torchrun`` (or ``accelerate launch
 CPUs. The LLM stages then split their shards by rank (:func:`owned`), each rank writes its own shard files
 into the stage's work folder (on storage every rank can read: ``derived_data_path``), and after a
 :func:`barrier` every rank reads all shards, so each holds the same merged result as a single process.
+``run_recbole_denoise`` starts its ``nproc`` workers, and gets local rank 0's result back, with
+:func:`start_and_collect`.
 """
 import os
 from contextlib import contextmanager
