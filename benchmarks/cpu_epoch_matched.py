@@ -145,7 +145,8 @@ def main(argv=None):
         [f"# Methods at matched training epochs: `cpu` benchmark, {args.dataset}, {args.backbone}"
          + (" and the standalone models" if args.standalone else ""), "",
          f"Command: `python benchmarks/cpu_epoch_matched.py --dataset {args.dataset} --backbone {args.backbone} "
-         f"--method {args.method}{'' if args.standalone else ' --no-standalone'}`; commit `{commit}`; {time.strftime('%Y-%m-%d %H:%M')}; "
+         f"--method {args.method}{'' if args.standalone else ' --no-standalone'}`; commit `{commit}`; "
+         f"{time.strftime('%Y-%m-%d %H:%M')}; "
          f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, CPU only.", "",
          f"## Validation {metric} at matched epochs", "",
          f"The smallest number of epochs any run trained is {cap}. Each cell is the run's best validation score "

@@ -201,6 +201,7 @@ def test_large_allocations_are_mmapped_after_the_stage_setting(monkeypatch):
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
     assert memory.mmap_large_allocations() is False
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
-    mmapped = {mode: subprocess.run([sys.executable, "-c", _MMAP_CHECK, mode, memory.__file__], capture_output=True, text=True,
+    check = [sys.executable, "-c", _MMAP_CHECK]
+    mmapped = {mode: subprocess.run(check + [mode, memory.__file__], capture_output=True, text=True,
                                     check=True).stdout.strip() for mode in ("dynamic", "set", "after")}
     assert mmapped == {"dynamic": "0", "set": "1", "after": "0"}

@@ -165,7 +165,9 @@ def test_recbole_ddp_trains_our_models_one_epoch(tmp_path, tiny_st_dir):
         ports.add(free_port())
     runs = []
     for model, port in zip(models, sorted(ports)):
-        extra = dict(encoder="sentence_transformers", encoder_path=tiny_st_dir, noise_ratio=0.2) if model == "IADSR" else {}
+        extra = {}
+        if model == "IADSR":
+            extra = dict(encoder="sentence_transformers", encoder_path=tiny_st_dir, noise_ratio=0.2)
         runs.append((model, tiny_config(tmp_path / model, nproc=2, port=str(port), epochs=1, beyond_accuracy_k=5,
                                         **extra)))
     results = ddp_forked(runs)

@@ -157,7 +157,8 @@ def _losses_and_gradients(net, batch, seed):
     torch.manual_seed(seed)
     losses = net.calculate_loss(batch)
     sum(losses).backward()
-    return [float(x.detach()) for x in losses], {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+    grads = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+    return [float(x.detach()) for x in losses], grads
 
 
 @pytest.mark.parametrize("other, mask_ratio, heads", [(False, 1.0, 1), (True, 0.5, 1), (True, 0.5, 2)])
