@@ -181,6 +181,7 @@ def train_and_test(run, saved=True, callback_fn=None):
     with timings.stage("train"):
         run.best_valid_score, run.best_valid_result = trainer.fit(
             run.train_data, run.valid_data, saved=saved, show_progress=config["show_progress"], callback_fn=callback_fn)
+    timings.carry("train", trainer.earlier_fit_seconds)  # a resumed run: its earlier processes' training
     epoch_times, run.valid_curve, run.resumed_at = trainer.epoch_times, trainer.valid_curve, trainer.resumed_at
     if not epoch_times:
         run.warn(f"epochs={config['epochs']}: the model was never trained; its validation and test "

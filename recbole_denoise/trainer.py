@@ -14,7 +14,9 @@ loads the one shared file.
 With ``resume_file`` set, :class:`EpochHooks` keeps the whole training state in that file after every
 validation: the model's ``state_dict`` and its ``training_state`` attributes
 (:class:`~recbole_denoise.model.abstract.DenoisingRecommender`), the optimiser, early stopping's counters,
-the best validation result and checkpoint, the learning curve, the epoch times, and the random states
+the best validation result and checkpoint, the learning curve, the epoch times, the wall seconds ``fit``
+has run so far in this and earlier processes (``fit_seconds``; a resumed trainer's
+``earlier_fit_seconds``, which the run adds to its ``train`` and ``total`` timings), and the random states
 (Python's, NumPy's, PyTorch's and the training loader's shuffling generator). When the file exists as
 ``fit`` starts, training resumes from it at the next epoch and goes on exactly as an uninterrupted run
 would (same batches, same dropout, same weights); when ``fit`` returns, the file is removed (the run is
@@ -54,6 +56,10 @@ class EpochHooks:
         self._last_epoch = -1
         self.resume_file = config["resume_file"]
         self.resumed_at = []  # epoch_idx at which each resume of this run started
+        # wall seconds this run's fit spent in earlier processes, up to the last validation each saved (the
+        # time between that save and the kill is lost with the epoch it interrupted)
+        self.earlier_fit_seconds = 0.0
+        self._fit_start = time.time()
         if self.resume_file and not config["single_spec"]:
             raise ConfigError(f"resume_file={self.resume_file}: resuming is for one process (nproc 1); "
                               "the ranks of a distributed run each keep their own random state")
@@ -61,6 +67,7 @@ class EpochHooks:
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         """RecBole's ``fit``; with ``resume_file``: resumed from that file when it exists, the state saved
         there after every validation, the file removed when training ends."""
+        self._fit_start = time.time()
         if not self.resume_file:
             return super().fit(train_data, valid_data, verbose=verbose, saved=saved, show_progress=show_progress,
                                callback_fn=callback_fn)
@@ -94,6 +101,7 @@ class EpochHooks:
                  "optimizer": self.optimizer.state_dict(), "train_loss_dict": dict(self.train_loss_dict),
                  "valid_curve": list(self.valid_curve), "epoch_times": list(self.epoch_times),
                  "resumed_at": list(self.resumed_at),
+                 "fit_seconds": self.earlier_fit_seconds + time.time() - self._fit_start,
                  "random": {"python": random.getstate(), "numpy": np.random.get_state(),
                             "torch": torch.get_rng_state(),
                             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
@@ -120,6 +128,12 @@ class EpochHooks:
         self.train_loss_dict.update(state["train_loss_dict"])
         self.valid_curve, self.epoch_times = state["valid_curve"], state["epoch_times"]
         self.resumed_at = state["resumed_at"] + [self.start_epoch]
+        if "fit_seconds" in state:
+            self.earlier_fit_seconds = state["fit_seconds"]
+        else:  # a file written before fit_seconds was kept: its training epochs, without their validations
+            self.earlier_fit_seconds = sum(self.epoch_times)
+            self.logger.warning(f"resume_file={path} has no fit_seconds: the earlier processes' training time "
+                                "counts their training epochs only, not their validations")
         rng = state["random"]
         random.setstate(rng["python"])
         np.random.set_state(rng["numpy"])

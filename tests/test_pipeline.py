@@ -20,6 +20,11 @@ def test_a_stage_records_its_wall_time_and_a_failed_one_nothing():
     timings["epochs"] = 2  # counts live there too, as before
     assert json.loads(json.dumps(timings)) == dict(timings) == pickle.loads(pickle.dumps(timings))
     assert timings.total() >= timings["train"]
+    before = timings.total()
+    timings.carry("train", 100.0)  # what a resumed run's earlier processes trained
+    timings.carry("denoise", 5.0)
+    assert 100.02 <= timings["train"] < 105 and timings["denoise"] == 5.0
+    assert before + 105 <= timings.total() < before + 110
 
 
 def test_only_global_rank_0_writes_the_checkpoint(monkeypatch):

@@ -41,8 +41,14 @@ def test_a_resumed_run_trains_exactly_as_an_uninterrupted_one(tiny_cfg, tmp_path
     saved = torch.load(state, weights_only=False)
     assert saved["epoch"] == 0 and [e for e, _ in saved["valid_curve"]] == [0]
     assert saved["training_state"]["batches"] > 2 and saved["training_state"]["epoch"] == 0
+    assert 0 < saved["fit_seconds"] < whole["timings"]["total"] * 3
+    saved["fit_seconds"] = 1000.0  # as if the first process had trained for 1,000 s
+    torch.save(saved, state)
     monkeypatch.undo()
     resumed = run_recbole_denoise("HSD", "tiny", config_dict=run_cfg)
+    # the run's training time counts the earlier process's, and its total too
+    assert 1000 < resumed["timings"]["train"] < 1000 + whole["timings"]["train"] * 3 + 30
+    assert resumed["timings"]["total"] > resumed["timings"]["train"] > 1000 > whole["timings"]["total"]
     assert resumed["resumed_at_epochs"] == [1] and "resumed_at_epochs" not in whole
     assert resumed["valid_curve"] == whole["valid_curve"] and len(whole["valid_curve"]) == 3
     assert resumed["test_result"] == whole["test_result"]
@@ -64,8 +70,12 @@ def test_a_run_killed_after_its_last_validation_is_not_trained_again(tiny_cfg, t
     weights = torch.load(best, weights_only=False)["state_dict"]
     # the last weights differ from the best ones (as when an earlier epoch was the best)
     state["state_dict"] = {k: v + 1 if v.is_floating_point() else v for k, v in state["state_dict"].items()}
+    # a file written before fit_seconds was kept: the earlier training epochs are counted
+    del state["fit_seconds"]
+    state["epoch_times"] = [400.0, 500.0]
     torch.save(state, tmp_path / "s.pth")
     result = run_recbole_denoise("GRU4Rec", "tiny", config_dict=cfg)
+    assert 900 < result["timings"]["train"] < 960 and result["timings"]["train_epoch_mean"] == 450.0
     assert result["resumed_at_epochs"] == [2] and [e for e, _ in result["valid_curve"]] == [0, 1]
     assert result["model_file"] == best and not (tmp_path / "s.pth").exists()
     kept = torch.load(best, weights_only=False)["state_dict"]  # the best checkpoint, not overwritten

@@ -406,7 +406,8 @@ def write_report(spec, out, meta=None):
     resumed = ok[ok["resumed_at"].fillna("").astype(str) != ""] if "resumed_at" in ok else ok.iloc[:0]
     if len(resumed):
         lines += ["## Resumed runs", "", "Trained in several processes (interrupted, then resumed at the next epoch "
-                  "after their last validation, in the same state: README \"Interruptions and resuming\").", "",
+                  "after their last validation, in the same state: README \"Interruptions and resuming\"). Their `t_train` "
+                  "and `t_total` count the training of every process, up to the last validation each saved.", "",
                   "| run_id | run | resumed at epoch |", "|---|---|---|"]
         lines += [f"| {r['run_id']} | {_run_label(r)} | {str(r['resumed_at']).replace(';', ', ')} |"
                   for _, r in resumed.iterrows()] + [""]
