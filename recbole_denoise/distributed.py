@@ -11,6 +11,7 @@ into the stage's work folder (on storage every rank can read: ``derived_data_pat
 :func:`start_and_collect`.
 """
 import os
+import time
 from contextlib import contextmanager
 
 import torch
@@ -102,8 +103,6 @@ def start_and_collect(fn, args, nprocs, start_method="spawn", timeout=None):
     after the join would block its writer, and the join, forever. A failing process raises here (torch's
     ``ProcessRaisedException``, the others terminated); with ``timeout`` seconds, processes still running then
     are killed and ``TimeoutError`` is raised."""
-    import time
-
     import torch.multiprocessing as mp
 
     queue = mp.get_context(start_method).SimpleQueue()
